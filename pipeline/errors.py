@@ -1,0 +1,59 @@
+"""The errors this package raises on purpose, and the exit codes they map to.
+
+    CaptionError
+    ├── UsageError          bad config, flag, source or output folder          exit 2
+    └── ApiError            what the endpoint (or the way to it) did
+        ├── TransientError  408/409/429/5xx, timeouts, resets, unusable 200    retried
+        │   └── RateLimited 429 that is a rate limit: throttles every worker   retried
+        ├── RequestRejected this row is bad (400/404/413/415/422, bad image)   error row
+        └── FatalApiError   401/402/403, insufficient_quota                     exit 3
+
+Transport failures (timeouts, resets) and "the server said no" are kept apart: only the
+former and the retryable statuses are ever retried. Classification is by status code and
+error code, never by matching message text.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ROW_ERRORS = 1
+EXIT_USAGE = 2
+EXIT_FATAL_API = 3
+EXIT_BUDGET = 4
+
+
+class CaptionError(Exception):
+    """Base class for errors this package raises deliberately."""
+
+
+class UsageError(CaptionError):
+    """Bad input from the user; the message names the input and what is wrong."""
+
+
+class ApiError(CaptionError):
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+
+
+class TransientError(ApiError):
+    """Worth another attempt, after `retry_after` seconds when the server said so."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    """A 429 that is a rate limit (not a billing problem)."""
+
+
+class RequestRejected(ApiError):
+    """This row can never succeed as sent; record it as an error row and move on."""
+
+
+class FatalApiError(ApiError):
+    """No row can succeed until the operator acts (key, balance, quota): stop the run."""

@@ -1,0 +1,171 @@
+"""The typed records that flow reader -> worker -> writer, and the one result schema.
+
+A manifest row becomes exactly one `ResultRow`; failures are rows too (`status="error"`).
+`RESULT_SCHEMA` is the only definition of the result columns; shards append the manifest's
+extra columns after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+
+Status = Literal["ok", "error"]
+
+MANIFEST_ID = "id"
+MANIFEST_SOURCE = "source"
+
+CHOICE_TYPE = pa.struct(
+    [
+        pa.field("index", pa.int32()),
+        pa.field("content", pa.string()),
+        pa.field("refusal", pa.string()),
+        pa.field("finish_reason", pa.string()),
+    ]
+)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        # identity
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        # answer
+        pa.field("caption", pa.string()),
+        pa.field("choices", pa.list_(CHOICE_TYPE)),
+        pa.field("finish_reason", pa.string()),
+        pa.field("refusal", pa.string()),
+        # response metadata
+        pa.field("response_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("created", pa.int64()),
+        pa.field("service_tier", pa.string()),
+        pa.field("system_fingerprint", pa.string()),
+        # usage and cost
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("total_tokens", pa.int64()),
+        pa.field("cached_tokens", pa.int64()),
+        pa.field("reasoning_tokens", pa.int64()),
+        pa.field("cost_usd", pa.float64()),
+        # request bookkeeping
+        pa.field("attempts", pa.int32()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("http_status", pa.int32()),
+        pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
+        pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+
+RESULT_COLUMNS: frozenset[str] = frozenset(RESULT_SCHEMA.names)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One image to caption: a stable id, where to read it, and the user's own columns."""
+
+    id: str
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    content: str | None
+    refusal: str | None
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A usable chat completion as the server answered it."""
+
+    choices: tuple[Choice, ...]
+    usage: Usage
+    response_id: str | None = None
+    model: str | None = None
+    created: int | None = None
+    service_tier: str | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class ResultRow:
+    """What the writer stores for one manifest row: the outcome, never the request."""
+
+    id: str
+    source: str
+    status: Status
+    attempts: int
+    latency_s: float
+    finished_at_ms: int
+    http_status: int | None = None
+    completion: Completion | None = None
+    cost_usd: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict in `RESULT_SCHEMA` order, then the manifest's extra columns."""
+        c = self.completion
+        first = c.choices[0] if c and c.choices else None
+        usage = c.usage if c else None
+        row: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "status": self.status,
+            "caption": first.content if first else None,
+            "choices": [
+                {
+                    "index": ch.index,
+                    "content": ch.content,
+                    "refusal": ch.refusal,
+                    "finish_reason": ch.finish_reason,
+                }
+                for ch in c.choices
+            ]
+            if c
+            else None,
+            "finish_reason": first.finish_reason if first else None,
+            "refusal": first.refusal if first else None,
+            "response_id": c.response_id if c else None,
+            "model": c.model if c else None,
+            "created": c.created if c else None,
+            "service_tier": c.service_tier if c else None,
+            "system_fingerprint": c.system_fingerprint if c else None,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "total_tokens": usage.total_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cost_usd": self.cost_usd,
+            "attempts": self.attempts,
+            "latency_s": round(self.latency_s, 6),
+            "http_status": self.http_status,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "finished_at": self.finished_at_ms,
+        }
+        row.update(self.extra)
+        return row
+
+
+def result_schema(extra: pa.Schema | None = None) -> pa.Schema:
+    """`RESULT_SCHEMA` followed by the manifest's extra columns."""
+    if extra is None or len(extra) == 0:
+        return RESULT_SCHEMA
+    return pa.schema([*RESULT_SCHEMA, *extra])

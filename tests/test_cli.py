@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from click.testing import CliRunner
+
+from pipeline import __version__
+from pipeline.cli import cli
+from tests.conftest import SAMPLES
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands_without_heavy_imports() -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from pipeline.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(r.output)\n"
+        "print('HEAVY', sorted(m for m in ('pandas', 'pyarrow', 'aiohttp') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "HEAVY []" in out
+    for command in ("ingest", "prices"):
+        assert f"  {command} " in out
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_prices_json() -> None:
+    result = CliRunner().invoke(cli, ["prices", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    assert len(rows) == 33
+    assert {"model": "gpt:gpt-4o", "input_per_1m": 2.5, "output_per_1m": 10.0} in rows
+
+
+def test_prices_table_includes_job_overrides(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text("[prices.'gpt:gpt-6']\ninput_per_1m = 3\noutput_per_1m = 12\n")
+    result = CliRunner().invoke(cli, ["prices", "--config", str(job)])
+    assert result.exit_code == 0
+    assert any(line.split() == ["gpt:gpt-6", "3", "12"] for line in result.output.splitlines())
+
+
+def test_ingest_samples(tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    result = run("ingest", str(SAMPLES), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.strip()
+        == f"ingested 6 rows from 1 source(s); 0 duplicate(s) dropped -> {out}"
+    )
+    assert pq.read_table(out).num_rows == 6
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    result = run("ingest", str(tmp_path / "nope"), "-o", str(tmp_path / "m.parquet"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("caption: error: source ")
+    job = tmp_path / "job.toml"
+    job.write_text("[limits]\nconcurrency = -1\n")
+    result = run("prices", "--config", str(job))
+    assert result.returncode == 2
+    assert "[limits] concurrency = -1" in result.stderr

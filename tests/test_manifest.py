@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.manifest import read_manifest, stable_id, write_manifest
+from tests.conftest import SAMPLES
+
+
+def ingest(tmp_path: Path, *sources: str | Path, **kw: str) -> tuple[list[dict], object]:
+    out = tmp_path / "manifest.parquet"
+    summary = write_manifest([str(s) for s in sources], out, **kw)
+    return pq.read_table(out).to_pylist(), summary
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A folder with images in nested folders, odd letter case, and non-images."""
+    root = tmp_path / "imgs"
+    (root / "b" / "deep").mkdir(parents=True)
+    shutil.copy(SAMPLES / "sunset.jpg", root / "a.JPG")
+    shutil.copy(SAMPLES / "icon.gif", root / "b" / "c.gif")
+    shutil.copy(SAMPLES / "forest.webp", root / "b" / "deep" / "d.WebP")
+    shutil.copy(SAMPLES / "checkerboard.png", root / "e.jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_is_recursive_sorted_and_case_insensitive(tmp_path: Path, tree: Path) -> None:
+    rows, summary = ingest(tmp_path, tree)
+    assert [Path(r["source"]).relative_to(tree).as_posix() for r in rows] == [
+        "a.JPG",
+        "e.jpeg",
+        "b/c.gif",
+        "b/deep/d.WebP",
+    ]
+    assert all(os.path.isabs(r["source"]) for r in rows)
+    assert summary.rows == 4
+    assert summary.duplicates == 0
+
+
+def test_ids_are_stable_across_machines_and_runs(tmp_path: Path, tree: Path) -> None:
+    # The id hashes the path as named from the argument, not the absolute path, so the same
+    # command on another machine (another checkout folder) gives the same ids.
+    os.chdir(tmp_path)
+    first, _ = ingest(tmp_path, "imgs")
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copytree(tree, moved / "imgs")
+    os.chdir(moved)
+    second, _ = ingest(moved, "imgs")
+    assert [r["id"] for r in first] == [r["id"] for r in second]
+    assert first[0]["source"] != second[0]["source"]
+    # And the hash itself is pinned: sha256 of the UTF-8 key, first 16 hex digits.
+    assert stable_id("imgs/a.JPG") == "c7ebe1b609e2e115"
+    assert first[0]["id"] == stable_id("imgs/a.JPG")
+
+
+def test_glob(tmp_path: Path, tree: Path) -> None:
+    rows, _ = ingest(tmp_path, f"{tree}/**/*.gif")
+    assert [Path(r["source"]).name for r in rows] == ["c.gif"]
+
+
+def test_glob_matching_no_images(tmp_path: Path, tree: Path) -> None:
+    with pytest.raises(UsageError, match=r"the glob matched no image files \(1 file"):
+        ingest(tmp_path, f"{tree}/*.txt")
+
+
+def test_url_source(tmp_path: Path) -> None:
+    rows, _ = ingest(tmp_path, "https://example.com/a.png")
+    assert rows == [
+        {"id": stable_id("https://example.com/a.png"), "source": "https://example.com/a.png"}
+    ]
+
+
+def test_txt_list_with_comments_relative_paths_and_urls(tmp_path: Path, tree: Path) -> None:
+    lst = tree / "list.txt"
+    lst.write_text("# my images\n\na.JPG\n  b/c.gif  \nhttps://x.org/1.jpg\n# end\n")
+    os.chdir(tmp_path)
+    rows, _ = ingest(tmp_path, "imgs/list.txt")
+    assert [r["source"] for r in rows] == [
+        str(tree / "a.JPG"),
+        str(tree / "b/c.gif"),
+        "https://x.org/1.jpg",
+    ]
+    # Same file reached through the folder or through the list: same id.
+    assert rows[0]["id"] == stable_id("imgs/a.JPG")
+
+
+def test_csv_keeps_extra_columns_and_types(tmp_path: Path) -> None:
+    lst = tmp_path / "list.csv"
+    lst.write_text(
+        "url,width,height,label\nhttps://x/1.png,640,480,cat\nhttps://x/2.png,800,600,dog\n"
+    )
+    rows, _ = ingest(tmp_path, lst)
+    assert rows[0] == {
+        "id": stable_id("https://x/1.png"),
+        "source": "https://x/1.png",
+        "width": 640,
+        "height": 480,
+        "label": "cat",
+    }
+    assert pq.read_schema(tmp_path / "manifest.parquet").field("width").type == pa.int64()
+
+
+def test_tsv_with_named_column_and_id_column(tmp_path: Path) -> None:
+    lst = tmp_path / "list.tsv"
+    lst.write_text("my_id\tpic\tnote\nA-1\thttps://x/1.png\tfirst\nA-2\thttps://x/2.png\tsecond\n")
+    rows, _ = ingest(tmp_path, lst, column="pic", id_column="my_id")
+    assert [(r["id"], r["source"], r["note"]) for r in rows] == [
+        ("A-1", "https://x/1.png", "first"),
+        ("A-2", "https://x/2.png", "second"),
+    ]
+
+
+def test_jsonl(tmp_path: Path, tree: Path) -> None:
+    lst = tree / "list.jsonl"
+    lst.write_text('{"path": "a.JPG", "w": 1}\n\n{"path": "b/c.gif", "w": 2, "tag": "x"}\n')
+    rows, _ = ingest(tmp_path, lst)
+    # Columns missing from a row are null.
+    assert [(Path(r["source"]).name, r["w"], r["tag"]) for r in rows[:2]] == [
+        ("a.JPG", 1, None),
+        ("c.gif", 2, "x"),
+    ]
+
+
+def test_parquet_list(tmp_path: Path) -> None:
+    lst = tmp_path / "list.parquet"
+    pq.write_table(
+        pa.table({"image_url": ["https://x/1.png", "https://x/2.png"], "score": [0.5, 0.7]}), lst
+    )
+    rows, _ = ingest(tmp_path, lst)
+    assert [(r["source"], r["score"]) for r in rows] == [
+        ("https://x/1.png", 0.5),
+        ("https://x/2.png", 0.7),
+    ]
+
+
+def test_duplicates_dropped_and_counted(tmp_path: Path, tree: Path) -> None:
+    lst = tree / "list.txt"
+    lst.write_text("a.JPG\na.JPG\nhttps://x/1.png\n")
+    (tmp_path / "more.txt").write_text("https://x/1.png\n")
+    os.chdir(tmp_path)
+    rows, summary = ingest(tmp_path, "imgs", "imgs/list.txt", "more.txt")
+    assert summary.rows == len(rows) == 5  # 4 images + 1 URL
+    assert summary.duplicates == 3
+    assert len({r["id"] for r in rows}) == 5
+    assert "3 duplicate(s) dropped" in summary.line()
+
+
+def test_sources_with_different_columns_merge(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("url,width\nhttps://x/1.png,10\n")
+    (tmp_path / "b.jsonl").write_text('{"url": "https://x/2.png", "width": 2.5, "who": "me"}\n')
+    rows, _ = ingest(tmp_path, tmp_path / "a.csv", tmp_path / "b.jsonl")
+    assert [(r["width"], r["who"]) for r in rows] == [(10.0, None), (2.5, "me")]
+
+
+def test_user_columns_cannot_shadow_ours(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("url,id,status\nhttps://x/1.png,7,new\n")
+    rows, _ = ingest(tmp_path, tmp_path / "a.csv")
+    assert rows[0]["input_id"] == 7
+    assert rows[0]["input_status"] == "new"
+    assert rows[0]["id"] == stable_id("https://x/1.png")
+
+
+def test_read_manifest_streams_typed_rows(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("url,label\nhttps://x/1.png,cat\n")
+    ingest(tmp_path, tmp_path / "a.csv")
+    (row,) = list(read_manifest(tmp_path / "manifest.parquet"))
+    assert (row.source, row.extra) == ("https://x/1.png", {"label": "cat"})
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, r"source '.*missing': no such file or folder"),
+        (
+            lambda d: (d / "l.csv").write_text("name\nx\n"),
+            r"l\.csv: no image column; name one with --column",
+        ),
+        (
+            lambda d: (d / "l.jsonl").write_text('{"url": "a"}\n{broken\n'),
+            r"l\.jsonl:2: not valid JSON",
+        ),
+        (
+            lambda d: (d / "l.parquet").write_bytes(b"PAR1 not really"),
+            r"l\.parquet: not a readable Parquet file",
+        ),
+        (lambda d: (d / "l.txt").write_bytes(b"\xff\xfe\x00bad"), r"l\.txt: not UTF-8 text"),
+        (
+            lambda d: (d / "l.txt").write_text("s3://bucket/a.png\n"),
+            r"only local paths and http\(s\) URLs",
+        ),
+        (
+            lambda d: (d / "l.csv").write_text('url,w\n"https://x/1.png,1\n'),
+            r"l\.csv: malformed CSV",
+        ),
+        (lambda d: (d / "l.xml").write_text("<a/>"), r"unsupported file type \.xml"),
+        (
+            lambda d: (d / "l.jsonl").write_text('"a.png"\n'),
+            r"l\.jsonl:1: each line must be a JSON object",
+        ),
+        (
+            lambda d: (d / "l.csv").write_text('url\nhttps://x/1.png\n""\n'),
+            r"l\.csv: row 2: column 'url' is empty",
+        ),
+    ],
+)
+def test_bad_sources_fail_clearly_and_leave_no_partial_manifest(
+    tmp_path: Path, setup, message: str
+) -> None:
+    setup(tmp_path)
+    target = next((p for p in tmp_path.iterdir() if p.name.startswith("l.")), tmp_path / "missing")
+    out = tmp_path / "out" / "manifest.parquet"
+    out.parent.mkdir()
+    pq.write_table(pa.table({"id": ["keep"], "source": ["me"]}), out)
+    with pytest.raises(UsageError, match=message) as info:
+        write_manifest([str(SAMPLES), str(target)], out)
+    assert "\n" not in str(info.value)
+    # The previous manifest is untouched and no temporary files remain.
+    assert pq.read_table(out).to_pylist() == [{"id": "keep", "source": "me"}]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["manifest.parquet"]
+
+
+def test_missing_column_named_by_flag(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("url\nhttps://x/1.png\n")
+    with pytest.raises(UsageError, match=r"l\.csv: no column 'pic' \(columns: url\)"):
+        ingest(tmp_path, tmp_path / "l.csv", column="pic")
+    with pytest.raises(UsageError, match=r"no id column 'key'"):
+        ingest(tmp_path, tmp_path / "l.csv", id_column="key")
+
+
+def test_json_reaches_lists(tmp_path: Path) -> None:
+    (tmp_path / "l.jsonl").write_text(
+        json.dumps({"url": "https://x/1.png", "tags": ["a", "b"]}) + "\n"
+    )
+    rows, _ = ingest(tmp_path, tmp_path / "l.jsonl")
+    assert rows[0]["tags"] == ["a", "b"]
