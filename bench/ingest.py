@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure  # noqa: E402
+from _measure import measure
 
 
 def main() -> None:
@@ -32,7 +32,9 @@ def main() -> None:
         if m.returncode != 0:
             raise SystemExit(f"ingest failed with exit code {m.returncode}")
         rows = pq.ParquetFile(out).metadata.num_rows
-        print(f"rows={rows} wall_s={m.wall_s:.2f} cpu_s={m.cpu_s:.2f} peak_rss_mb={m.peak_rss_mb:.0f}")
+        print(
+            f"rows={rows} wall_s={m.wall_s:.2f} cpu_s={m.cpu_s:.2f} peak_rss_mb={m.peak_rss_mb:.0f}"
+        )
         print(f"rows_per_s={rows / m.wall_s:,.0f}")
 
 
