@@ -15,6 +15,8 @@ error code, never by matching message text.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 EXIT_OK = 0
 EXIT_ROW_ERRORS = 1
 EXIT_USAGE = 2
@@ -35,6 +37,8 @@ class ApiError(CaptionError):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
+        # The answer's headers, when there was an answer (rate-limit headers live there).
+        self.headers: Mapping[str, str] = {}
 
 
 class TransientError(ApiError):

@@ -1,0 +1,305 @@
+"""One HTTP call to a chat-completions endpoint, and what its answer means.
+
+`post_completion` sends one request and returns a `Completion` or raises one of the typed
+errors of `pipeline.errors`. It does not retry: the retry policy wraps it from outside
+(`pipeline.worker`). The session is a parameter, so tests point it at a local server.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from pipeline.errors import (
+    ApiError,
+    FatalApiError,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from pipeline.records import Choice, Completion, Usage
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+REJECTED_STATUSES = frozenset({400, 404, 413, 415, 422})
+FATAL_STATUSES = frozenset({401, 402, 403})
+FATAL_CODES = frozenset({"insufficient_quota"})
+MAX_ERROR_TEXT = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str
+    headers: Mapping[str, str]
+    timeout: float
+    secret: str  # scrubbed from anything the server echoes back
+    client_timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def create(cls, url: str, api_key: str, auth_scheme: str, timeout: float) -> Endpoint:
+        value = f"Bearer {api_key}" if auth_scheme == "bearer" else api_key
+        headers = {"Authorization": value, "Content-Type": "application/json"}
+        return cls(
+            url=url,
+            headers=headers,
+            timeout=timeout,
+            secret=api_key,
+            client_timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, "[redacted]") if self.secret else text
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """`1s`, `6m0s`, `20ms`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-* format) -> seconds."""
+    parts = _DURATION.findall(value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _error_fields(body: Any) -> tuple[str | None, str | None]:
+    """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`."""
+    if not isinstance(body, dict):
+        return None, None
+    err = body.get("error")
+    if isinstance(err, dict):
+        code = err.get("code") or err.get("type")
+        return (str(code) if code is not None else None), err.get("message")
+    if isinstance(err, str):
+        return None, err
+    if "msg" in body or "message" in body:
+        code = body.get("code")
+        return (str(code) if code is not None else None), body.get("msg") or body.get("message")
+    return None, None
+
+
+def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endpoint) -> ApiError:
+    """Turn a non-200 answer into the error that says what to do about it."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    code, message = _error_fields(body)
+    if message is None:
+        message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
+    text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
+    retry_after = parse_retry_after(headers)
+
+    should_retry = headers.get("x-should-retry")
+    if status == 429 and code in FATAL_CODES:
+        return FatalApiError(text, http_status=status)
+    if status in FATAL_STATUSES:
+        return FatalApiError(text, http_status=status)
+    if should_retry == "true":
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    if should_retry == "false":
+        return RequestRejected(text, http_status=status)
+    if status == 429:
+        return RateLimited(text, http_status=status, retry_after=retry_after)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    if status in REJECTED_STATUSES:
+        return RequestRejected(text, http_status=status)
+    # 405 and other 4xx: the endpoint itself is wrong for every row, not this one.
+    return FatalApiError(text, http_status=status)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    prompt = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
+        cached_tokens=_int(prompt_details.get("cached_tokens")),
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
+    """A 200 is not proof of success: memories.ai can answer 200 with `status: errored`."""
+    if not isinstance(body, dict):
+        raise TransientError("HTTP 200 with a body that is not a JSON object", http_status=status)
+    if body.get("status") == "errored" or "error" in body:
+        code, message = _error_fields(body)
+        raise TransientError(
+            endpoint.redact(f"HTTP 200 errored: {code or ''} {message or ''}".strip()),
+            http_status=status,
+        )
+    if isinstance(body.get("code"), int) and body["code"] not in (0, 200) and "choices" not in body:
+        # memories.ai's envelope inside a 200: classify by its own code.
+        raise classify(body["code"], json.dumps(body).encode(), {}, endpoint)
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise TransientError("HTTP 200 without choices", http_status=status)
+    parsed = []
+    for i, ch in enumerate(choices):
+        if not isinstance(ch, dict):
+            raise TransientError("HTTP 200 with a malformed choice", http_status=status)
+        message = ch.get("message") or {}
+        parsed.append(
+            Choice(
+                index=_int(ch.get("index", i)),
+                content=message.get("content"),
+                refusal=message.get("refusal"),
+                finish_reason=ch.get("finish_reason"),
+            )
+        )
+    return Completion(
+        choices=tuple(parsed),
+        usage=parse_usage(body.get("usage")),
+        response_id=body.get("id"),
+        model=body.get("model"),
+        created=body.get("created") if isinstance(body.get("created"), int) else None,
+        service_tier=body.get("service_tier"),
+        system_fingerprint=body.get("system_fingerprint"),
+    )
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> dict[str, Any]:
+    """Assemble server-sent `chat.completion.chunk` events into one completion body."""
+    content: dict[int, list[str]] = {}
+    refusal: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    meta: dict[str, Any] = {}
+    done = False
+    async for raw_line in resp.content:
+        line = raw_line.strip()
+        if not line or not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            done = True
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise TransientError("stream sent an event that is not JSON", http_status=200) from None
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk or chunk.get("status") == "errored":
+            code, message = _error_fields(chunk)
+            raise TransientError(
+                endpoint.redact(f"stream errored: {code or ''} {message or ''}".strip()),
+                http_status=200,
+            )
+        for key in ("id", "model", "created", "service_tier", "system_fingerprint"):
+            if chunk.get(key) is not None:
+                meta[key] = chunk[key]
+        if chunk.get("usage"):
+            meta["usage"] = chunk["usage"]
+        for ch in chunk.get("choices") or []:
+            index = _int(ch.get("index"))
+            delta = ch.get("delta") or {}
+            content.setdefault(index, [])
+            if delta.get("content"):
+                content[index].append(delta["content"])
+            if delta.get("refusal"):
+                refusal.setdefault(index, []).append(delta["refusal"])
+            if ch.get("finish_reason"):
+                finish[index] = ch["finish_reason"]
+    if not done:
+        raise TransientError("stream ended before [DONE]", http_status=200)
+    choices = [
+        {
+            "index": i,
+            "message": {
+                "role": "assistant",
+                "content": "".join(content[i]),
+                "refusal": "".join(refusal[i]) if i in refusal else None,
+            },
+            "finish_reason": finish.get(i),
+        }
+        for i in sorted(content)
+    ]
+    return {**meta, "choices": choices}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    completion: Completion
+    http_status: int
+    headers: Mapping[str, str]
+
+
+async def post_completion(
+    session: aiohttp.ClientSession, endpoint: Endpoint, body: bytes, *, stream: bool
+) -> Answer:
+    """Send one request. Raises TransientError, RequestRejected or FatalApiError; any error
+    carries the answer's headers in `.headers` so the rate limiter can read them."""
+    try:
+        async with session.post(
+            endpoint.url,
+            data=body,
+            headers=endpoint.headers,
+            timeout=endpoint.client_timeout,
+        ) as resp:
+            headers = resp.headers
+            try:
+                if resp.status != 200:
+                    raise classify(resp.status, await resp.read(), headers, endpoint)
+                if stream and resp.content_type == "text/event-stream":
+                    parsed: Any = await _read_stream(resp, endpoint)
+                else:
+                    try:
+                        parsed = json.loads(await resp.read())
+                    except ValueError:
+                        raise TransientError(
+                            "HTTP 200 with a body that is not valid JSON", http_status=200
+                        ) from None
+                return Answer(parse_completion(parsed, 200, endpoint), 200, headers)
+            except ApiError as exc:
+                exc.headers = headers
+                raise
+    except TimeoutError:
+        raise TransientError(f"timed out after {endpoint.timeout:g} s") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise TransientError(f"response cut short ({type(exc).__name__})") from None
+    except aiohttp.ClientConnectionError as exc:
+        # Connection refused or reset, server disconnected: the way to the server failed.
+        raise TransientError(f"connection failed ({type(exc).__name__})") from None

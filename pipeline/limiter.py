@@ -1,0 +1,169 @@
+"""The one place where concurrency and request rates are bounded, and adapt to 429s.
+
+- An in-flight window of at most `concurrency` requests. A rate-limit answer halves it
+  (at most once a second, so a burst of 429s from one moment counts once) and pauses every
+  dispatch for the server's Retry-After; each success grows it back by about one slot per
+  window of successes (additive increase, multiplicative decrease).
+- Optional requests-per-minute and tokens-per-minute buckets. A 429 also halves their
+  rates; successes restore them gradually.
+- `x-ratelimit-remaining-*` = 0 pauses dispatch until the matching `x-ratelimit-reset-*`.
+
+Waiters queue in FIFO order; only the head waits on the clock, so a release wakes one
+coroutine, not all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+
+from pipeline.client import parse_duration
+
+SHRINK_COOLDOWN_S = 1.0
+DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+MIN_RATE_FACTOR = 1 / 64
+RATE_RECOVERY_STEP = 0.02
+
+
+class _Bucket:
+    """Tokens refill at `rate` per second up to `capacity`; a take may go into debt, which
+    delays the next taker, so long-run throughput is exactly the rate."""
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate, 1.0)  # one second's worth of burst
+        self.level = self.capacity
+        self.stamp = now
+
+    def _refill(self, now: float, factor: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate * factor)
+        self.stamp = now
+
+    def delay(self, now: float, factor: float) -> float:
+        self._refill(now, factor)
+        # A hair of float error must not turn into an endless series of tiny sleeps.
+        return 0.0 if self.level >= -1e-6 else -self.level / (self.rate * factor)
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+
+class AdaptiveLimiter:
+    def __init__(
+        self,
+        concurrency: int,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        now = clock()
+        self.max_window = concurrency
+        self.window = float(concurrency)
+        self.in_flight = 0
+        self.rate_factor = 1.0
+        self.paused_until = 0.0
+        self.shrinks = 0
+        self._last_shrink = float("-inf")
+        self._clock = clock
+        self._sleep = sleep
+        self._rpm = _Bucket(rpm, now) if rpm else None
+        self._tpm = _Bucket(tpm, now) if tpm else None
+        self._queue: deque[asyncio.Event] = deque()
+
+    # -- acquiring -------------------------------------------------------------------
+
+    def _delay(self, cost: float) -> float:
+        now = self._clock()
+        delay = max(self.paused_until - now, 0.0)
+        for bucket in (self._rpm, self._tpm):
+            if bucket is not None:
+                delay = max(delay, bucket.delay(now, self.rate_factor))
+        return delay
+
+    def _has_slot(self) -> bool:
+        return self.in_flight < max(int(self.window), 1)
+
+    def _take(self, cost: float) -> None:
+        self.in_flight += 1
+        if self._rpm is not None:
+            self._rpm.take(1)
+        if self._tpm is not None:
+            self._tpm.take(cost)
+
+    async def acquire(self, cost: float = 0.0) -> None:
+        """Wait for a slot; `cost` is the request's token estimate (for the TPM cap)."""
+        if not self._queue and self._has_slot() and self._delay(cost) == 0:
+            self._take(cost)
+            return
+        me = asyncio.Event()
+        self._queue.append(me)
+        try:
+            while True:
+                if self._queue[0] is me:
+                    delay = self._delay(cost)
+                    if delay > 0:
+                        await self._sleep(delay)
+                        continue
+                    if self._has_slot():
+                        self._take(cost)
+                        return
+                me.clear()
+                await me.wait()
+        finally:
+            self._queue.remove(me)
+            self._wake()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._queue:
+            self._queue[0].set()
+
+    @asynccontextmanager
+    async def slot(self, cost: float = 0.0) -> AsyncIterator[None]:
+        await self.acquire(cost)
+        try:
+            yield
+        finally:
+            self.release()
+
+    # -- feedback --------------------------------------------------------------------
+
+    def on_success(self) -> None:
+        if self.window < self.max_window:
+            self.window = min(self.max_window, self.window + 1.0 / self.window)
+            self._wake()
+        if self.rate_factor < 1.0:
+            self.rate_factor = min(1.0, self.rate_factor + RATE_RECOVERY_STEP)
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        now = self._clock()
+        pause = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE_S
+        self.paused_until = max(self.paused_until, now + pause)
+        if now - self._last_shrink >= SHRINK_COOLDOWN_S:
+            self._last_shrink = now
+            self.shrinks += 1
+            self.window = max(1.0, self.window / 2)
+            self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor / 2)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Honour `x-ratelimit-remaining-{requests,tokens}` = 0 until the matching reset."""
+        now = self._clock()
+        for kind in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            reset = headers.get(f"x-ratelimit-reset-{kind}")
+            if remaining is None or reset is None:
+                continue
+            try:
+                exhausted = float(remaining) <= 0
+            except ValueError:
+                continue
+            wait = parse_duration(reset)
+            if exhausted and wait is not None:
+                self.paused_until = max(self.paused_until, now + wait)

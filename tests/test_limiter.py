@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from pipeline.limiter import AdaptiveLimiter
+
+
+class Clock:
+    """Virtual time: sleeping advances it, so pacing is checked exactly, not by wall clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+def test_window_halves_once_per_burst_and_grows_back() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(16, clock=clock)
+    lim.on_rate_limited(None)
+    lim.on_rate_limited(None)  # same moment: one congestion event, one halving
+    assert lim.window == 8
+    assert lim.shrinks == 1
+    clock.t += 2
+    lim.on_rate_limited(2.0)
+    assert lim.window == 4
+    assert lim.paused_until == clock.t + 2.0
+    for _ in range(200):
+        lim.on_success()
+    assert lim.window == 16
+
+
+def test_window_never_below_one_and_rate_factor_recovers() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(2, rpm=60, clock=clock)
+    for _ in range(10):
+        clock.t += 5
+        lim.on_rate_limited(0)
+    assert lim.window == 1
+    assert lim.rate_factor == pytest.approx(1 / 64)
+    for _ in range(60):
+        lim.on_success()
+    assert lim.rate_factor == 1.0
+
+
+def test_ratelimit_headers_pause_until_reset() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(4, clock=clock)
+    lim.observe_headers({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "9s"})
+    assert lim.paused_until == 0.0
+    lim.observe_headers({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"})
+    assert lim.paused_until == clock.t + 90
+
+
+def test_in_flight_never_exceeds_the_window() -> None:
+    async def main() -> int:
+        lim = AdaptiveLimiter(3)
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            async with lim.slot():
+                peak = max(peak, lim.in_flight)
+                await asyncio.sleep(0.001)
+
+        await asyncio.gather(*(one() for _ in range(50)))
+        assert lim.in_flight == 0
+        return peak
+
+    assert asyncio.run(main()) == 3
+
+
+def test_rpm_paces_requests() -> None:
+    """600 rpm = 10/s with one second of burst: 11 go at once, then one every 0.1 s."""
+    clock = Clock()
+
+    async def main() -> list[float]:
+        lim = AdaptiveLimiter(100, rpm=600, clock=clock, sleep=clock.sleep)
+        times = []
+        for _ in range(30):
+            async with lim.slot():
+                times.append(clock.t - 1000.0)
+        return times
+
+    times = asyncio.run(main())
+    assert times[:11] == [0.0] * 11
+    assert times[-1] == pytest.approx(1.9)
+    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(times[11:]))
+
+
+def test_tpm_counts_tokens() -> None:
+    clock = Clock()
+
+    async def main() -> list[float]:
+        lim = AdaptiveLimiter(100, tpm=60_000, clock=clock, sleep=clock.sleep)  # 1000 tokens/s
+        times = []
+        for _ in range(5):
+            async with lim.slot(cost=500):
+                times.append(clock.t - 1000.0)
+        return times
+
+    # 1000 tokens of burst: three requests of 500 go at once (the third into debt), then
+    # each waits for the debt to be repaid at 1000 tokens/s.
+    assert asyncio.run(main()) == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0])
+
+
+def test_a_429_pauses_every_dispatch() -> None:
+    clock = Clock()
+
+    async def main() -> float:
+        lim = AdaptiveLimiter(4, clock=clock, sleep=clock.sleep)
+        lim.on_rate_limited(7.0)
+        async with lim.slot():
+            return clock.t - 1000.0
+
+    assert asyncio.run(main()) == pytest.approx(7.0)
