@@ -101,5 +101,121 @@ def prices(config_path: Path | None, as_json: bool) -> None:
         click.echo(f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {r['output_per_1m']:>11g}")
 
 
+def _job_options(fn: Any) -> Any:
+    """Flags that override the job config: flag > file > default."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Job config (TOML); see configs/default.toml.",
+        ),
+        click.option("--model", help="Model, e.g. gpt:gpt-4o ([request] model)."),
+        click.option("--endpoint", help="Endpoint URL, or 'fake' for the built-in fake."),
+        click.option("--api-key-env", help="Environment variable holding the API key."),
+        click.option("--auth-scheme", type=click.Choice(["raw", "bearer"])),
+        click.option("--prompt", help="Prompt sent with every image."),
+        click.option("--system-prompt", help="System message ('' for none)."),
+        click.option("--detail", type=click.Choice(["auto", "low", "high"])),
+        click.option("--max-tokens", type=int),
+        click.option("--temperature", type=float),
+        click.option("--concurrency", type=int, help="Requests in flight at once."),
+        click.option("--rpm", type=int, help="Requests-per-minute cap."),
+        click.option("--tpm", type=int, help="Tokens-per-minute cap."),
+        click.option("--max-attempts", type=int, help="Tries per row for transient failures."),
+        click.option("--timeout", type=float, help="Seconds per request."),
+        click.option(
+            "--max-cost", type=float, help="Budget cap in USD for the output folder's total spend."
+        ),
+        click.option("--rows-per-shard", type=int),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
+    from pipeline.config import FLAG_SETTINGS, load_config
+
+    overrides = {k: v for k, v in flags.items() if k in FLAG_SETTINGS}
+    return load_config(config_path, overrides)
+
+
+@cli.command(short_help="Caption images: resumable, rate-limited, priced per row.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder: manifest, run.json and result shards.",
+)
+@_job_options
+@click.option("--retry-errors", is_flag=True, help="Send the rows that ended as errors again.")
+@click.option("--column", help="Image column of tabular list files.")
+@click.option("--id-column", help="Use this column of the list files as the row id.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
+def run(
+    sources: tuple[str, ...],
+    output: Path,
+    config_path: Path | None,
+    retry_errors: bool,
+    column: str | None,
+    id_column: str | None,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Caption every image of SOURCES (anything `ingest` accepts, or a manifest) into
+    OUTPUT. Rerunning the same command resumes: only rows without a result are sent.
+
+    Exit codes: 0 all ok; 1 finished with error rows; 2 usage or config error; 3 the
+    endpoint refused the job (key, balance, quota); 4 budget cap reached; 130 interrupted.
+    """
+    from pipeline.runner import run_job
+
+    if quiet:
+        _setup_logging(0, quiet=True)
+    config = _load_job(config_path, flags)
+    outcome = run_job(
+        list(sources),
+        output,
+        config,
+        retry_errors=retry_errors,
+        show_progress=not quiet and sys.stderr.isatty(),
+        column=column,
+        id_column=id_column,
+    )
+    click.echo(outcome.summary)
+    if outcome.message:
+        click.echo(f"caption: {outcome.message}", err=True)
+    sys.exit(outcome.exit_code)
+
+
+@cli.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
+@click.option("--port", type=int, default=8099, show_default=True)
+@click.option(
+    "--latency", type=float, default=0.0, show_default=True, help="Seconds added to every answer."
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests answered 500 or 429.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def fake_endpoint(port: int, latency: float, error_rate: float, seed: int) -> None:
+    """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
+    usage, for trying jobs without a key: caption run ... --endpoint URL."""
+    from aiohttp import web
+
+    from pipeline.fake_server import FakeOptions, make_app
+
+    click.echo(f"fake endpoint: http://127.0.0.1:{port}/chat/completions", err=True)
+    app = make_app(FakeOptions(latency=latency, error_rate=error_rate, seed=seed))
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
 def main() -> None:
     cli(prog_name="caption")

@@ -121,10 +121,16 @@ class ResultRow:
 
     def to_dict(self) -> dict[str, Any]:
         """A flat dict in `RESULT_SCHEMA` order, then the manifest's extra columns."""
+        row = self.core_dict()
+        row.update(self.extra)
+        return row
+
+    def core_dict(self) -> dict[str, Any]:
+        """The `RESULT_SCHEMA` columns only: plain JSON types, for the journal."""
         c = self.completion
         first = c.choices[0] if c and c.choices else None
         usage = c.usage if c else None
-        row: dict[str, Any] = {
+        return {
             "id": self.id,
             "source": self.source,
             "status": self.status,
@@ -160,8 +166,6 @@ class ResultRow:
             "error_kind": self.error_kind,
             "finished_at": self.finished_at_ms,
         }
-        row.update(self.extra)
-        return row
 
 
 def result_schema(extra: pa.Schema | None = None) -> pa.Schema:

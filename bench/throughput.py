@@ -1,0 +1,161 @@
+"""Throughput of `caption run` against a minimal aiohttp + semaphore client, in one run.
+
+    python bench/throughput.py [--images 5000] [--concurrency 64] [--latency 0.02]
+
+Both send the same requests (one chat completion per image, the image as a base64 data
+URL) to the same fake endpoint (`caption fake-endpoint`, in its own process) at 20 ms of
+latency. The minimal client writes nothing; the pipeline writes journals, shards and
+run.json. Each is a separate child process, so CPU seconds and peak RSS are its own.
+
+Target (issue 3): the pipeline's rate >= 0.9x the minimal client's, CPU <= 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import measure
+
+MINIMAL_CLIENT = textwrap.dedent(
+    """
+    import asyncio, base64, json, os, sys
+    import aiohttp
+
+    url, folder, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder))
+
+    def body(path):
+        with open(path, "rb") as f:
+            data = base64.b64encode(f.read()).decode()
+        return json.dumps({
+            "model": "gpt:gpt-4o",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Describe this image in one concise sentence."},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + data}},
+            ]}],
+            "max_tokens": 1000, "n": 1, "stream": False,
+        }).encode()
+
+    async def main():
+        sem = asyncio.Semaphore(concurrency)
+        headers = {"Authorization": "bench-key", "Content-Type": "application/json"}
+        ok = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+            async def one(path):
+                nonlocal ok
+                async with sem:
+                    async with s.post(url, data=body(path), headers=headers) as r:
+                        answer = json.loads(await r.read())
+                        ok += bool(answer.get("choices"))
+            await asyncio.gather(*(one(p) for p in paths))
+        print(ok)
+
+    asyncio.run(main())
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_images(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for i in range(count):
+        img = Image.new("RGB", (64, 48), ((i * 7) % 256, (i * 13) % 256, (i // 256) % 256))
+        img.putpixel((i % 64, 0), (255, 255, 255))
+        img.save(folder / f"img_{i:06d}.png")
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit("the fake endpoint did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.02)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "imgs"
+        make_images(folder, args.images)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/chat/completions"
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "fake-endpoint",
+                "--port",
+                str(port),
+                "--latency",
+                str(args.latency),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port)
+            env = {**os.environ, "MEMORIES_API_KEY": "bench-key"}
+            client = Path(tmp) / "minimal_client.py"
+            client.write_text(MINIMAL_CLIENT)
+            results = {}
+            for name, cmd in (
+                ("minimal", [sys.executable, str(client), url, str(folder), str(args.concurrency)]),
+                (
+                    "pipeline",
+                    [
+                        sys.executable,
+                        "-m",
+                        "pipeline",
+                        "run",
+                        str(folder),
+                        "-o",
+                        str(Path(tmp) / "out"),
+                        "--endpoint",
+                        url,
+                        "--concurrency",
+                        str(args.concurrency),
+                        "--quiet",
+                    ],
+                ),
+            ):
+                m = measure(cmd, env=env)
+                if m.returncode != 0:
+                    raise SystemExit(f"{name} failed with exit code {m.returncode}")
+                results[name] = m
+                print(
+                    f"{name:9s} wall_s={m.wall_s:6.2f} rate={args.images / m.wall_s:7.0f}/s "
+                    f"cpu_s={m.cpu_s:6.2f} peak_rss_mb={m.peak_rss_mb:5.0f}"
+                )
+        finally:
+            server.terminate()
+            server.wait()
+        mini, pipe = results["minimal"], results["pipeline"]
+        print(f"rate ratio (pipeline / minimal) = {mini.wall_s / pipe.wall_s:.2f}  (target >= 0.9)")
+        print(f"cpu ratio  (pipeline / minimal) = {pipe.cpu_s / mini.cpu_s:.2f}  (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

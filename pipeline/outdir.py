@@ -1,0 +1,270 @@
+"""The output folder: the only place where a job's state lives.
+
+    OUT_DIR/manifest.parquet            the manifest the job runs over
+    OUT_DIR/run.json                    the job's definition, fingerprint and totals
+    OUT_DIR/part-N.parquet              complete result shards
+    OUT_DIR/part-N.journal.arrows       the shard being written (folded on restart)
+
+`recover` puts a folder left by a crash back in order; `scan` reads only the columns it
+needs to tell what is done; `compact` leaves exactly one row per id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig
+from pipeline.errors import UsageError
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
+from pipeline.writer import (
+    JOURNAL_SUFFIX,
+    SHARD_GLOB,
+    TMP_SUFFIX,
+    fold_journal,
+    write_parquet_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.parquet"
+RUN_JSON = "run.json"
+RUN_JSON_VERSION = 1
+
+
+def job_definition(config: JobConfig) -> dict[str, Any]:
+    """Everything that changes the answer: model, prompts, request parameters, endpoint.
+
+    Never the key (nor the name of its variable): only what the server sees of the job.
+    Concurrency, limits and budget change how fast and how much, not what, so they are out.
+    """
+    req = config.request
+    return {
+        "endpoint": config.endpoint.url,
+        "model": req.model,
+        "system_prompt": req.system_prompt,
+        "prompt": req.prompt,
+        "detail": req.detail,
+        "response_format": req.response_format,
+        "temperature": req.temperature,
+        "max_tokens": req.max_tokens,
+        "max_tokens_field": req.max_tokens_field,
+        "top_p": req.top_p,
+        "frequency_penalty": req.frequency_penalty,
+        "presence_penalty": req.presence_penalty,
+        "n": req.n,
+        "stream": req.stream,
+        "stop": req.stop,
+    }
+
+
+def fingerprint(definition: dict[str, Any]) -> str:
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Done:
+    """What the output folder already holds, by id."""
+
+    ok_ids: pa.Array
+    error_ids: pa.Array
+    rows: int = 0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return len(self.ok_ids)
+
+    @property
+    def errors(self) -> int:
+        return len(self.error_ids)
+
+
+class OutputDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.manifest = self.path / MANIFEST_NAME
+        self.run_json = self.path / RUN_JSON
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB))
+
+    # -- run.json ---------------------------------------------------------------------
+
+    def read_run_json(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.run_json.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{self.run_json}: unreadable ({exc})") from None
+
+    def write_run_json(self, data: dict[str, Any]) -> None:
+        tmp = self.run_json.with_name(RUN_JSON + TMP_SUFFIX)
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, self.run_json)
+
+    def check_fingerprint(self, config: JobConfig) -> dict[str, Any] | None:
+        """Refuse to mix answers of a different job into this folder."""
+        previous = self.read_run_json()
+        if previous is None:
+            return None
+        definition = job_definition(config)
+        if previous.get("fingerprint") == fingerprint(definition):
+            return previous
+        old = previous.get("job", {})
+        changed = [k for k in sorted(set(old) | set(definition)) if old.get(k) != definition.get(k)]
+        described = "; ".join(
+            f"{k}: {_short(old.get(k))} -> {_short(definition.get(k))}" for k in changed
+        )
+        raise UsageError(
+            f"{self.path} holds results of a different job ({described or 'fingerprint differs'}); "
+            "use a new output folder, or rerun with the original settings"
+        )
+
+    # -- manifest ---------------------------------------------------------------------
+
+    def adopt_manifest(self, path: Path) -> None:
+        """Use an existing manifest file as this job's manifest (copied, then renamed)."""
+        if path.resolve() == self.manifest.resolve():
+            return
+        tmp = self.manifest.with_name(MANIFEST_NAME + TMP_SUFFIX)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, self.manifest)
+
+    # -- crash recovery and compaction ------------------------------------------------
+
+    def result_schema(self) -> pa.Schema:
+        """The shards' schema: the result columns, then the manifest's extra columns."""
+        manifest = pq.read_schema(self.manifest)
+        return result_schema(
+            pa.schema([f for f in manifest if f.name not in (MANIFEST_ID, MANIFEST_SOURCE)])
+        )
+
+    def manifest_extras(self, ids: pa.Array) -> pa.Table:
+        """The manifest rows (all columns) whose id is in `ids`, streamed batch by batch."""
+        pf = pq.ParquetFile(self.manifest)
+        parts = [
+            rb.filter(pc.is_in(rb.column(MANIFEST_ID), value_set=ids))
+            for rb in pf.iter_batches(batch_size=65_536)
+        ]
+        return pa.Table.from_batches(parts, schema=pf.schema_arrow)
+
+    def recover(self) -> None:
+        """Remove temporary files of interrupted writes and fold journals into shards."""
+        for tmp in self.path.glob(f"*{TMP_SUFFIX}"):
+            log.info("removing %s, left by an interrupted write", tmp.name)
+            tmp.unlink()
+        journals = sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}"))
+        if not journals:
+            return
+        schema = self.result_schema()
+        for journal in journals:
+            shard = fold_journal(journal, schema, self.manifest_extras)
+            if shard is not None:
+                log.info("recovered %s from the journal of an interrupted run", shard.name)
+
+    def compact(self) -> int:
+        """Keep one row per id: the newest (an `ok` beats an `error` of the same moment).
+
+        Rows are superseded when `--retry-errors` answers an id again. Each shard that holds
+        a superseded row is rewritten without it (temporary name, then rename), so a crash
+        at any point leaves at worst a duplicate that the next compaction removes.
+        """
+        shards = self.shards()
+        if not shards:
+            return 0
+        parts = []
+        for i, shard in enumerate(shards):
+            t = pq.read_table(shard, columns=["id", "status", "finished_at"])
+            parts.append(
+                t.append_column("shard", pa.array([i] * t.num_rows, pa.int32())).append_column(
+                    "row", pa.array(range(t.num_rows), pa.int64())
+                )
+            )
+        table = pa.concat_tables(parts)
+        if pc.count_distinct(table["id"]).as_py() == table.num_rows:
+            return 0
+        ranked = table.append_column("is_ok", pc.equal(table["status"], "ok")).sort_by(
+            [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
+        )
+        ids = ranked["id"].to_pylist()
+        drop: dict[int, list[int]] = {}
+        shard_col = ranked["shard"].to_pylist()
+        row_col = ranked["row"].to_pylist()
+        for k in range(1, len(ids)):
+            if ids[k] == ids[k - 1]:
+                drop.setdefault(shard_col[k], []).append(row_col[k])
+        removed = 0
+        for i, rows in drop.items():
+            shard = shards[i]
+            data = pq.read_table(shard)
+            keep = pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(rows)))
+            kept = data.filter(keep)
+            removed += data.num_rows - kept.num_rows
+            if kept.num_rows:
+                write_parquet_atomic(kept, shard)
+            else:
+                shard.unlink()
+        log.info("compacted: %d superseded row(s) removed", removed)
+        return removed
+
+    # -- what is done -----------------------------------------------------------------
+
+    def scan(self) -> Done:
+        """Ids answered ok or with an error, and the spend so far. Reads only the columns
+        it needs, so it stays fast at a million rows."""
+        shards = self.shards()
+        columns = ["id", "status", "cost_usd", "prompt_tokens", "completion_tokens", "error_kind"]
+        if not shards:
+            empty = pa.array([], pa.string())
+            return Done(ok_ids=empty, error_ids=empty)
+        table = pa.concat_tables(
+            [pq.read_table(s, columns=columns) for s in shards], promote_options="permissive"
+        )
+        ok_mask = pc.equal(table["status"], "ok")
+        errors = table.filter(pc.invert(ok_mask))
+        kinds = pc.value_counts(pc.fill_null(errors["error_kind"], "unknown")).to_pylist()
+        return Done(
+            ok_ids=table["id"].filter(ok_mask).combine_chunks(),
+            error_ids=errors["id"].combine_chunks(),
+            rows=table.num_rows,
+            cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
+            prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
+            completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
+            errors_by_kind={k["values"]: k["counts"] for k in kinds},
+        )
+
+    def manifest_count(self) -> int:
+        return pq.ParquetFile(self.manifest).metadata.num_rows
+
+    def pending_count(self, skip: pa.Array) -> int:
+        ids = pq.read_table(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+        return ids.length() - pc.sum(pc.is_in(ids, value_set=skip)).as_py()
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

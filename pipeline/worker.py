@@ -1,0 +1,294 @@
+"""One manifest row -> one result row: prepare the request, send it with retries, price it.
+
+The retry policy lives here and only here (tenacity, wrapped around the single HTTP call
+of `pipeline.client`):
+
+- transient failures (timeouts, resets, 5xx, 408, 409, unusable 200s) are retried up to
+  `max_attempts` tries, waiting for Retry-After when given (capped at `max_retry_after`),
+  else exponential backoff with jitter;
+- 429 rate limits are retried too, but count against their own, larger allowance
+  (`max_rate_limit_waits`): a storm of 429s throttles the whole pool through the limiter
+  instead of burning every row's attempts;
+- a rejected row is an error row at once; a fatal answer propagates and stops the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from pipeline.client import Answer, Endpoint, post_completion
+from pipeline.config import JobConfig
+from pipeline.errors import ApiError, RateLimited, RequestRejected, TransientError
+from pipeline.images import load_image
+from pipeline.limiter import AdaptiveLimiter
+from pipeline.prices import ModelPrice, cost_usd
+from pipeline.records import ManifestRow, ResultRow
+from pipeline.request import build_payload, worst_case_completion_tokens
+from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+
+def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """openai-python's schedule: min(0.5 * 2^(n-1), 8) s, less up to 25% jitter."""
+    return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S) * (1 - 0.25 * rand())
+
+
+class Stopping(Exception):
+    """The run stopped dispatching; this row stays pending for the next run."""
+
+
+class BudgetReached(Stopping):
+    """Sending this row could take the output folder's spend past the cap."""
+
+
+class Budget:
+    """Spend so far plus the worst case of everything in flight never passes the cap.
+
+    A row reserves its worst-case cost (estimated prompt tokens plus n * max_tokens at the
+    model's prices) before its first attempt, and settles to its real cost when done.
+    """
+
+    def __init__(self, cap_usd: float | None, spent_usd: float = 0.0) -> None:
+        self.cap_usd = cap_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = 0.0
+
+    def reserve(self, worst_usd: float) -> None:
+        if (
+            self.cap_usd is not None
+            and self.spent_usd + self.reserved_usd + worst_usd > self.cap_usd
+        ):
+            raise BudgetReached
+        self.reserved_usd += worst_usd
+
+    def settle(self, worst_usd: float, actual_usd: float) -> None:
+        self.reserved_usd -= worst_usd
+        self.spent_usd += actual_usd
+
+
+@dataclass(slots=True)
+class _Tries:
+    sent: int = 0
+    failures: int = 0
+    rate_limited: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Captioner:
+    """Everything needed to caption rows against one endpoint, shared by all workers."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: Endpoint,
+        config: JobConfig,
+        limiter: AdaptiveLimiter,
+        stopping: asyncio.Event,
+        budget: Budget | None = None,
+    ) -> None:
+        self.session = session
+        self.endpoint = endpoint
+        self.config = config
+        self.limiter = limiter
+        self.stopping = stopping
+        self.budget = budget or Budget(None)
+        self.price: ModelPrice = config.prices[config.request.model]
+        req = config.request
+        self.max_completion = worst_case_completion_tokens(req)
+        self.max_bytes = int(config.limits.max_image_mb * 1_000_000)
+
+    # -- estimates for limits and budget ----------------------------------------------
+
+    @functools.cached_property
+    def text_tokens(self) -> int:
+        """Loaded on first use: only the TPM cap and the budget need estimates."""
+        return prompt_text_tokens(self.config.request.system_prompt, self.config.request.prompt)
+
+    @property
+    def needs_estimates(self) -> bool:
+        return self.config.limits.tpm is not None or self.budget.cap_usd is not None
+
+    def prompt_tokens_estimate(self, width: int | None, height: int | None) -> int:
+        rule = self.price.image
+        if rule is None:
+            return self.text_tokens
+        detail = self.config.request.detail
+        if width and height:
+            return self.text_tokens + image_tokens(rule, width, height, detail)
+        return self.text_tokens + max_image_tokens(rule, detail)
+
+    def worst_case_cost(self, prompt_tokens: int) -> float:
+        return cost_usd(self.price, prompt_tokens, self.max_completion)
+
+    # -- one row ----------------------------------------------------------------------
+
+    def _delay(self, exc: BaseException | None, failures: int) -> float:
+        """Retry-After when the server gave one (capped), else backoff with jitter."""
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.config.limits.max_retry_after)
+        return backoff(failures)
+
+    def _exhausted(self, tries: _Tries, exc: BaseException | None) -> bool:
+        """Count one failure; True when the row has used up its allowance for that kind."""
+        if isinstance(exc, RateLimited):
+            tries.rate_limited += 1
+            return tries.rate_limited > self.config.limits.max_rate_limit_waits
+        tries.failures += 1
+        return tries.failures >= self.config.limits.max_attempts
+
+    async def _retry(
+        self, once: Callable[[], Awaitable[Answer]], tries: _Tries, first: TransientError
+    ) -> Answer:
+        """Attempts after a first transient failure, under tenacity's policy."""
+        if self._exhausted(tries, first):
+            raise first
+        await self._sleep(self._delay(first, 1))
+
+        def stop(state: RetryCallState) -> bool:
+            return self._exhausted(tries, state.outcome.exception() if state.outcome else None)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return self._delay(exc, state.attempt_number + 1)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop,
+            wait=wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return await retrying(once)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Back off, but wake at once when the run stops: the row then stays pending."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    async def caption(self, row: ManifestRow) -> ResultRow:
+        """Caption one row. Raises `Stopping` (or `BudgetReached`) if the run stops before
+        the row is answered, and `FatalApiError` if the endpoint refuses the whole job."""
+        started = time.perf_counter()
+        try:
+            image = load_image(row.source, self.max_bytes, read_size=self.needs_estimates)
+        except RequestRejected as exc:
+            return self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
+        prompt_estimate = 0
+        if self.needs_estimates:
+            width = image.width or _as_int(row.extra.get("width"))
+            height = image.height or _as_int(row.extra.get("height"))
+            prompt_estimate = self.prompt_tokens_estimate(width, height)
+        worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
+        self.budget.reserve(worst)
+        result: ResultRow | None = None
+        try:
+            result = await self._send(row, image.url, prompt_estimate, started)
+            return result
+        finally:
+            actual = result.cost_usd if result is not None and result.cost_usd else 0.0
+            self.budget.settle(worst, actual)
+
+    async def _send(
+        self, row: ManifestRow, image_url: str, prompt_estimate: int, started: float
+    ) -> ResultRow:
+        body = json.dumps(build_payload(self.config.request, image_url)).encode()
+        tries = _Tries()
+        tokens = prompt_estimate + self.max_completion
+
+        async def once() -> Answer:
+            if self.stopping.is_set():
+                raise Stopping
+            tries.sent += 1
+            return await self._attempt(body, tokens)
+
+        try:
+            try:
+                # Most rows succeed on their first try; only the others pay for tenacity.
+                answer = await once()
+            except TransientError as first:
+                answer = await self._retry(once, tries, first)
+        except RequestRejected as exc:
+            return self._error_row(row, exc, attempts=tries.sent, started=started, kind="rejected")
+        except TransientError as exc:
+            kind = "rate_limited" if isinstance(exc, RateLimited) else "transient"
+            return self._error_row(row, exc, attempts=tries.sent, started=started, kind=kind)
+        usage = answer.completion.usage
+        return ResultRow(
+            id=row.id,
+            source=row.source,
+            status="ok",
+            attempts=tries.sent,
+            latency_s=time.perf_counter() - started,
+            finished_at_ms=_now_ms(),
+            http_status=answer.http_status,
+            completion=answer.completion,
+            cost_usd=cost_usd(
+                self.price, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+            ),
+            extra=row.extra,
+        )
+
+    async def _attempt(self, body: bytes, tokens: int) -> Answer:
+        async with self.limiter.slot(tokens):
+            try:
+                answer = await post_completion(
+                    self.session, self.endpoint, body, stream=self.config.request.stream
+                )
+            except RateLimited as exc:
+                cap = self.config.limits.max_retry_after
+                self.limiter.on_rate_limited(
+                    None if exc.retry_after is None else min(exc.retry_after, cap)
+                )
+                self.limiter.observe_headers(exc.headers)
+                raise
+            except ApiError as exc:
+                self.limiter.observe_headers(exc.headers)
+                raise
+            self.limiter.on_success()
+            self.limiter.observe_headers(answer.headers)
+            return answer
+
+    def _error_row(
+        self, row: ManifestRow, exc: ApiError, *, attempts: int, started: float, kind: str
+    ) -> ResultRow:
+        log.debug("row %s failed: %s", row.id, exc.message)
+        return ResultRow(
+            id=row.id,
+            source=row.source,
+            status="error",
+            attempts=attempts,
+            latency_s=time.perf_counter() - started,
+            finished_at_ms=_now_ms(),
+            http_status=exc.http_status,
+            error=exc.message,
+            error_kind=kind,
+            extra=row.extra,
+        )
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, float) and value > 0 and value.is_integer():
+        return int(value)
+    return None

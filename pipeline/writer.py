@@ -1,0 +1,169 @@
+"""Writer: result rows -> a crash-safe journal -> complete Parquet shards.
+
+Every result is appended to the current shard's journal (`part-N.journal.jsonl`, one JSON
+line per row, written with a single unbuffered `write`) before the next row is taken, so
+a `kill -9` loses no answer that arrived. When the shard is full, or the run ends, the
+rows are written to `part-N.parquet` under a temporary name, renamed, and only then is the
+journal deleted. A shard is therefore visible only complete.
+
+The journal holds the result columns only; the manifest's extra columns are added back
+from the rows in memory on a normal flush, and from the manifest when `fold_journal`
+recovers the journal of a killed run (a torn last line, cut by the kill, is ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, ResultRow
+
+log = logging.getLogger(__name__)
+
+SHARD_GLOB = "part-*.parquet"
+JOURNAL_SUFFIX = ".journal.jsonl"
+TMP_SUFFIX = ".tmp"
+_SEQ = re.compile(r"^part-(\d+)")
+
+# Given the ids of a shard, the manifest's extra columns for them (any order, with `id`).
+ExtrasLookup = Callable[[pa.Array], pa.Table]
+
+
+def shard_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.parquet"
+
+
+def journal_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}{JOURNAL_SUFFIX}"
+
+
+def next_sequence(out_dir: Path) -> int:
+    """One past the highest `part-N` number in the folder (shards and journals alike)."""
+    numbers = [int(m[1]) for p in out_dir.glob("part-*") if (m := _SEQ.match(p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Every whole line of a journal; a last line torn by a kill is ignored."""
+    rows = []
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1 and any(lines[i + 1 :]):
+                raise ValueError(f"{path}: line {i + 1} is corrupt") from None
+            log.warning("%s: ignoring a torn last line (the run was killed)", path.name)
+    return rows
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def with_extras(core: pa.Table, schema: pa.Schema, lookup: ExtrasLookup | None) -> pa.Table:
+    """Append the manifest's extra columns (those of `schema` after the result columns)."""
+    extra_fields = [f for f in schema if f.name not in RESULT_SCHEMA.names]
+    if not extra_fields:
+        return core
+    found = lookup(core[MANIFEST_ID].combine_chunks()) if lookup else None
+    columns = list(core.columns)
+    if found is not None and found.num_rows:
+        index = pc.index_in(core[MANIFEST_ID], value_set=found[MANIFEST_ID].combine_chunks())
+        found = found.take(index)
+    for f in extra_fields:
+        if found is not None and f.name in found.column_names:
+            columns.append(found[f.name].cast(f.type))
+        else:
+            columns.append(pa.nulls(core.num_rows, f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def fold_journal(
+    journal: Path, schema: pa.Schema = RESULT_SCHEMA, lookup: ExtrasLookup | None = None
+) -> Path | None:
+    """Turn a journal left by a killed run into its Parquet shard (None if it was empty)."""
+    shard = journal.with_name(journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet")
+    if shard.exists():
+        # Killed after the rename but before the unlink: the shard is already complete.
+        journal.unlink()
+        return shard
+    rows = read_journal(journal)
+    if rows:
+        core = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+        write_parquet_atomic(with_extras(core, schema, lookup), shard)
+    journal.unlink()
+    return shard if rows else None
+
+
+class ShardWriter:
+    """Appends result rows to journal-protected shards of at most `rows_per_shard` rows.
+
+    Shards are named `{prefix}-{N:05d}`: the local executor numbers them from what the
+    folder holds; a distributed executor can give each task its own prefix.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        schema: pa.Schema,
+        rows_per_shard: int,
+        first_sequence: int | None = None,
+        prefix: str = "part",
+    ) -> None:
+        self.out_dir = out_dir
+        self.schema = schema
+        self.rows_per_shard = rows_per_shard
+        self.prefix = prefix
+        self._sequence = next_sequence(out_dir) if first_sequence is None else first_sequence
+        self._fd: int | None = None
+        self._journal: Path | None = None
+        self._rows: list[ResultRow] = []
+        self.shards: list[Path] = []
+
+    def write(self, row: ResultRow) -> None:
+        if self._fd is None:
+            name = f"{self.prefix}-{self._sequence:05d}"
+            self._sequence += 1
+            self._journal = journal_path(self.out_dir, name)
+            self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        line = json.dumps(row.core_dict(), separators=(",", ":")).encode() + b"\n"
+        os.write(self._fd, line)  # in the kernel's hands: survives the death of this process
+        self._rows.append(row)
+        if len(self._rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the current shard (if any rows) and start a new one on the next write."""
+        if self._fd is None or self._journal is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        shard = self._journal.with_name(
+            self._journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet"
+        )
+        table = pa.Table.from_pylist([r.to_dict() for r in self._rows], schema=self.schema)
+        write_parquet_atomic(table, shard)
+        self._journal.unlink()
+        self.shards.append(shard)
+        log.debug("wrote %s (%d rows)", shard.name, len(self._rows))
+        self._rows = []
+        self._journal = None
+
+    def close(self) -> None:
+        self.flush()

@@ -1,0 +1,188 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for the tests.
+
+It runs in a thread with its own event loop, so code under test may call `asyncio.run` or
+run in a subprocess. Answers are scripted per image (by the SHA-256 of the image bytes, or
+of the URL): a list of actions consumed one per request, then the default. It records every
+request it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.fake_server import BadRequest, completion_for, image_digest, respond
+from pipeline.prices import load_price_table
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer with this status, JSON body (or raw bytes) and headers; body None = a real
+    completion."""
+
+    status: int = 200
+    body: Any = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+OK = Reply()
+DROP = "drop"  # close the connection without answering
+HANG = "hang"  # never answer; the client's timeout fires
+TRUNCATED = "truncated"  # a 200 whose JSON body is cut off
+
+
+def digest_of_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class Seen:
+    digest: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class ScriptedServer:
+    def __init__(self) -> None:
+        self.plans: dict[str, list[Any]] = {}
+        self.default: Any = OK
+        self.seen: list[Seen] = []
+        self.answered: Counter[str] = Counter()  # completions sent back in full
+        self.prices = load_price_table()
+        self.url = ""
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    # -- scripting --------------------------------------------------------------------
+
+    def plan(self, digest: str, *actions: Any) -> None:
+        self.plans[digest] = list(actions)
+
+    def count(self, digest: str | None = None) -> int:
+        with self._lock:
+            if digest is None:
+                return len(self.seen)
+            return sum(1 for s in self.seen if s.digest == digest)
+
+    def requests_by_digest(self) -> Counter[str]:
+        with self._lock:
+            return Counter(s.digest for s in self.seen)
+
+    # -- serving ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        try:
+            image = next(
+                part["image_url"]
+                for m in body["messages"]
+                if isinstance(m.get("content"), list)
+                for part in m["content"]
+                if part.get("type") == "image_url"
+            )
+            digest, _ = image_digest(image["url"])
+        except (StopIteration, KeyError, BadRequest):
+            digest = "?"
+        with self._lock:
+            self.seen.append(Seen(digest, body, dict(request.headers)))
+            queue = self.plans.get(digest)
+            action = queue.pop(0) if queue else self.default
+        if action == DROP:
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(0.05)
+            return web.Response(status=200)
+        if action == HANG:
+            await asyncio.sleep(3600)
+        if action == TRUNCATED:
+            return web.Response(
+                body=b'{"id": "x", "choices": [{"inde', content_type="application/json"
+            )
+        assert isinstance(action, Reply)
+        if action.raw is not None:
+            return web.Response(
+                body=action.raw,
+                status=action.status,
+                headers=action.headers,
+                content_type="application/json",
+            )
+        if action.body is not None:
+            return web.json_response(action.body, status=action.status, headers=action.headers)
+        try:
+            answer = completion_for(body, self.prices)
+        except BadRequest as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
+        response = await respond(request, answer, bool(body.get("stream")))
+        with self._lock:
+            self.answered[digest] += 1
+        return response
+
+    def start(self) -> ScriptedServer:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_post("/chat/completions", self._handle)
+            self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/chat/completions"
+            self._stop_event = asyncio.Event()
+            ready.set()
+            loop.run_until_complete(self._stop_event.wait())
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+@contextmanager
+def scripted_server() -> Iterator[ScriptedServer]:
+    server = ScriptedServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def json_error(status: int, message: str, code: str | None = None, **headers: str) -> Reply:
+    return Reply(
+        status=status,
+        body={"error": {"message": message, "type": "api_error", "code": code}},
+        headers=headers,
+    )
+
+
+def memories_error(status: int, message: str) -> Reply:
+    return Reply(status=status, body={"code": status, "msg": message, "data": None})
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
