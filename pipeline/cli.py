@@ -192,6 +192,21 @@ def run(
     sys.exit(outcome.exit_code)
 
 
+@cli.command(short_help="Show what an output folder holds: done, errors, pending, cost.")
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(output: Path, as_json: bool) -> None:
+    """Report rows done (ok, errors by kind), pending against the manifest, tokens, cost and
+    the job fingerprint of OUTPUT. Reads only the output folder; changes nothing."""
+    from pipeline.status import read_status
+
+    report = read_status(output)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo("\n".join(report.lines()))
+
+
 @cli.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
 @click.option("--port", type=int, default=8099, show_default=True)
 @click.option(

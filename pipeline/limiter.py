@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 
 from pipeline.client import parse_duration
 
@@ -49,6 +48,22 @@ class _Bucket:
 
     def take(self, amount: float) -> None:
         self.level -= amount
+
+
+class _Slot:
+    """A plain class, not @asynccontextmanager: this runs once per request."""
+
+    __slots__ = ("_cost", "_limiter")
+
+    def __init__(self, limiter: AdaptiveLimiter, cost: float) -> None:
+        self._limiter = limiter
+        self._cost = cost
+
+    async def __aenter__(self) -> None:
+        await self._limiter.acquire(self._cost)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._limiter.release()
 
 
 class AdaptiveLimiter:
@@ -125,13 +140,9 @@ class AdaptiveLimiter:
         if self._queue:
             self._queue[0].set()
 
-    @asynccontextmanager
-    async def slot(self, cost: float = 0.0) -> AsyncIterator[None]:
-        await self.acquire(cost)
-        try:
-            yield
-        finally:
-            self.release()
+    def slot(self, cost: float = 0.0) -> _Slot:
+        """`async with limiter.slot(tokens):` holds one in-flight slot for the block."""
+        return _Slot(self, cost)
 
     # -- feedback --------------------------------------------------------------------
 

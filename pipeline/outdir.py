@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_SCHEMA, result_schema
 from pipeline.writer import (
     JOURNAL_SUFFIX,
     SHARD_GLOB,
     TMP_SUFFIX,
     fold_journal,
+    read_journal,
     write_parquet_atomic,
 )
 
@@ -85,6 +86,7 @@ class Done:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    journaled: int = 0
 
     @property
     def ok(self) -> int:
@@ -229,17 +231,24 @@ class OutputDir:
 
     # -- what is done -----------------------------------------------------------------
 
-    def scan(self) -> Done:
+    def scan(self, include_journals: bool = False) -> Done:
         """Ids answered ok or with an error, and the spend so far. Reads only the columns
-        it needs, so it stays fast at a million rows."""
-        shards = self.shards()
+        it needs, so it stays fast at a million rows. With `include_journals`, rows still
+        in a killed run's journal count too (read-only: nothing is folded)."""
         columns = ["id", "status", "cost_usd", "prompt_tokens", "completion_tokens", "error_kind"]
-        if not shards:
+        tables = [pq.read_table(s, columns=columns) for s in self.shards()]
+        journaled = 0
+        if include_journals:
+            for journal in sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}")):
+                rows = read_journal(journal)
+                journaled += len(rows)
+                if rows:
+                    core = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+                    tables.append(core.select(columns))
+        if not tables:
             empty = pa.array([], pa.string())
             return Done(ok_ids=empty, error_ids=empty)
-        table = pa.concat_tables(
-            [pq.read_table(s, columns=columns) for s in shards], promote_options="permissive"
-        )
+        table = pa.concat_tables(tables, promote_options="permissive")
         ok_mask = pc.equal(table["status"], "ok")
         errors = table.filter(pc.invert(ok_mask))
         kinds = pc.value_counts(pc.fill_null(errors["error_kind"], "unknown")).to_pylist()
@@ -251,6 +260,7 @@ class OutputDir:
             prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
             completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
             errors_by_kind={k["values"]: k["counts"] for k in kinds},
+            journaled=journaled,
         )
 
     def manifest_count(self) -> int:

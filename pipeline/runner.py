@@ -352,18 +352,20 @@ def run_job(
 
     budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
     run_started = utc_now()
-    tally, stop = asyncio.run(
-        _execute(
-            config,
-            out,
-            pending_rows(out.manifest, skip),
-            out.result_schema(),
-            api_key,
-            budget,
-            total,
-            show_progress,
+    tally, stop = Tally(), StopReason()
+    if total:
+        tally, stop = asyncio.run(
+            _execute(
+                config,
+                out,
+                pending_rows(out.manifest, skip),
+                out.result_schema(),
+                api_key,
+                budget,
+                total,
+                show_progress,
+            )
         )
-    )
     if retry_errors:
         out.compact()
     wall = time.perf_counter() - started

@@ -13,7 +13,7 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,8 @@ class ScriptedServer:
         self.default: Any = OK
         self.seen: list[Seen] = []
         self.answered: Counter[str] = Counter()  # completions sent back in full
+        # Called with the number of requests received so far, as each one arrives.
+        self.on_request: Callable[[int], None] | None = None
         self.prices = load_price_table()
         self.url = ""
         self._lock = threading.Lock()
@@ -101,6 +103,9 @@ class ScriptedServer:
             self.seen.append(Seen(digest, body, dict(request.headers)))
             queue = self.plans.get(digest)
             action = queue.pop(0) if queue else self.default
+            received = len(self.seen)
+        if self.on_request is not None:
+            self.on_request(received)
         if action == DROP:
             assert request.transport is not None
             request.transport.abort()

@@ -272,8 +272,7 @@ def test_no_request_for_unreadable_files(
     (imgs / "text.jpg").write_text("not an image at all")
     lst = tmp_path / "l.txt"
     lst.write_text(
-        "imgs/sunset.jpg\nimgs/empty.png\nimgs/text.jpg\n"
-        "imgs/missing.jpg\nimgs/poster.jpg\n"
+        "imgs/sunset.jpg\nimgs/empty.png\nimgs/text.jpg\nimgs/missing.jpg\nimgs/poster.jpg\n"
     )
     out = tmp_path / "out"
     result = caption(
