@@ -101,8 +101,17 @@ def prices(config_path: Path | None, as_json: bool) -> None:
         click.echo(f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {r['output_per_1m']:>11g}")
 
 
-def _job_options(fn: Any) -> Any:
+def _job_options(*, many_models: bool = False) -> Any:
     """Flags that override the job config: flag > file > default."""
+    if many_models:
+        model = click.option(
+            "--model",
+            "models",
+            multiple=True,
+            help="Model to price; repeat to compare models side by side (default: the job's).",
+        )
+    else:
+        model = click.option("--model", help="Model, e.g. gpt:gpt-4o ([request] model).")
     options = [
         click.option(
             "--config",
@@ -110,7 +119,7 @@ def _job_options(fn: Any) -> Any:
             type=click.Path(dir_okay=False, path_type=Path),
             help="Job config (TOML); see configs/default.toml.",
         ),
-        click.option("--model", help="Model, e.g. gpt:gpt-4o ([request] model)."),
+        model,
         click.option("--endpoint", help="Endpoint URL, or 'fake' for the built-in fake."),
         click.option("--api-key-env", help="Environment variable holding the API key."),
         click.option("--auth-scheme", type=click.Choice(["raw", "bearer"])),
@@ -128,10 +137,16 @@ def _job_options(fn: Any) -> Any:
             "--max-cost", type=float, help="Budget cap in USD for the output folder's total spend."
         ),
         click.option("--rows-per-shard", type=int),
+        click.option("--column", help="Image column of tabular list files."),
+        click.option("--id-column", help="Use this column of the list files as the row id."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+    def decorate(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
@@ -139,6 +154,13 @@ def _load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
 
     overrides = {k: v for k, v in flags.items() if k in FLAG_SETTINGS}
     return load_config(config_path, overrides)
+
+
+def _print_estimate(report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo("\n".join(report.lines()))
 
 
 @cli.command(short_help="Caption images: resumable, rate-limited, priced per row.")
@@ -151,16 +173,16 @@ def _load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
     required=True,
     help="Output folder: manifest, run.json and result shards.",
 )
-@_job_options
+@_job_options()
 @click.option("--retry-errors", is_flag=True, help="Send the rows that ended as errors again.")
-@click.option("--column", help="Image column of tabular list files.")
-@click.option("--id-column", help="Use this column of the list files as the row id.")
+@click.option("--dry-run", is_flag=True, help="Estimate the cost and check the job; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
 def run(
     sources: tuple[str, ...],
     output: Path,
     config_path: Path | None,
     retry_errors: bool,
+    dry_run: bool,
     column: str | None,
     id_column: str | None,
     quiet: bool,
@@ -171,12 +193,22 @@ def run(
 
     Exit codes: 0 all ok; 1 finished with error rows; 2 usage or config error; 3 the
     endpoint refused the job (key, balance, quota); 4 budget cap reached; 130 interrupted.
+    With --dry-run: 0 ready to run; 1 some rows would be error rows; 2 not ready.
     """
-    from pipeline.runner import run_job
-
     if quiet:
         _setup_logging(0, quiet=True)
     config = _load_job(config_path, flags)
+    if dry_run:
+        from pipeline.estimate import dry_run as check
+
+        report, problems, exit_code = check(list(sources), output, config, column, id_column)
+        _print_estimate(report, as_json=False)
+        for problem in problems:
+            click.echo(f"caption: dry run: {problem}", err=True)
+        sys.exit(exit_code)
+
+    from pipeline.runner import run_job
+
     outcome = run_job(
         list(sources),
         output,
@@ -190,6 +222,64 @@ def run(
     if outcome.message:
         click.echo(f"caption: {outcome.message}", err=True)
     sys.exit(outcome.exit_code)
+
+
+@cli.command(short_help="Estimate tokens and cost per model, before anything is sent.")
+@click.argument("sources", nargs=-1, required=True)
+@_job_options(many_models=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--assume-size",
+    help="WIDTHxHEIGHT for images whose size is unknown (default: each model's worst case).",
+)
+@click.option(
+    "--probe-urls",
+    is_flag=True,
+    help="Read URL images' sizes from their first bytes (HTTP Range requests).",
+)
+@click.option(
+    "--pilot",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Send N real requests on a random sample to measure the output length.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder of this job: count only rows not done, and use its answers' output length.",
+)
+def estimate(
+    sources: tuple[str, ...],
+    config_path: Path | None,
+    models: tuple[str, ...],
+    as_json: bool,
+    assume_size: str | None,
+    probe_urls: bool,
+    pilot: int,
+    output: Path | None,
+    column: str | None,
+    id_column: str | None,
+    **flags: Any,
+) -> None:
+    """Exact prompt tokens (image tokens by each model's published rule, text tokens with
+    o200k_base) and the expected and worst-case cost of captioning SOURCES, per model."""
+    from pipeline.estimate import estimate_sources, parse_size
+
+    config = _load_job(config_path, flags)
+    report = estimate_sources(
+        list(sources),
+        config,
+        list(models),
+        output=output,
+        assume_size=parse_size(assume_size) if assume_size else None,
+        probe_urls=probe_urls,
+        pilot=pilot,
+        column=column,
+        id_column=id_column,
+    )
+    _print_estimate(report, as_json)
 
 
 @cli.command(short_help="Show what an output folder holds: done, errors, pending, cost.")

@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
+from pipeline.images import is_url
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ class IngestSummary:
             f"ingested {self.rows} rows from {self.sources} source(s); "
             f"{self.duplicates} duplicate(s) dropped -> {self.path}"
         )
-
-
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
 
 
 def stable_id(key: str) -> str:
@@ -189,7 +186,7 @@ def _read_csv(
         raise UsageError(f"{path}: malformed {kind} ({exc})") from None
 
 
-def _record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+def record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """Rows may have different keys; `from_pylist` would keep only the first row's."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return pa.RecordBatch.from_pydict({k: [row.get(k) for row in rows] for k in keys})
@@ -212,10 +209,10 @@ def _read_jsonl(
                     raise UsageError(f"{path}:{lineno}: each line must be a JSON object")
                 rows.append(obj)
                 if len(rows) >= BATCH_ROWS:
-                    yield _record_batch(rows)
+                    yield record_batch(rows)
                     rows = []
         if rows:
-            yield _record_batch(rows)
+            yield record_batch(rows)
 
     yield from _tabular_batches(batches(), path, base, column, id_column)
 

@@ -169,6 +169,29 @@ def parse_price_entries(
     return out
 
 
+def price_entry(price: ModelPrice) -> dict[str, Any]:
+    """A price as the table writes it; `parse_price_entries` reads it back (run.json)."""
+    entry: dict[str, Any] = {
+        "input_per_1m": price.input_per_1m,
+        "output_per_1m": price.output_per_1m,
+    }
+    if price.cached_input_per_1m is not None:
+        entry["cached_input_per_1m"] = price.cached_input_per_1m
+    if isinstance(price.image, TileRule):
+        entry["image"] = {
+            "rule": "tile",
+            "base": price.image.base,
+            "per_tile": price.image.per_tile,
+        }
+    elif isinstance(price.image, PatchRule):
+        entry["image"] = {
+            "rule": "patch",
+            "multiplier": price.image.multiplier,
+            "budget": price.image.budget,
+        }
+    return entry
+
+
 def default_prices_path() -> Path:
     """The shipped table: inside the wheel, or `configs/prices.toml` in a source checkout."""
     packaged = resources.files("pipeline") / "prices.toml"

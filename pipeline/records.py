@@ -50,6 +50,9 @@ RESULT_SCHEMA = pa.schema(
         pa.field("cached_tokens", pa.int64()),
         pa.field("reasoning_tokens", pa.int64()),
         pa.field("cost_usd", pa.float64()),
+        # the image as sent (from its header, or the manifest's width/height for URLs)
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
         # request bookkeeping
         pa.field("attempts", pa.int32()),
         pa.field("latency_s", pa.float64()),
@@ -117,6 +120,8 @@ class ResultRow:
     cost_usd: float | None = None
     error: str | None = None
     error_kind: str | None = None
+    image_width: int | None = None
+    image_height: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,6 +164,8 @@ class ResultRow:
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
             "cost_usd": self.cost_usd,
+            "image_width": self.image_width,
+            "image_height": self.image_height,
             "attempts": self.attempts,
             "latency_s": round(self.latency_s, 6),
             "http_status": self.http_status,

@@ -42,9 +42,10 @@ from pipeline.errors import (
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.manifest import is_manifest, write_manifest
 from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
+from pipeline.prices import price_entry
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ManifestRow, ResultRow
 from pipeline.worker import Budget, BudgetReached, Captioner, Stopping
-from pipeline.writer import ShardWriter
+from pipeline.writer import ResultSink, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class RunOutcome:
 async def caption_rows(
     rows: AsyncIterator[ManifestRow] | Iterable[ManifestRow],
     captioner: Captioner,
-    writer: ShardWriter,
+    writer: ResultSink,
     *,
     workers: int,
     stop: StopReason,
@@ -175,7 +176,7 @@ def pending_rows(manifest: Path, skip: pa.Array, batch_rows: int = 8192) -> Iter
             yield ManifestRow(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
 
 
-def _api_key(config: JobConfig) -> str:
+def read_api_key(config: JobConfig) -> str:
     if config.endpoint.is_fake:
         return FAKE_API_KEY
     key = os.environ.get(config.endpoint.api_key_env, "").strip()
@@ -188,7 +189,7 @@ def _api_key(config: JobConfig) -> str:
 
 
 @asynccontextmanager
-async def _endpoint_url(config: JobConfig) -> AsyncIterator[str]:
+async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
     if config.endpoint.is_fake:
         from pipeline.fake_server import FakeEndpoint
 
@@ -259,7 +260,7 @@ async def _execute(
     connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
     try:
         async with (
-            _endpoint_url(config) as url,
+            endpoint_url(config) as url,
             aiohttp.ClientSession(connector=connector) as session,
         ):
             endpoint = Endpoint.create(
@@ -312,6 +313,35 @@ async def _wait_with_grace(
         stop_wait.cancel()
 
 
+class _Collect:
+    """A result sink that keeps rows in memory (for the estimate's pilot)."""
+
+    def __init__(self) -> None:
+        self.rows: list[ResultRow] = []
+
+    def write(self, row: ResultRow) -> None:
+        self.rows.append(row)
+
+
+async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> list[ResultRow]:
+    stop = StopReason()
+    limits = config.limits
+    sink = _Collect()
+    async with endpoint_url(config) as url, aiohttp.ClientSession() as session:
+        endpoint = Endpoint.create(url, key, config.endpoint.auth_scheme, config.endpoint.timeout)
+        limiter = AdaptiveLimiter(limits.concurrency, limits.rpm, limits.tpm)
+        captioner = Captioner(session, endpoint, config, limiter, asyncio.Event())
+        await caption_rows(rows, captioner, sink, workers=limits.concurrency, stop=stop)
+    if stop.kind == "fatal":
+        raise FatalApiError(stop.message)
+    return sink.rows
+
+
+def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> list[ResultRow]:
+    """Send real requests for `rows` (a sample) and return their results, unwritten."""
+    return asyncio.run(_pilot(config, read_api_key(config), rows))
+
+
 def _prepare_manifest(
     out: OutputDir, sources: list[str], column: str | None, id_column: str | None
 ) -> None:
@@ -335,7 +365,7 @@ def run_job(
     started = time.perf_counter()
     out = OutputDir(out_path)
     previous = out.check_fingerprint(config) if out.exists() else None
-    api_key = _api_key(config)
+    api_key = read_api_key(config)
     out.path.mkdir(parents=True, exist_ok=True)
     _prepare_manifest(out, sources, column, id_column)
     out.recover()
@@ -348,6 +378,8 @@ def run_job(
     definition = job_definition(config)
     meta = previous or {"version": 1, "created_at": utc_now(), "runs": []}
     meta.update({"fingerprint": fingerprint(definition), "job": definition})
+    # The price the rows are costed at, kept for `caption status` and for audits.
+    meta["price"] = price_entry(config.prices[config.request.model])
     out.write_run_json(meta)
 
     budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)

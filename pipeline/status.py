@@ -58,9 +58,10 @@ class Status:
         if self.estimate:
             est = self.estimate
             out.append(
-                f"estimate     prompt tokens {est['prompt_tokens_estimated']} estimated vs "
-                f"{est['prompt_tokens_actual']} actual ({est['prompt_tokens_ratio']:.3f}x) "
-                f"over {est['rows']} ok rows"
+                f"estimate     {est['prompt_tokens_estimated']} prompt tokens estimated, "
+                f"{est['prompt_tokens_actual']} billed ({est['prompt_tokens_ratio']:.3f}x); "
+                f"input ${est['input_cost_estimated_usd']:.4f} estimated, "
+                f"${est['input_cost_actual_usd']:.4f} billed; over {est['rows']} ok rows"
             )
         return out
 
@@ -91,4 +92,50 @@ def read_status(path: Path) -> Status:
         cost_usd=done.cost_usd,
         journaled=done.journaled,
         runs=len(meta.get("runs", [])),
+        estimate=reconcile(out, meta),
     )
+
+
+def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The estimate's prompt tokens and input cost against what the server billed, over the
+    ok rows whose image size is known: how far to trust `caption estimate`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.prices import cost_usd, parse_price_entries
+    from pipeline.tokens import image_tokens_array, prompt_text_tokens
+
+    job = meta.get("job") or {}
+    model, entry = job.get("model"), meta.get("price")
+    shards = out.shards()
+    if not model or not entry or not shards:
+        return None
+    price = parse_price_entries({model: entry}, str(out.run_json), table="price")[model]
+    columns = ["status", "prompt_tokens", "image_width", "image_height"]
+    table = pa.concat_tables(
+        [pq.read_table(s, columns=columns) for s in shards], promote_options="permissive"
+    )
+    known = pc.and_(
+        pc.equal(table["status"], "ok"),
+        pc.and_(pc.is_valid(table["image_width"]), pc.is_valid(table["image_height"])),
+    )
+    rows = table.filter(known)
+    if rows.num_rows == 0 or price.image is None:
+        return None
+    image = image_tokens_array(
+        price.image,
+        rows["image_width"].to_numpy(),
+        rows["image_height"].to_numpy(),
+        job.get("detail"),
+    )
+    text = prompt_text_tokens(job.get("system_prompt") or "", job.get("prompt") or "")
+    estimated = int(image.sum()) + text * rows.num_rows
+    actual = pc.sum(rows["prompt_tokens"]).as_py() or 0
+    return {
+        "rows": rows.num_rows,
+        "prompt_tokens_estimated": estimated,
+        "prompt_tokens_actual": actual,
+        "prompt_tokens_ratio": actual / estimated if estimated else None,
+        "input_cost_estimated_usd": cost_usd(price, estimated, 0),
+        "input_cost_actual_usd": cost_usd(price, actual, 0),
+    }

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import math
-from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.prices import ImageRule, PatchRule, TileRule
 
@@ -29,42 +30,63 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_REPLY_PRIMING = 3
 
 
-def tile_count(width: int, height: int) -> int:
-    """512-px tiles after fitting into 2048x2048 (never enlarging), then shortest side 768."""
-    w, h = Fraction(width), Fraction(height)
-    if max(w, h) > TILE_FIT:
-        scale = Fraction(TILE_FIT) / max(w, h)
-        w, h = w * scale, h * scale
-    if min(w, h) > TILE_SHORT_SIDE:
-        scale = Fraction(TILE_SHORT_SIDE) / min(w, h)
-        w, h = w * scale, h * scale
-    return math.ceil(w / TILE_SIZE) * math.ceil(h / TILE_SIZE)
+def _ceil_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    return -(-a // b)
 
 
-def patch_count(width: int, height: int, budget: int) -> int:
-    """32-px patches; over the budget, shrink so whole patches fit, then recount."""
-    patches = math.ceil(width / PATCH_SIZE) * math.ceil(height / PATCH_SIZE)
-    if patches <= budget:
-        return patches
-    r = math.sqrt(PATCH_SIZE * PATCH_SIZE * budget / (width * height))
-    wp, hp = width * r / PATCH_SIZE, height * r / PATCH_SIZE
-    r *= min(math.floor(wp) / wp, math.floor(hp) / hp)
-    resized_w, resized_h = int(width * r), int(height * r)
-    recount = math.ceil(resized_w / PATCH_SIZE) * math.ceil(resized_h / PATCH_SIZE)
-    return min(recount, budget)
+def tile_counts(width: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """512-px tiles after fitting into 2048x2048 (never enlarging), then shortest side 768.
+
+    Exact integer arithmetic: a size is scaled by the rational A/B, so ceil(w * A / B / 512)
+    is computed as a ceiling division of integers, with no float rounding at tile edges.
+    """
+    w = width.astype(np.int64)
+    h = height.astype(np.int64)
+    longest, shortest = np.maximum(w, h), np.minimum(w, h)
+    # Step 1: fit into 2048x2048, i.e. scale by A/B = 2048/longest when longest > 2048.
+    fit = longest > TILE_FIT
+    a = np.where(fit, TILE_FIT, 1)
+    b = np.where(fit, longest, 1)
+    # Step 2: if the shortest side is still over 768, scale it to 768. Composed with step 1
+    # that is a single scale of 768/shortest from the original size.
+    shrink = shortest * a > TILE_SHORT_SIDE * b
+    a = np.where(shrink, TILE_SHORT_SIDE, a)
+    b = np.where(shrink, shortest, b)
+    return _ceil_div(w * a, b * TILE_SIZE) * _ceil_div(h * a, b * TILE_SIZE)
+
+
+def patch_counts(width: np.ndarray, height: np.ndarray, budget: int) -> np.ndarray:
+    """32-px patches; over the budget, shrink so whole patches fit, then recount (capped)."""
+    w = width.astype(np.float64)
+    h = height.astype(np.float64)
+    patches = np.ceil(w / PATCH_SIZE) * np.ceil(h / PATCH_SIZE)
+    r = np.sqrt(PATCH_SIZE * PATCH_SIZE * budget / (w * h))
+    wp, hp = w * r / PATCH_SIZE, h * r / PATCH_SIZE
+    r = r * np.minimum(np.floor(wp) / wp, np.floor(hp) / hp)
+    resized_w, resized_h = np.floor(w * r), np.floor(h * r)
+    recount = np.ceil(resized_w / PATCH_SIZE) * np.ceil(resized_h / PATCH_SIZE)
+    return np.where(patches > budget, np.minimum(recount, budget), patches).astype(np.int64)
+
+
+def image_tokens_array(
+    rule: ImageRule, width: np.ndarray, height: np.ndarray, detail: str | None = None
+) -> np.ndarray:
+    """Prompt tokens per image for arrays of pixel sizes (all must be positive)."""
+    if isinstance(rule, TileRule):
+        if detail == "low":
+            return np.full(len(width), rule.base, dtype=np.int64)
+        return rule.base + rule.per_tile * tile_counts(width, height)
+    # ceil(patches * multiplier) as an exact fraction: 100 patches * 1.62 is 162, not 163.
+    multiplier = Fraction(str(rule.multiplier))
+    patches = patch_counts(width, height, rule.budget)
+    return _ceil_div(patches * multiplier.numerator, multiplier.denominator)
 
 
 def image_tokens(rule: ImageRule, width: int, height: int, detail: str | None = None) -> int:
     """Prompt tokens for one image of `width` x `height` pixels under `rule`."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    if isinstance(rule, TileRule):
-        if detail == "low":
-            return rule.base
-        return rule.base + rule.per_tile * tile_count(width, height)
-    # Exact decimal product: 100 patches * 1.62 is 162, not 162.00000000000003 -> 163.
-    patches = patch_count(width, height, rule.budget)
-    return math.ceil(Decimal(patches) * Decimal(str(rule.multiplier)))
+    return int(image_tokens_array(rule, np.array([width]), np.array([height]), detail)[0])
 
 
 def max_image_tokens(rule: ImageRule, detail: str | None = None) -> int:
@@ -75,7 +97,7 @@ def max_image_tokens(rule: ImageRule, detail: str | None = None) -> int:
         most_tiles = math.ceil(TILE_SHORT_SIDE / TILE_SIZE) * math.ceil(TILE_FIT / TILE_SIZE)
         return rule.base + rule.per_tile * most_tiles
     assert isinstance(rule, PatchRule)
-    return math.ceil(Decimal(rule.budget) * Decimal(str(rule.multiplier)))
+    return math.ceil(Fraction(str(rule.multiplier)) * rule.budget)
 
 
 @functools.cache

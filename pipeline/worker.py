@@ -188,19 +188,18 @@ class Captioner:
         the row is answered, and `FatalApiError` if the endpoint refuses the whole job."""
         started = time.perf_counter()
         try:
-            image = load_image(row.source, self.max_bytes, read_size=self.needs_estimates)
+            image = load_image(row.source, self.max_bytes)
         except RequestRejected as exc:
             return self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
-        prompt_estimate = 0
-        if self.needs_estimates:
-            width = image.width or _as_int(row.extra.get("width"))
-            height = image.height or _as_int(row.extra.get("height"))
-            prompt_estimate = self.prompt_tokens_estimate(width, height)
+        width = image.width or _as_int(row.extra.get("width"))
+        height = image.height or _as_int(row.extra.get("height"))
+        prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
         worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
         self.budget.reserve(worst)
         result: ResultRow | None = None
         try:
             result = await self._send(row, image.url, prompt_estimate, started)
+            result.image_width, result.image_height = width, height
             return result
         finally:
             actual = result.cost_usd if result is not None and result.cost_usd else 0.0

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -109,6 +110,10 @@ def fold_journal(
         write_parquet_atomic(with_extras(core, schema, lookup), shard)
     journal.unlink()
     return shard if rows else None
+
+
+class ResultSink(Protocol):
+    def write(self, row: ResultRow) -> None: ...
 
 
 class ShardWriter:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
+from PIL import Image
 
 from pipeline import worker
 from pipeline.cli import cli
@@ -90,6 +91,8 @@ def test_every_row_once_with_its_own_caption_usage_and_exact_cost(
         assert row["attempts"] == 1
         assert row["http_status"] == 200
         assert row["model"] == "gpt-4o"
+        with Image.open(row["source"]) as img:
+            assert (row["image_width"], row["image_height"]) == img.size
         assert row["response_id"] == f"chatcmpl-fake-{digest[:16]}"
         # cost: gpt-4o is $2.5 in / $10 out per 1M tokens, computed here independently.
         expected = (
@@ -270,9 +273,10 @@ def test_no_request_for_unreadable_files(
 ) -> None:
     (imgs / "empty.png").write_bytes(b"")
     (imgs / "text.jpg").write_text("not an image at all")
+    (imgs / "cut.png").write_bytes((imgs / "checkerboard.png").read_bytes()[:12])
     lst = tmp_path / "l.txt"
     lst.write_text(
-        "imgs/sunset.jpg\nimgs/empty.png\nimgs/text.jpg\nimgs/missing.jpg\nimgs/poster.jpg\n"
+        "imgs/sunset.jpg\nimgs/empty.png\nimgs/text.jpg\nimgs/cut.png\nimgs/missing.jpg\nimgs/poster.jpg\n"
     )
     out = tmp_path / "out"
     result = caption(
@@ -288,7 +292,8 @@ def test_no_request_for_unreadable_files(
     rows = by_name(results(out))
     assert rows["sunset.jpg"]["status"] == "ok"
     errors = {n: r["error"] for n, r in rows.items() if r["status"] == "error"}
-    assert set(errors) == {"empty.png", "text.jpg", "missing.jpg", "poster.jpg"}
+    assert set(errors) == {"empty.png", "text.jpg", "cut.png", "missing.jpg", "poster.jpg"}
+    assert "header is unreadable" in errors["cut.png"]
     assert errors["empty.png"].endswith("empty file")
     assert errors["text.jpg"].endswith("not a PNG, JPEG, WEBP or GIF image")
     assert errors["missing.jpg"].endswith("no such file")

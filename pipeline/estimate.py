@@ -1,0 +1,611 @@
+"""Dry run: exact prompt tokens and cost per model, before anything is sent.
+
+Image tokens come from each image's pixel size and the model's published rule (vectorised,
+so a million rows take seconds); text tokens are counted once per job with o200k_base;
+prices come from `cost_usd`, the same function the run uses. Sizes, in order of
+preference: the local file's header; the manifest's `width`/`height` columns; the first
+bytes of the URL (`--probe-urls`, HTTP Range); `--assume-size`; else each model's worst
+case, so an estimate without sizes is an upper bound, never an undercount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import JobConfig
+from pipeline.errors import RequestRejected, UsageError
+from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
+from pipeline.outdir import OutputDir, fingerprint, job_definition
+from pipeline.prices import ModelPrice, cost_usd
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ManifestRow
+from pipeline.request import worst_case_completion_tokens
+from pipeline.tokens import image_tokens_array, max_image_tokens, prompt_text_tokens
+
+log = logging.getLogger(__name__)
+
+MAX_SKIPPED_LISTED = 1000
+PROBE_TIMEOUT_S = 20.0
+
+
+@dataclass(slots=True)
+class SizeCounts:
+    headers: int = 0  # local files, read from their headers
+    columns: int = 0  # the manifest's width/height columns
+    probed: int = 0  # URLs, from their first bytes
+    assumed: int = 0  # --assume-size, or each model's worst case
+
+    @property
+    def measured(self) -> int:
+        return self.headers + self.columns + self.probed
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEstimate:
+    model: str
+    images: int
+    image_tokens: int
+    text_tokens: int
+    input_tokens: int
+    output_tokens_expected: int
+    output_tokens_max: int
+    input_cost_usd: float
+    output_cost_expected_usd: float
+    output_cost_max_usd: float
+    cost_expected_usd: float
+    cost_max_usd: float
+
+
+@dataclass(slots=True)
+class Estimate:
+    models: list[ModelEstimate]
+    images: int
+    sizes: SizeCounts
+    skipped: list[dict[str, str]]
+    skipped_count: int
+    text_tokens_per_image: int
+    expected_output_per_image: float
+    expected_basis: str
+    assumed_size: str
+    pilot: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    k: v
+                    for k, v in asdict(m).items()
+                    if k
+                    in (
+                        "model",
+                        "images",
+                        "image_tokens",
+                        "text_tokens",
+                        "input_tokens",
+                        "output_tokens_expected",
+                        "output_tokens_max",
+                        "cost_expected_usd",
+                        "cost_max_usd",
+                    )
+                }
+                for m in self.models
+            ],
+            "skipped": self.skipped,
+            "skipped_count": self.skipped_count,
+            "sizes": {
+                **asdict(self.sizes),
+                "measured": self.sizes.measured,
+                "assumed_as": self.assumed_size,
+            },
+            "text_tokens_per_image": self.text_tokens_per_image,
+            "expected_output_tokens_per_image": self.expected_output_per_image,
+            "expected_basis": self.expected_basis,
+            "pilot": self.pilot,
+        }
+
+    def lines(self) -> list[str]:
+        s = self.sizes
+        out = [
+            f"{self.images} images: sizes measured for {s.measured} ({s.headers} from file "
+            f"headers, {s.columns} from width/height columns, {s.probed} probed), assumed for "
+            f"{s.assumed} ({self.assumed_size}); {self.skipped_count} skipped",
+            f"text tokens per request: {self.text_tokens_per_image} (prompt, system prompt and "
+            "chat framing, o200k_base)",
+            f"expected output tokens per image: {self.expected_output_per_image:.1f} "
+            f"({self.expected_basis})",
+        ]
+        if self.pilot:
+            p = self.pilot
+            out.append(
+                f"pilot: {p['ok']}/{p['requests']} ok on {p['model']}, "
+                f"{p['completion_tokens_mean']:.1f} completion tokens per image, "
+                f"cost ${p['cost_usd']:.4f}"
+            )
+        out.extend(self.notes)
+        header = (
+            "model",
+            "images",
+            "image tok",
+            "text tok",
+            "input $",
+            "out $ exp",
+            "out $ max",
+            "total $ exp",
+            "total $ max",
+        )
+        rows = [
+            (
+                m.model,
+                f"{m.images:,}",
+                f"{m.image_tokens:,}",
+                f"{m.text_tokens:,}",
+                f"{m.input_cost_usd:.4f}",
+                f"{m.output_cost_expected_usd:.4f}",
+                f"{m.output_cost_max_usd:.4f}",
+                f"{m.cost_expected_usd:.4f}",
+                f"{m.cost_max_usd:.4f}",
+            )
+            for m in self.models
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        out.append("")
+        for r in [header, *rows]:
+            out.append(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+        for item in self.skipped[:20]:
+            out.append(f"skipped: {item['source']}: {item['reason']}")
+        if self.skipped_count > 20:
+            out.append(f"... and {self.skipped_count - 20} more skipped (see --json)")
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--assume-size {text!r}: must be WIDTHxHEIGHT, e.g. 1024x768") from None
+    if w <= 0 or h <= 0:
+        raise UsageError(f"--assume-size {text!r}: width and height must be positive")
+    return w, h
+
+
+def _column_ints(batch: pa.RecordBatch, name: str) -> list[int | None]:
+    if name not in batch.schema.names:
+        return [None] * batch.num_rows
+    out = []
+    for v in batch.column(name).to_pylist():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            out.append(None)
+        else:
+            out.append(int(v))
+    return out
+
+
+async def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int] | None]:
+    """Each URL's pixel size from its first bytes (an HTTP Range request), or None."""
+    import aiohttp
+
+    sem = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+
+    async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, int] | None:
+        async with sem:
+            try:
+                async with session.get(
+                    url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"}, timeout=timeout
+                ) as resp:
+                    if resp.status not in (200, 206):
+                        return None
+                    data = await resp.content.read(HEADER_BYTES)
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+            return header_size(data)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return await asyncio.gather(*(one(session, u) for u in urls))
+
+
+def _sizes_of(paths: list[str], max_bytes: int) -> list[tuple[int, int] | str]:
+    """Each local image's size from its header, or why it cannot be sent."""
+    out: list[tuple[int, int] | str] = []
+    for path in paths:
+        try:
+            out.append(local_size(path, max_bytes))
+        except RequestRejected as exc:
+            out.append(exc.message.removeprefix(f"{path}: "))
+    return out
+
+
+class _HeaderReader:
+    """Reads local image headers, on every core once there are enough of them."""
+
+    CHUNK = 2048
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def sizes(self, paths: list[str]) -> Iterator[tuple[int, int] | str]:
+        workers = os.cpu_count() or 1
+        if len(paths) < 2 * self.CHUNK or workers == 1:
+            yield from _sizes_of(paths, self.max_bytes)
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=workers)
+        chunks = [paths[i : i + self.CHUNK] for i in range(0, len(paths), self.CHUNK)]
+        for result in self._pool.map(_sizes_of, chunks, [self.max_bytes] * len(chunks)):
+            yield from result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    """Per-model image-token sums, fed batch by batch: memory stays flat in the row count."""
+
+    prices: list[ModelPrice]
+    detail: str | None
+    image_tokens: list[int]
+    worst_case_images: int = 0
+
+    def add_sizes(self, widths: list[int], heights: list[int]) -> None:
+        if not widths:
+            return
+        w, h = np.asarray(widths, dtype=np.int64), np.asarray(heights, dtype=np.int64)
+        for i, price in enumerate(self.prices):
+            assert price.image is not None
+            self.image_tokens[i] += int(image_tokens_array(price.image, w, h, self.detail).sum())
+
+
+def estimate(
+    batches: Iterable[pa.RecordBatch],
+    config: JobConfig,
+    models: list[str],
+    *,
+    assume_size: tuple[int, int] | None = None,
+    probe_urls: bool = False,
+    expected_output: float | None = None,
+    sample: int = 0,
+    sampled: list[ManifestRow] | None = None,
+) -> Estimate:
+    """Estimate `batches` of manifest rows (columns id, source, optional width/height)."""
+    prices = _prices(config, models)
+    req = config.request
+    acc = _Accumulator(prices=prices, detail=req.detail, image_tokens=[0] * len(prices))
+    sizes = SizeCounts()
+    skipped: list[dict[str, str]] = []
+    skipped_count = 0
+    max_bytes = int(config.limits.max_image_mb * 1_000_000)
+    rng = random.Random(0)
+    seen = 0
+    headers = _HeaderReader(max_bytes)
+    for batch in batches:
+        widths: list[int] = []
+        heights: list[int] = []
+        sources = batch.column(MANIFEST_SOURCE).to_pylist()
+        col_w, col_h = _column_ints(batch, "width"), _column_ints(batch, "height")
+        to_probe: list[str] = []
+        local = headers.sizes([s for s in sources if not is_url(s)])
+        for i, source in enumerate(sources):
+            if not is_url(source):
+                found = next(local)
+                if isinstance(found, str):
+                    skipped_count += 1
+                    if len(skipped) < MAX_SKIPPED_LISTED:
+                        skipped.append({"source": source, "reason": found})
+                    continue
+                w, h = found
+                sizes.headers += 1
+            elif col_w[i] and col_h[i]:
+                w, h = col_w[i], col_h[i]  # type: ignore[assignment]
+                sizes.columns += 1
+            elif probe_urls:
+                to_probe.append(source)
+                continue
+            else:
+                _assume(acc, sizes, assume_size, widths, heights)
+                continue
+            widths.append(w)
+            heights.append(h)
+        if to_probe:
+            for size in asyncio.run(probe_sizes(to_probe, config.limits.concurrency)):
+                if size is None:
+                    _assume(acc, sizes, assume_size, widths, heights)
+                else:
+                    sizes.probed += 1
+                    widths.append(size[0])
+                    heights.append(size[1])
+        acc.add_sizes(widths, heights)
+        if sample and sampled is not None:
+            seen = _reservoir(batch, sample, sampled, rng, seen)
+    headers.close()
+    images = sizes.measured + sizes.assumed
+    text = prompt_text_tokens(req.system_prompt, req.prompt)
+    expected = (
+        expected_output if expected_output is not None else float(worst_case_completion_tokens(req))
+    )
+    basis = "worst case: n x max_tokens (no pilot and no earlier output)"
+    results = []
+    for i, price in enumerate(prices):
+        assert price.image is not None
+        image_total = acc.image_tokens[i] + acc.worst_case_images * max_image_tokens(
+            price.image, req.detail
+        )
+        text_total = text * images
+        input_total = image_total + text_total
+        out_expected = round(expected * images)
+        out_max = worst_case_completion_tokens(req) * images
+        input_cost = cost_usd(price, input_total, 0)
+        results.append(
+            ModelEstimate(
+                model=price.model,
+                images=images,
+                image_tokens=image_total,
+                text_tokens=text_total,
+                input_tokens=input_total,
+                output_tokens_expected=out_expected,
+                output_tokens_max=out_max,
+                input_cost_usd=input_cost,
+                output_cost_expected_usd=cost_usd(price, 0, out_expected),
+                output_cost_max_usd=cost_usd(price, 0, out_max),
+                cost_expected_usd=cost_usd(price, input_total, out_expected),
+                cost_max_usd=cost_usd(price, input_total, out_max),
+            )
+        )
+    assumed = f"{assume_size[0]}x{assume_size[1]}" if assume_size else "each model's worst case"
+    return Estimate(
+        models=results,
+        images=images,
+        sizes=sizes,
+        skipped=skipped,
+        skipped_count=skipped_count,
+        text_tokens_per_image=text,
+        expected_output_per_image=expected,
+        expected_basis=basis,
+        assumed_size=assumed,
+    )
+
+
+def _assume(
+    acc: _Accumulator,
+    sizes: SizeCounts,
+    assume_size: tuple[int, int] | None,
+    widths: list[int],
+    heights: list[int],
+) -> None:
+    sizes.assumed += 1
+    if assume_size is None:
+        acc.worst_case_images += 1
+    else:
+        widths.append(assume_size[0])
+        heights.append(assume_size[1])
+
+
+def _prices(config: JobConfig, models: list[str]) -> list[ModelPrice]:
+    out = []
+    for name in models or [config.request.model]:
+        if name not in config.prices:
+            raise UsageError(f"--model {name!r}: no price for this model (see `caption prices`)")
+        price = config.prices[name]
+        if price.image is None:
+            raise UsageError(
+                f"--model {name!r}: the price table has no image rule for it; add "
+                "image = { rule = ... } to its [prices] entry"
+            )
+        out.append(price)
+    return out
+
+
+def _reservoir(
+    batch: pa.RecordBatch, k: int, sample: list[ManifestRow], rng: random.Random, seen: int
+) -> int:
+    """Keep a uniform random sample of k rows of the stream (Algorithm R)."""
+    for row in batch.to_pylist():
+        seen += 1
+        if len(sample) < k:
+            sample.append(_manifest_row(row))
+        else:
+            j = rng.randrange(seen)
+            if j < k:
+                sample[j] = _manifest_row(row)
+    return seen
+
+
+def _manifest_row(row: dict[str, Any]) -> ManifestRow:
+    return ManifestRow(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
+
+
+# ---------------------------------------------------------------------------------------
+# From sources (or a manifest, or an output folder) to an estimate
+
+
+def source_batches(
+    sources: list[str], column: str | None = None, id_column: str | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The manifest rows of `sources` as record batches, without writing anything."""
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import is_manifest, iter_manifest_rows, record_batch
+
+    if len(sources) == 1 and is_manifest(sources[0]):
+        yield from pq.ParquetFile(sources[0]).iter_batches(batch_size=65_536)
+        return
+    for rows in iter_manifest_rows(sources, column=column, id_column=id_column):
+        yield record_batch(rows)
+
+
+def without(batches: Iterable[pa.RecordBatch], skip: pa.Array) -> Iterator[pa.RecordBatch]:
+    """Drop rows whose id is in `skip` (rows an output folder already holds)."""
+    import pyarrow.compute as pc
+
+    for batch in batches:
+        yield batch.filter(pc.invert(pc.is_in(batch.column(MANIFEST_ID), value_set=skip)))
+
+
+def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | None:
+    """Mean completion tokens per ok row in an output folder of the same job, if any."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = out.read_run_json() if out.exists() else None
+    if not meta or meta.get("fingerprint") != fingerprint(job_definition(config)):
+        return None
+    tables = [pq.read_table(s, columns=["status", "completion_tokens"]) for s in out.shards()]
+    if not tables:
+        return None
+    table = pa.concat_tables(tables)
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    if ok.num_rows == 0:
+        return None
+    return pc.mean(ok["completion_tokens"]).as_py(), ok.num_rows
+
+
+def estimate_sources(
+    sources: list[str],
+    config: JobConfig,
+    models: list[str],
+    *,
+    output: Path | None = None,
+    assume_size: tuple[int, int] | None = None,
+    probe_urls: bool = False,
+    pilot: int = 0,
+    column: str | None = None,
+    id_column: str | None = None,
+) -> Estimate:
+    """Estimate a job over `sources`; with `output`, only the rows it does not hold yet,
+    and the expected output length from what it already holds."""
+    batches: Iterable[pa.RecordBatch] = source_batches(sources, column, id_column)
+    expected: float | None = None
+    basis = ""
+    notes: list[str] = []
+    if output is not None:
+        out = OutputDir(output)
+        if out.exists() and out.read_run_json() is not None:
+            done = out.scan(include_journals=True)
+            if done.ok + done.errors:
+                batches = without(batches, pa.concat_arrays([done.ok_ids, done.error_ids]))
+                notes.append(
+                    f"{done.ok + done.errors} rows already done in {output} are not counted"
+                )
+            seen = observed_output(out, config)
+            if seen is not None:
+                expected, count = seen
+                basis = f"mean of {count} rows already answered in {output}"
+    sample: list[ManifestRow] = []
+    result = estimate(
+        batches,
+        config,
+        models,
+        assume_size=assume_size,
+        probe_urls=probe_urls,
+        expected_output=None,
+        sample=pilot,
+        sampled=sample,
+    )
+    if pilot:
+        from pipeline.runner import run_pilot
+
+        rows = run_pilot(config, sample)
+        ok = [r for r in rows if r.status == "ok" and r.completion is not None]
+        mean = (sum(r.completion.usage.completion_tokens for r in ok) / len(ok)) if ok else None  # type: ignore[union-attr]
+        result.pilot = {
+            "model": config.request.model,
+            "requests": len(rows),
+            "ok": len(ok),
+            "completion_tokens_mean": mean or 0.0,
+            "prompt_tokens": sum(r.completion.usage.prompt_tokens for r in ok),  # type: ignore[union-attr]
+            "cost_usd": sum(r.cost_usd or 0.0 for r in rows),
+        }
+        if mean is not None:
+            expected, basis = (
+                mean,
+                f"mean of a pilot of {len(ok)} requests on {config.request.model}",
+            )
+    if expected is not None:
+        result = _with_expected(result, config, models, expected, basis)
+    result.notes.extend(notes)
+    return result
+
+
+def _with_expected(
+    result: Estimate, config: JobConfig, models: list[str], expected: float, basis: str
+) -> Estimate:
+    """The same estimate with expected output tokens from observation instead of n x max."""
+    prices = {p.model: p for p in _prices(config, models)}
+    updated = []
+    for m in result.models:
+        price = prices[m.model]
+        out_expected = round(expected * m.images)
+        updated.append(
+            ModelEstimate(
+                **{
+                    **asdict(m),
+                    "output_tokens_expected": out_expected,
+                    "output_cost_expected_usd": cost_usd(price, 0, out_expected),
+                    "cost_expected_usd": cost_usd(price, m.input_tokens, out_expected),
+                }
+            )
+        )
+    result.models = updated
+    result.expected_output_per_image = expected
+    result.expected_basis = basis
+    return result
+
+
+def dry_run(
+    sources: list[str],
+    output: Path,
+    config: JobConfig,
+    column: str | None = None,
+    id_column: str | None = None,
+) -> tuple[Estimate, list[str], int]:
+    """Everything a real run would check, and its estimate, with nothing sent or written.
+
+    Returns the estimate, the problems found, and the exit code: 0 ready; 1 some rows would
+    be error rows (unreadable files); 2 the run could not start (key, output folder).
+    """
+    from pipeline.runner import read_api_key
+
+    problems: list[str] = []
+    exit_code = 0
+    out = OutputDir(output)
+    if out.exists():
+        try:
+            out.check_fingerprint(config)
+        except UsageError as exc:
+            problems.append(str(exc))
+            exit_code = 2
+    try:
+        read_api_key(config)
+    except UsageError as exc:
+        problems.append(str(exc))
+        exit_code = 2
+    report = estimate_sources(
+        sources, config, [], output=output, column=column, id_column=id_column
+    )
+    if report.skipped_count:
+        problems.append(f"{report.skipped_count} file(s) would be error rows (listed above)")
+        exit_code = max(exit_code, 1)
+    return report, problems, exit_code

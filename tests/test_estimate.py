@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from pipeline.prices import load_price_table
+from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+from tests.conftest import SAMPLES
+from tests.fakes import ScriptedServer, scripted_server
+from tests.test_runner import KEY
+
+PROMPT = "Describe this image in one concise sentence."
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with scripted_server() as s:
+        yield s
+
+
+def estimate_json(*args: str) -> dict:
+    result = CliRunner().invoke(cli, ["estimate", *args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def sample_sizes() -> list[tuple[int, int]]:
+    sizes = []
+    for path in sorted(SAMPLES.rglob("*.*")):
+        with Image.open(path) as img:
+            sizes.append(img.size)
+    return sizes
+
+
+def usd(tokens_in: int, tokens_out: int, price_in: str, price_out: str) -> float:
+    total = Decimal(tokens_in) * Decimal(price_in) + Decimal(tokens_out) * Decimal(price_out)
+    return float(total / Decimal(1_000_000))
+
+
+def test_exact_estimate_for_local_images() -> None:
+    report = estimate_json(str(SAMPLES))
+    (model,) = report["models"]
+    rule = load_price_table()["gpt-4o"].image
+    image = sum(image_tokens(rule, w, h) for w, h in sample_sizes())
+    text = 6 * prompt_text_tokens("", PROMPT)
+    assert model == {
+        "model": "gpt:gpt-4o",
+        "images": 6,
+        "image_tokens": image,
+        "text_tokens": text,
+        "input_tokens": image + text,
+        "output_tokens_expected": 6000,  # no pilot, no history: n x max_tokens
+        "output_tokens_max": 6000,
+        "cost_expected_usd": usd(image + text, 6000, "2.5", "10"),
+        "cost_max_usd": usd(image + text, 6000, "2.5", "10"),
+    }
+    assert report["sizes"]["headers"] == 6
+    assert report["sizes"]["assumed"] == 0
+    assert report["skipped"] == []
+
+
+def test_models_side_by_side_and_detail_low() -> None:
+    report = estimate_json(
+        str(SAMPLES),
+        "--model",
+        "gpt-4o",
+        "--model",
+        "gpt:gpt-5-nano",
+        "--model",
+        "o3",
+        "--detail",
+        "low",
+        "--max-tokens",
+        "50",
+    )
+    assert [m["model"] for m in report["models"]] == ["gpt:gpt-4o", "gpt:gpt-5-nano", "gpt:o3"]
+    by_model = {m["model"]: m for m in report["models"]}
+    assert by_model["gpt:gpt-4o"]["image_tokens"] == 6 * 85  # low detail: base only
+    assert by_model["gpt:o3"]["image_tokens"] == 6 * 75
+    nano = load_price_table()["gpt-5-nano"].image
+    # Patch models: detail is not documented to change anything.
+    assert by_model["gpt:gpt-5-nano"]["image_tokens"] == sum(
+        image_tokens(nano, w, h) for w, h in sample_sizes()
+    )
+    assert all(m["output_tokens_max"] == 300 for m in report["models"])
+
+
+def test_url_sizes_from_columns_assumed_or_worst_case(tmp_path: Path) -> None:
+    lst = tmp_path / "urls.csv"
+    lst.write_text(
+        "url,width,height\n"
+        "https://x/1.jpg,1024,1024\n"
+        "https://x/2.jpg,2048,4096\n"
+        "https://x/3.jpg,,\n"
+        "https://x/4.jpg,0,10\n"
+    )
+    report = estimate_json(str(lst))
+    (m,) = report["models"]
+    assert report["sizes"]["columns"] == 2
+    assert report["sizes"]["assumed"] == 2
+    assert m["image_tokens"] == 765 + 1105 + 2 * max_image_tokens(
+        load_price_table()["gpt-4o"].image
+    )
+    report = estimate_json(str(lst), "--assume-size", "512x512")
+    assert report["models"][0]["image_tokens"] == 765 + 1105 + 2 * 255
+    assert report["sizes"]["assumed_as"] == "512x512"
+
+
+def test_unreadable_files_are_skipped_with_reasons(tmp_path: Path) -> None:
+    shutil.copy(SAMPLES / "icon.gif", tmp_path / "ok.gif")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "fake.jpg").write_text("text")
+    report = estimate_json(str(tmp_path))
+    assert report["models"][0]["images"] == 1
+    assert sorted((Path(s["source"]).name, s["reason"]) for s in report["skipped"]) == [
+        ("empty.png", "empty file"),
+        ("fake.jpg", "not a PNG, JPEG, WEBP or GIF image"),
+    ]
+    assert report["skipped_count"] == 2
+
+
+def test_probe_urls_reads_only_the_first_bytes(tmp_path: Path) -> None:
+    """A local image host that honours Range; the estimate reads sizes from headers."""
+    ranges: list[str | None] = []
+
+    async def image(request: web.Request) -> web.StreamResponse:
+        ranges.append(request.headers.get("Range"))
+        path = SAMPLES / request.match_info["name"]
+        if not path.exists():
+            return web.Response(status=404)
+        return web.FileResponse(path)
+
+    import asyncio
+    import threading
+
+    app = web.Application()
+    app.router.add_get("/img/{name}", image)
+    runner = web.AppRunner(app)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        lst = tmp_path / "urls.txt"
+        lst.write_text(
+            "".join(
+                f"http://127.0.0.1:{port}/img/{n}\n"
+                for n in ("poster.jpg", "sunset.jpg", "gone.png")
+            )
+        )
+        report = estimate_json(str(lst), "--probe-urls", "--assume-size", "64x64")
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert report["sizes"]["probed"] == 2
+    assert report["sizes"]["assumed"] == 1
+    assert ranges == ["bytes=0-65535"] * 3
+    rule = load_price_table()["gpt-4o"].image
+    assert report["models"][0]["image_tokens"] == (
+        image_tokens(rule, 1800, 2400) + image_tokens(rule, 640, 480) + image_tokens(rule, 64, 64)
+    )
+
+
+def test_pilot_sends_n_requests_and_states_its_cost(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
+    report = estimate_json(str(SAMPLES), "--pilot", "3", "--endpoint", server.url)
+    assert server.count() == 3
+    assert len(set(server.requests_by_digest())) == 3  # three different images
+    pilot = report["pilot"]
+    assert (pilot["requests"], pilot["ok"]) == (3, 3)
+    assert pilot["cost_usd"] > 0
+    m = report["models"][0]
+    assert report["expected_basis"] == "mean of a pilot of 3 requests on gpt:gpt-4o"
+    assert m["output_tokens_expected"] == round(pilot["completion_tokens_mean"] * 6)
+    assert m["output_tokens_max"] == 6000
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(
+    tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "gpt:gpt-4o" in result.output
+    assert server.count() == 0
+    assert not out.exists()
+
+
+def test_dry_run_reports_missing_key_and_bad_files(
+    tmp_path: Path, server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEMORIES_API_KEY", raising=False)
+    shutil.copy(SAMPLES / "icon.gif", tmp_path / "ok.gif")
+    (tmp_path / "bad.png").write_text("nope")
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(tmp_path), "-o", str(tmp_path / "o"), "--endpoint", server.url, "--dry-run"],
+    )
+    assert result.exit_code == 2
+    assert "no API key: set the environment variable MEMORIES_API_KEY" in result.output
+    assert "1 file(s) would be error rows" in result.output
+    assert "bad.png: not a PNG, JPEG, WEBP or GIF image" in result.output
+    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
+    result = CliRunner().invoke(
+        cli,
+        ["run", str(tmp_path), "-o", str(tmp_path / "o"), "--endpoint", server.url, "--dry-run"],
+    )
+    assert result.exit_code == 1
+    assert server.count() == 0
+
+
+def test_estimate_of_a_resumed_job_counts_pending_rows_and_observed_output(
+    tmp_path: Path,
+) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("icon.gif", "sunset.jpg"):
+        shutil.copy(SAMPLES / name, imgs / name)
+    out = tmp_path / "out"
+    assert (
+        CliRunner()
+        .invoke(cli, ["run", str(imgs), "-o", str(out), "--endpoint", "fake", "--quiet"])
+        .exit_code
+        == 0
+    )
+    shutil.copy(SAMPLES / "poster.jpg", imgs / "poster.jpg")
+    report = estimate_json(str(imgs), "-o", str(out), "--endpoint", "fake")
+    (m,) = report["models"]
+    assert m["images"] == 1  # only the new image
+    assert report["expected_basis"] == f"mean of 2 rows already answered in {out}"
+    assert 0 < m["output_tokens_expected"] < 100
+
+
+def test_status_reconciles_estimate_with_billed_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert (
+        CliRunner()
+        .invoke(cli, ["run", str(SAMPLES), "-o", str(out), "--endpoint", "fake", "--quiet"])
+        .exit_code
+        == 0
+    )
+    report = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    est = report["estimate"]
+    estimated = estimate_json(str(SAMPLES))["models"][0]["input_tokens"]
+    # The fake bills by the published rules, so the estimate is exact here.
+    assert est["rows"] == 6
+    assert est["prompt_tokens_estimated"] == estimated
+    assert est["prompt_tokens_actual"] == report["prompt_tokens"]
+    assert est["prompt_tokens_ratio"] == 1.0
+
+
+def test_bad_assume_size() -> None:
+    result = CliRunner().invoke(cli, ["estimate", str(SAMPLES), "--assume-size", "big"])
+    assert result.exit_code == 2
+    assert "--assume-size 'big': must be WIDTHxHEIGHT" in result.output
