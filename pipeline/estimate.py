@@ -350,28 +350,15 @@ def estimate(
     results = []
     for i, price in enumerate(prices):
         assert price.image is not None
-        image_total = acc.image_tokens[i] + acc.worst_case_images * max_image_tokens(
-            price.image, req.detail
-        )
-        text_total = text * images
-        input_total = image_total + text_total
-        out_expected = round(expected * images)
-        out_max = worst_case_completion_tokens(req) * images
-        input_cost = cost_usd(price, input_total, 0)
+        worst_images = acc.worst_case_images * max_image_tokens(price.image, req.detail)
         results.append(
-            ModelEstimate(
-                model=price.model,
-                images=images,
-                image_tokens=image_total,
-                text_tokens=text_total,
-                input_tokens=input_total,
-                output_tokens_expected=out_expected,
-                output_tokens_max=out_max,
-                input_cost_usd=input_cost,
-                output_cost_expected_usd=cost_usd(price, 0, out_expected),
-                output_cost_max_usd=cost_usd(price, 0, out_max),
-                cost_expected_usd=cost_usd(price, input_total, out_expected),
-                cost_max_usd=cost_usd(price, input_total, out_max),
+            _model_estimate(
+                price,
+                images,
+                acc.image_tokens[i] + worst_images,
+                text,
+                expected,
+                worst_case_completion_tokens(req),
             )
         )
     assumed = f"{assume_size[0]}x{assume_size[1]}" if assume_size else "each model's worst case"
@@ -549,26 +536,50 @@ def estimate_sources(
     return result
 
 
+def _model_estimate(
+    price: ModelPrice,
+    images: int,
+    image_tokens: int,
+    text_per_image: int,
+    expected_per_image: float,
+    max_per_image: int,
+) -> ModelEstimate:
+    text = text_per_image * images
+    prompt = image_tokens + text
+    out_expected = round(expected_per_image * images)
+    out_max = max_per_image * images
+    return ModelEstimate(
+        model=price.model,
+        images=images,
+        image_tokens=image_tokens,
+        text_tokens=text,
+        input_tokens=prompt,
+        output_tokens_expected=out_expected,
+        output_tokens_max=out_max,
+        input_cost_usd=cost_usd(price, prompt, 0),
+        output_cost_expected_usd=cost_usd(price, 0, out_expected),
+        output_cost_max_usd=cost_usd(price, 0, out_max),
+        cost_expected_usd=cost_usd(price, prompt, out_expected),
+        cost_max_usd=cost_usd(price, prompt, out_max),
+    )
+
+
 def _with_expected(
     result: Estimate, config: JobConfig, models: list[str], expected: float, basis: str
 ) -> Estimate:
     """The same estimate with expected output tokens from observation instead of n x max."""
-    prices = {p.model: p for p in _prices(config, models)}
-    updated = []
-    for m in result.models:
-        price = prices[m.model]
-        out_expected = round(expected * m.images)
-        updated.append(
-            ModelEstimate(
-                **{
-                    **asdict(m),
-                    "output_tokens_expected": out_expected,
-                    "output_cost_expected_usd": cost_usd(price, 0, out_expected),
-                    "cost_expected_usd": cost_usd(price, m.input_tokens, out_expected),
-                }
-            )
+    req = config.request
+    result.models = [
+        _model_estimate(
+            price,
+            m.images,
+            m.image_tokens,
+            result.text_tokens_per_image,
+            expected,
+            worst_case_completion_tokens(req),
         )
-    result.models = updated
+        for price, m in zip(_prices(config, models), result.models, strict=True)
+    ]
     result.expected_output_per_image = expected
     result.expected_basis = basis
     return result

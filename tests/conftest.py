@@ -1,14 +1,38 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline import worker
+from tests.fakes import ScriptedServer, scripted_server
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
 FIXTURES = REPO / "data" / "fixtures"
+KEY = "sk-mavi-TESTSECRET-0123456789"
 
 
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff without a Retry-After takes milliseconds, not seconds, in tests."""
+    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(worker, "BACKOFF_MAX_S", 0.02)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with scripted_server() as s:
+        yield s
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
+    return KEY

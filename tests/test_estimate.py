@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,17 +13,10 @@ from PIL import Image
 from pipeline.cli import cli
 from pipeline.prices import load_price_table
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
-from tests.conftest import SAMPLES
-from tests.fakes import ScriptedServer, scripted_server
-from tests.test_runner import KEY
+from tests.conftest import KEY, SAMPLES
+from tests.fakes import ScriptedServer
 
 PROMPT = "Describe this image in one concise sentence."
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with scripted_server() as s:
-        yield s
 
 
 def estimate_json(*args: str) -> dict:

@@ -15,33 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import worker
 from pipeline.cli import cli
 from pipeline.manifest import write_manifest
 from pipeline.outdir import OutputDir
-from tests.conftest import SAMPLES
-from tests.fakes import ScriptedServer, digest_of_file, json_error, scripted_server
-from tests.test_runner import KEY, results
+from tests.conftest import KEY, SAMPLES
+from tests.fakes import ScriptedServer, digest_of_file, json_error
+from tests.test_runner import results
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(worker, "BACKOFF_MAX_S", 0.02)
-
-
-@pytest.fixture
-def server() -> ScriptedServer:
-    with scripted_server() as s:
-        yield s
-
-
-@pytest.fixture
-def key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
-    return KEY
 
 
 @pytest.fixture

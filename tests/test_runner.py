@@ -11,11 +11,10 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from pipeline import worker
 from pipeline.cli import cli
 from pipeline.fake_server import caption_for
 from pipeline.manifest import stable_id
-from tests.conftest import SAMPLES
+from tests.conftest import KEY, SAMPLES
 from tests.fakes import (
     DROP,
     HANG,
@@ -25,22 +24,9 @@ from tests.fakes import (
     digest_of_file,
     json_error,
     memories_error,
-    scripted_server,
 )
 
-KEY = "sk-mavi-TESTSECRET-0123456789"
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(worker, "BACKOFF_MAX_S", 0.02)
-
-
-@pytest.fixture
-def server() -> ScriptedServer:
-    with scripted_server() as s:
-        yield s
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 @pytest.fixture
@@ -48,12 +34,6 @@ def imgs(tmp_path: Path) -> Path:
     root = tmp_path / "imgs"
     shutil.copytree(SAMPLES, root)
     return root
-
-
-@pytest.fixture
-def key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
-    return KEY
 
 
 def caption(*args: str) -> Result:
