@@ -412,16 +412,12 @@ def _reservoir(
     for row in batch.to_pylist():
         seen += 1
         if len(sample) < k:
-            sample.append(_manifest_row(row))
+            sample.append(ManifestRow.from_dict(row))
         else:
             j = rng.randrange(seen)
             if j < k:
-                sample[j] = _manifest_row(row)
+                sample[j] = ManifestRow.from_dict(row)
     return seen
-
-
-def _manifest_row(row: dict[str, Any]) -> ManifestRow:
-    return ManifestRow(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -400,8 +401,10 @@ def write_manifest(
     return summary
 
 
-def read_manifest(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[ManifestRow]:
-    """Stream a manifest written by `write_manifest`, one typed row at a time."""
+def read_manifest(
+    path: Path, batch_rows: int = 8192, skip: pa.Array | None = None
+) -> Iterator[ManifestRow]:
+    """Stream a manifest as typed rows, leaving out the ids in `skip` (done rows)."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -412,8 +415,10 @@ def read_manifest(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[Manifest
             f"manifest {path}: needs columns 'id' and 'source' (has {', '.join(names)})"
         )
     for rb in pf.iter_batches(batch_size=batch_rows):
+        if skip is not None and len(skip):
+            rb = rb.filter(pc.invert(pc.is_in(rb.column(MANIFEST_ID), value_set=skip)))
         for row in rb.to_pylist():
-            yield ManifestRow(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
+            yield ManifestRow.from_dict(row)
 
 
 def is_manifest(path: str) -> bool:

@@ -74,6 +74,11 @@ class ManifestRow:
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> ManifestRow:
+        """From a manifest row as a dict (consumed: `id` and `source` are popped)."""
+        return cls(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
+
 
 @dataclass(frozen=True, slots=True)
 class Choice:

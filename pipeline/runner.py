@@ -18,16 +18,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.client import Endpoint
 from pipeline.config import JobConfig
@@ -40,10 +37,10 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.limiter import AdaptiveLimiter
-from pipeline.manifest import is_manifest, write_manifest
+from pipeline.manifest import is_manifest, read_manifest, write_manifest
 from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ManifestRow, ResultRow
+from pipeline.records import ManifestRow, ResultRow
 from pipeline.worker import Budget, BudgetReached, Captioner, Stopping
 from pipeline.writer import ResultSink, ShardWriter
 
@@ -104,13 +101,13 @@ class RunOutcome:
 
 
 async def caption_rows(
-    rows: AsyncIterator[ManifestRow] | Iterable[ManifestRow],
+    rows: Iterable[ManifestRow],
     captioner: Captioner,
     writer: ResultSink,
     *,
     workers: int,
     stop: StopReason,
-    progress: Any | None = None,
+    progress: Callable[[ResultRow, Tally], None] | None = None,
     tally: Tally | None = None,
 ) -> Tally:
     """Caption `rows` with at most `workers` rows in hand at once and write every result.
@@ -124,16 +121,10 @@ async def caption_rows(
 
     async def produce() -> None:
         try:
-            if isinstance(rows, Iterable):
-                for row in rows:
-                    if stopping.is_set():
-                        break
-                    await queue.put(row)
-            else:
-                async for row in rows:
-                    if stopping.is_set():
-                        break
-                    await queue.put(row)
+            for row in rows:
+                if stopping.is_set():
+                    break
+                await queue.put(row)
         finally:
             for _ in range(workers):
                 await queue.put(None)
@@ -164,16 +155,6 @@ async def caption_rows(
 
 
 # ---------------------------------------------------------------------------------------
-
-
-def pending_rows(manifest: Path, skip: pa.Array, batch_rows: int = 8192) -> Iterator[ManifestRow]:
-    """Manifest rows whose ids are not in `skip`, streamed batch by batch."""
-    pf = pq.ParquetFile(manifest)
-    for rb in pf.iter_batches(batch_size=batch_rows):
-        if len(skip):
-            rb = rb.filter(pc.invert(pc.is_in(rb.column(MANIFEST_ID), value_set=skip)))
-        for row in rb.to_pylist():
-            yield ManifestRow(id=row.pop(MANIFEST_ID), source=row.pop(MANIFEST_SOURCE), extra=row)
 
 
 def read_api_key(config: JobConfig) -> str:
@@ -390,7 +371,7 @@ def run_job(
             _execute(
                 config,
                 out,
-                pending_rows(out.manifest, skip),
+                read_manifest(out.manifest, skip=skip),
                 out.result_schema(),
                 api_key,
                 budget,
