@@ -12,13 +12,13 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.errors import EXIT_USAGE, UsageError
+from pipeline.errors import EXIT_FATAL_API, EXIT_USAGE, FatalApiError, UsageError
 
 log = logging.getLogger("pipeline")
 
 
 class _Group(click.Group):
-    """Turns the package's `UsageError` into one line on stderr and exit code 2."""
+    """Turns `UsageError` (exit 2) and `FatalApiError` (exit 3) into one line on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,6 +26,9 @@ class _Group(click.Group):
         except UsageError as exc:
             click.echo(f"caption: error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
+        except FatalApiError as exc:
+            click.echo(f"caption: the endpoint refused the job: {exc}", err=True)
+            ctx.exit(EXIT_FATAL_API)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

@@ -180,6 +180,24 @@ async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
         yield config.endpoint.url
 
 
+@asynccontextmanager
+async def open_captioner(
+    config: JobConfig, api_key: str, stopping: asyncio.Event, budget: Budget
+) -> AsyncIterator[Captioner]:
+    """One session, one limiter and the endpoint (started here when it is the fake)."""
+    limits = config.limits
+    connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
+    async with (
+        endpoint_url(config) as url,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
+        endpoint = Endpoint.create(
+            url, api_key, config.endpoint.auth_scheme, config.endpoint.timeout
+        )
+        limiter = AdaptiveLimiter(limits.concurrency, limits.rpm, limits.tpm)
+        yield Captioner(session, endpoint, config, limiter, stopping, budget)
+
+
 class _Progress:
     """A tqdm bar on stderr: rows, rate, errors so far and dollars spent."""
 
@@ -233,27 +251,17 @@ async def _execute(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
-    limits = config.limits
-    limiter = AdaptiveLimiter(limits.concurrency, limits.rpm, limits.tpm)
     writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
     progress = _Progress(total) if show_progress else None
     tally = Tally()
-    connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
     try:
-        async with (
-            endpoint_url(config) as url,
-            aiohttp.ClientSession(connector=connector) as session,
-        ):
-            endpoint = Endpoint.create(
-                url, api_key, config.endpoint.auth_scheme, config.endpoint.timeout
-            )
-            captioner = Captioner(session, endpoint, config, limiter, stopping, budget)
+        async with open_captioner(config, api_key, stopping, budget) as captioner:
             task = asyncio.ensure_future(
                 caption_rows(
                     rows,
                     captioner,
                     writer,
-                    workers=limits.concurrency,
+                    workers=config.limits.concurrency,
                     stop=stop,
                     progress=progress,
                     tally=tally,
@@ -306,13 +314,9 @@ class _Collect:
 
 async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> list[ResultRow]:
     stop = StopReason()
-    limits = config.limits
     sink = _Collect()
-    async with endpoint_url(config) as url, aiohttp.ClientSession() as session:
-        endpoint = Endpoint.create(url, key, config.endpoint.auth_scheme, config.endpoint.timeout)
-        limiter = AdaptiveLimiter(limits.concurrency, limits.rpm, limits.tpm)
-        captioner = Captioner(session, endpoint, config, limiter, asyncio.Event())
-        await caption_rows(rows, captioner, sink, workers=limits.concurrency, stop=stop)
+    async with open_captioner(config, key, asyncio.Event(), Budget(None)) as captioner:
+        await caption_rows(rows, captioner, sink, workers=config.limits.concurrency, stop=stop)
     if stop.kind == "fatal":
         raise FatalApiError(stop.message)
     return sink.rows

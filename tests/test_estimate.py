@@ -14,7 +14,7 @@ from pipeline.cli import cli
 from pipeline.prices import load_price_table
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
 from tests.conftest import KEY, SAMPLES
-from tests.fakes import ScriptedServer
+from tests.fakes import ScriptedServer, json_error
 
 PROMPT = "Describe this image in one concise sentence."
 
@@ -262,3 +262,12 @@ def test_bad_assume_size() -> None:
     result = CliRunner().invoke(cli, ["estimate", str(SAMPLES), "--assume-size", "big"])
     assert result.exit_code == 2
     assert "--assume-size 'big': must be WIDTHxHEIGHT" in result.output
+
+
+def test_pilot_refused_by_the_endpoint_exits_3(server: ScriptedServer, key: str) -> None:
+    server.default = json_error(401, "invalid api key")
+    result = CliRunner().invoke(
+        cli, ["estimate", str(SAMPLES), "--pilot", "2", "--endpoint", server.url]
+    )
+    assert result.exit_code == 3
+    assert "the endpoint refused the job: HTTP 401" in result.output
