@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -64,10 +63,6 @@ class ScriptedServer:
         self.prices = load_price_table()
         self.url = ""
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_event: asyncio.Event | None = None
 
     # -- scripting --------------------------------------------------------------------
 
@@ -86,7 +81,7 @@ class ScriptedServer:
 
     # -- serving ----------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         try:
             image = next(
@@ -136,45 +131,51 @@ class ScriptedServer:
             self.answered[digest] += 1
         return response
 
-    def start(self) -> ScriptedServer:
-        ready = threading.Event()
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/chat/completions", self._handle)
-            self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/chat/completions"
-            self._stop_event = asyncio.Event()
-            ready.set()
-            loop.run_until_complete(self._stop_event.wait())
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
+@contextmanager
+def serve_in_thread(app: web.Application) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 from a thread with its own loop; yields the base URL.
 
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
+    On exit the app is cleaned up on its own loop (handlers cancelled, files closed)
+    before the loop closes, so nothing is left for the garbage collector to complain about.
+    """
+    ready = threading.Event()
+    state: dict[str, Any] = {}
 
-    def stop(self) -> None:
-        if self._loop is not None and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        if self._thread is not None:
-            self._thread.join(10)
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        stop = asyncio.Event()
+        state.update(loop=loop, stop=stop, url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        ready.set()
+        loop.run_until_complete(stop.wait())
+        loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the test server did not start")
+    try:
+        yield state["url"]
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(10)
 
 
 @contextmanager
 def scripted_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer().start()
-    try:
+    server = ScriptedServer()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/chat/completions", server.handle)
+    with serve_in_thread(app) as base:
+        server.url = f"{base}/chat/completions"
         yield server
-    finally:
-        server.stop()
 
 
 def json_error(status: int, message: str, code: str | None = None, **headers: str) -> Reply:
@@ -187,7 +188,3 @@ def json_error(status: int, message: str, code: str | None = None, **headers: st
 
 def memories_error(status: int, message: str) -> Reply:
     return Reply(status=status, body={"code": status, "msg": message, "data": None})
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj).encode()

@@ -14,7 +14,7 @@ from pipeline.cli import cli
 from pipeline.prices import load_price_table
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
 from tests.conftest import KEY, SAMPLES
-from tests.fakes import ScriptedServer, json_error
+from tests.fakes import ScriptedServer, json_error, serve_in_thread
 
 PROMPT = "Describe this image in one concise sentence."
 
@@ -131,31 +131,14 @@ def test_probe_urls_reads_only_the_first_bytes(tmp_path: Path) -> None:
             return web.Response(status=404)
         return web.FileResponse(path)
 
-    import asyncio
-    import threading
-
     app = web.Application()
     app.router.add_get("/img/{name}", image)
-    runner = web.AppRunner(app)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_in_thread(app) as base:
         lst = tmp_path / "urls.txt"
         lst.write_text(
-            "".join(
-                f"http://127.0.0.1:{port}/img/{n}\n"
-                for n in ("poster.jpg", "sunset.jpg", "gone.png")
-            )
+            "".join(f"{base}/img/{n}\n" for n in ("poster.jpg", "sunset.jpg", "gone.png"))
         )
         report = estimate_json(str(lst), "--probe-urls", "--assume-size", "64x64")
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
     assert report["sizes"]["probed"] == 2
     assert report["sizes"]["assumed"] == 1
     assert ranges == ["bytes=0-65535"] * 3
