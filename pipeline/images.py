@@ -46,7 +46,8 @@ def header_size(data: bytes, mime: str | None = None) -> tuple[int, int] | None:
     import imagesize
 
     try:
-        width, height = imagesize.get(io.BytesIO(data))
+        # Raw header dimensions, like Pillow's `size`: EXIF orientation is not applied.
+        width, height = imagesize.get(io.BytesIO(data), exif_rotation=False)
     except (ValueError, OSError):
         width = height = -1
     if width > 0 and height > 0:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.errors import RequestRejected
+from pipeline.images import header_size, load_image, local_size, sniff_mime
+from tests.conftest import SAMPLES
+
+
+@pytest.mark.parametrize(
+    ("name", "mime", "size"),
+    [
+        ("sunset.jpg", "image/jpeg", (640, 480)),
+        ("checkerboard.png", "image/png", (1024, 1024)),
+        ("forest.webp", "image/webp", (800, 600)),
+        ("icon.gif", "image/gif", (64, 64)),
+        ("nested/panorama.png", "image/png", (2048, 512)),
+    ],
+)
+def test_type_from_bytes_and_size_from_header(name: str, mime: str, size: tuple[int, int]) -> None:
+    data = (SAMPLES / name).read_bytes()
+    assert sniff_mime(data[:16]) == mime
+    assert header_size(data, mime) == size
+    loaded = load_image(str(SAMPLES / name), max_bytes=10_000_000)
+    assert loaded.url == f"data:{mime};base64," + base64.b64encode(data).decode()
+    assert (loaded.width, loaded.height) == size
+
+
+def test_exif_rotated_jpeg_reports_raw_dimensions(tmp_path: Path) -> None:
+    """Sizes match Pillow's: the header's pixels, not the EXIF-rotated view."""
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (300, 100), (9, 9, 9)).save(path, exif=exif)
+    assert local_size(str(path), 10_000_000) == (300, 100)
+
+
+def test_urls_pass_through() -> None:
+    loaded = load_image("https://example.com/a.jpg", max_bytes=1)
+    assert (loaded.url, loaded.width, loaded.height) == ("https://example.com/a.jpg", None, None)
+
+
+def test_large_exif_block_beyond_first_64_kib(tmp_path: Path) -> None:
+    """A JPEG whose frame header sits after a big metadata block is still measured."""
+    plain = tmp_path / "plain.jpg"
+    Image.new("RGB", (120, 80)).save(plain)
+    data = plain.read_bytes()
+    comment = b"\xff\xfe" + (60_000 + 2).to_bytes(2, "big") + b"x" * 60_000  # a COM segment
+    path = tmp_path / "big_header.jpg"
+    path.write_bytes(data[:2] + comment * 2 + data[2:])  # SOI, 120 kB of comments, the rest
+    assert local_size(str(path), 10_000_000) == (120, 80)
+
+
+def test_rejections_name_the_file_and_the_reason(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes((SAMPLES / "poster.jpg").read_bytes())
+    with pytest.raises(RequestRejected, match=r"big\.png: 0\.1 MB is over the 0\.05 MB cap"):
+        load_image(str(big), max_bytes=50_000)
+    with pytest.raises(RequestRejected, match=r"is a folder, not an image"):
+        load_image(str(tmp_path), max_bytes=50_000)
