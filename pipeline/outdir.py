@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_SCHEMA, result_schema
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
 from pipeline.writer import (
     JOURNAL_SUFFIX,
     SHARD_GLOB,
@@ -240,11 +240,9 @@ class OutputDir:
         journaled = 0
         if include_journals:
             for journal in sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}")):
-                rows = read_journal(journal)
-                journaled += len(rows)
-                if rows:
-                    core = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
-                    tables.append(core.select(columns))
+                core = read_journal(journal)
+                journaled += core.num_rows
+                tables.append(core.select(columns))
         if not tables:
             empty = pa.array([], pa.string())
             return Done(ok_ids=empty, error_ids=empty)

@@ -129,14 +129,9 @@ class ResultRow:
     image_height: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A flat dict in `RESULT_SCHEMA` order, then the manifest's extra columns."""
-        row = self.core_dict()
-        row.update(self.extra)
-        return row
-
     def core_dict(self) -> dict[str, Any]:
-        """The `RESULT_SCHEMA` columns only: plain JSON types, for the journal."""
+        """The `RESULT_SCHEMA` columns as plain JSON types, for the journal. The manifest's
+        extra columns (`extra`) are joined when the journal is folded into a shard."""
         c = self.completion
         first = c.choices[0] if c and c.choices else None
         usage = c.usage if c else None

@@ -3,28 +3,32 @@
 Every result is appended to the current shard's journal (`part-N.journal.jsonl`, one JSON
 line per row, written with a single unbuffered `write`) before the next row is taken, so
 a `kill -9` loses no answer that arrived. When the shard is full, or the run ends, the
-rows are written to `part-N.parquet` under a temporary name, renamed, and only then is the
-journal deleted. A shard is therefore visible only complete.
+journal is folded into `part-N.parquet`: parsed by Arrow's JSON reader, written under a
+temporary name, fsynced, renamed, and only then deleted. A shard is therefore visible
+only complete, and folding a journal that a killed run left behind is the same code path
+(a last line torn by the kill is ignored).
 
-The journal holds the result columns only; the manifest's extra columns are added back
-from the rows in memory on a normal flush, and from the manifest when `fold_journal`
-recovers the journal of a killed run (a torn last line, cut by the kill, is ignored).
+The journal holds the result columns; the manifest's extra columns are added at fold
+time, from the rows in memory or, after a kill, from the manifest.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from pipeline.errors import UsageError
 from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, ResultRow
 
 log = logging.getLogger(__name__)
@@ -52,21 +56,29 @@ def next_sequence(out_dir: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-def read_journal(path: Path) -> list[dict]:
-    """Every whole line of a journal; a last line torn by a kill is ignored."""
-    rows = []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    for i, line in enumerate(lines):
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1 and any(lines[i + 1 :]):
-                raise ValueError(f"{path}: line {i + 1} is corrupt") from None
-            log.warning("%s: ignoring a torn last line (the run was killed)", path.name)
-    return rows
+# The journal's JSON holds `finished_at` as epoch milliseconds; it is cast after parsing.
+_JOURNAL_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.int64()) if f.name == "finished_at" else f for f in RESULT_SCHEMA]
+)
+
+
+def read_journal(path: Path) -> pa.Table:
+    """Every whole line of a journal as a table of the result columns; a last line torn
+    by a kill (no newline) is ignored, a corrupt line anywhere else is an error."""
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        log.warning("%s: ignoring a torn last line (the run was killed)", path.name)
+    if whole == 0:
+        return RESULT_SCHEMA.empty_table()
+    options = pajson.ParseOptions(
+        explicit_schema=_JOURNAL_SCHEMA, unexpected_field_behavior="error"
+    )
+    try:
+        table = pajson.read_json(io.BytesIO(data[:whole]), parse_options=options)
+    except pa.ArrowInvalid as exc:
+        raise UsageError(f"{path}: corrupt journal ({exc})") from None
+    return table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -98,18 +110,17 @@ def with_extras(core: pa.Table, schema: pa.Schema, lookup: ExtrasLookup | None) 
 def fold_journal(
     journal: Path, schema: pa.Schema = RESULT_SCHEMA, lookup: ExtrasLookup | None = None
 ) -> Path | None:
-    """Turn a journal left by a killed run into its Parquet shard (None if it was empty)."""
+    """Turn a journal into its Parquet shard (None if it held no whole row)."""
     shard = journal.with_name(journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet")
     if shard.exists():
         # Killed after the rename but before the unlink: the shard is already complete.
         journal.unlink()
         return shard
-    rows = read_journal(journal)
-    if rows:
-        core = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    core = read_journal(journal)
+    if core.num_rows:
         write_parquet_atomic(with_extras(core, schema, lookup), shard)
     journal.unlink()
-    return shard if rows else None
+    return shard if core.num_rows else None
 
 
 class ResultSink(Protocol):
@@ -138,7 +149,10 @@ class ShardWriter:
         self._sequence = next_sequence(out_dir) if first_sequence is None else first_sequence
         self._fd: int | None = None
         self._journal: Path | None = None
-        self._rows: list[ResultRow] = []
+        self._rows = 0
+        # The manifest's extra columns of this shard's rows, by id, added when folding.
+        self._extras: dict[str, dict[str, Any]] = {}
+        self._has_extras = len(schema) > len(RESULT_SCHEMA)
         self.shards: list[Path] = []
 
     def write(self, row: ResultRow) -> None:
@@ -149,8 +163,10 @@ class ShardWriter:
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         line = json.dumps(row.core_dict(), separators=(",", ":")).encode() + b"\n"
         os.write(self._fd, line)  # in the kernel's hands: survives the death of this process
-        self._rows.append(row)
-        if len(self._rows) >= self.rows_per_shard:
+        self._rows += 1
+        if self._has_extras:
+            self._extras[row.id] = row.extra
+        if self._rows >= self.rows_per_shard:
             self.flush()
 
     def flush(self) -> None:
@@ -159,16 +175,16 @@ class ShardWriter:
             return
         os.close(self._fd)
         self._fd = None
-        shard = self._journal.with_name(
-            self._journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet"
-        )
-        table = pa.Table.from_pylist([r.to_dict() for r in self._rows], schema=self.schema)
-        write_parquet_atomic(table, shard)
-        self._journal.unlink()
-        self.shards.append(shard)
-        log.debug("wrote %s (%d rows)", shard.name, len(self._rows))
-        self._rows = []
+        shard = fold_journal(self._journal, self.schema, self._lookup)
+        if shard is not None:
+            self.shards.append(shard)
+            log.debug("wrote %s (%d rows)", shard.name, self._rows)
+        self._rows = 0
+        self._extras = {}
         self._journal = None
+
+    def _lookup(self, ids: pa.Array) -> pa.Table:
+        return pa.Table.from_pylist([{MANIFEST_ID: i, **self._extras[i]} for i in ids.to_pylist()])
 
     def close(self) -> None:
         self.flush()
