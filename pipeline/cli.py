@@ -12,7 +12,13 @@ from typing import Any
 import click
 
 from pipeline import __version__
-from pipeline.errors import EXIT_FATAL_API, EXIT_USAGE, FatalApiError, UsageError
+from pipeline.errors import (
+    EXIT_FATAL_API,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    FatalApiError,
+    UsageError,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -29,6 +35,11 @@ class _Group(click.Group):
         except FatalApiError as exc:
             click.echo(f"caption: the endpoint refused the job: {exc}", err=True)
             ctx.exit(EXIT_FATAL_API)
+        except KeyboardInterrupt:
+            # Outside the run's own handler (during ingest, say): nothing half-written is
+            # kept, since every file is written under a temporary name first.
+            click.echo("caption: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

@@ -22,6 +22,7 @@ EXIT_ROW_ERRORS = 1
 EXIT_USAGE = 2
 EXIT_FATAL_API = 3
 EXIT_BUDGET = 4
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 class CaptionError(Exception):

@@ -11,11 +11,14 @@ needs to tell what is done; `compact` leaves exactly one row per id.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.parquet"
 RUN_JSON = "run.json"
+LOCK_NAME = ".lock"
 RUN_JSON_VERSION = 1
 
 
@@ -105,6 +109,25 @@ class OutputDir:
 
     def exists(self) -> bool:
         return self.path.is_dir()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run. Two runs writing one folder would number their
+        shards alike; the lock is the kernel's (flock), so a killed run releases it."""
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"{self.path} is in use by another caption run; wait for it to finish, "
+                "or use another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))

@@ -31,6 +31,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import (
     EXIT_BUDGET,
     EXIT_FATAL_API,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROW_ERRORS,
     FatalApiError,
@@ -46,7 +47,6 @@ from pipeline.writer import ResultSink, ShardWriter
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 130
 INTERRUPT_GRACE_S = 10.0
 FAKE_API_KEY = "fake-key"
 
@@ -349,9 +349,28 @@ def run_job(
 ) -> RunOutcome:
     started = time.perf_counter()
     out = OutputDir(out_path)
-    previous = out.check_fingerprint(config) if out.exists() else None
+    if out.exists():
+        out.check_fingerprint(config)  # before anything else: refuse a changed job at once
     api_key = read_api_key(config)
     out.path.mkdir(parents=True, exist_ok=True)
+    with out.lock():
+        return _run_locked(
+            out, sources, config, api_key, retry_errors, show_progress, column, id_column, started
+        )
+
+
+def _run_locked(
+    out: OutputDir,
+    sources: list[str],
+    config: JobConfig,
+    api_key: str,
+    retry_errors: bool,
+    show_progress: bool,
+    column: str | None,
+    id_column: str | None,
+    started: float,
+) -> RunOutcome:
+    previous = out.check_fingerprint(config)  # again, now that no other run can write
     _prepare_manifest(out, sources, column, id_column)
     out.recover()
     out.compact()

@@ -319,3 +319,17 @@ def test_unchanged_rerun_sends_nothing(tmp_path: Path, server: ScriptedServer, k
     assert code == 0
     assert "0 ok, 0 errors of 0 new (6 already done, 0 pending)" in output
     assert server.count() == 6
+
+
+def test_a_second_run_on_the_same_folder_is_refused(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputDir(out).lock():
+        code, output = run_cli(str(SAMPLES), "-o", str(out), "--endpoint", server.url)
+    assert code == 2
+    assert "is in use by another caption run" in output
+    assert server.count() == 0
+    # Released: the run goes ahead.
+    assert run_cli(str(SAMPLES), "-o", str(out), "--endpoint", server.url)[0] == 0
