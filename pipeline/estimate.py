@@ -286,11 +286,16 @@ def estimate(
     *,
     assume_size: tuple[int, int] | None = None,
     probe_urls: bool = False,
-    expected_output: float | None = None,
+    expected_output: tuple[float, str] | None = None,
     sample: int = 0,
     sampled: list[ManifestRow] | None = None,
 ) -> Estimate:
-    """Estimate `batches` of manifest rows (columns id, source, optional width/height)."""
+    """Estimate `batches` of manifest rows (columns id, source, optional width/height).
+
+    `expected_output` is (completion tokens per image, where that figure comes from); by
+    default the worst case. With `sample`, a uniform random sample of that many rows is
+    kept in `sampled` (for a pilot).
+    """
     prices = _prices(config, models)
     req = config.request
     acc = _Accumulator(prices=prices, detail=req.detail, image_tokens=[0] * len(prices))
@@ -301,52 +306,54 @@ def estimate(
     rng = random.Random(0)
     seen = 0
     headers = _HeaderReader(max_bytes)
-    for batch in batches:
-        widths: list[int] = []
-        heights: list[int] = []
-        sources = batch.column(MANIFEST_SOURCE).to_pylist()
-        col_w, col_h = _column_ints(batch, "width"), _column_ints(batch, "height")
-        to_probe: list[str] = []
-        local = headers.sizes([s for s in sources if not is_url(s)])
-        for i, source in enumerate(sources):
-            if not is_url(source):
-                found = next(local)
-                if isinstance(found, str):
-                    skipped_count += 1
-                    if len(skipped) < MAX_SKIPPED_LISTED:
-                        skipped.append({"source": source, "reason": found})
+    try:
+        for batch in batches:
+            widths: list[int] = []
+            heights: list[int] = []
+            sources = batch.column(MANIFEST_SOURCE).to_pylist()
+            col_w, col_h = _column_ints(batch, "width"), _column_ints(batch, "height")
+            to_probe: list[str] = []
+            local = headers.sizes([s for s in sources if not is_url(s)])
+            for i, source in enumerate(sources):
+                if not is_url(source):
+                    found = next(local)
+                    if isinstance(found, str):
+                        skipped_count += 1
+                        if len(skipped) < MAX_SKIPPED_LISTED:
+                            skipped.append({"source": source, "reason": found})
+                        continue
+                    w, h = found
+                    sizes.headers += 1
+                elif col_w[i] and col_h[i]:
+                    w, h = col_w[i], col_h[i]  # type: ignore[assignment]
+                    sizes.columns += 1
+                elif probe_urls:
+                    to_probe.append(source)
                     continue
-                w, h = found
-                sizes.headers += 1
-            elif col_w[i] and col_h[i]:
-                w, h = col_w[i], col_h[i]  # type: ignore[assignment]
-                sizes.columns += 1
-            elif probe_urls:
-                to_probe.append(source)
-                continue
-            else:
-                _assume(acc, sizes, assume_size, widths, heights)
-                continue
-            widths.append(w)
-            heights.append(h)
-        if to_probe:
-            for size in asyncio.run(probe_sizes(to_probe, config.limits.concurrency)):
-                if size is None:
-                    _assume(acc, sizes, assume_size, widths, heights)
                 else:
-                    sizes.probed += 1
-                    widths.append(size[0])
-                    heights.append(size[1])
-        acc.add_sizes(widths, heights)
-        if sample and sampled is not None:
-            seen = _reservoir(batch, sample, sampled, rng, seen)
-    headers.close()
+                    _assume(acc, sizes, assume_size, widths, heights)
+                    continue
+                widths.append(w)
+                heights.append(h)
+            if to_probe:
+                for size in asyncio.run(probe_sizes(to_probe, config.limits.concurrency)):
+                    if size is None:
+                        _assume(acc, sizes, assume_size, widths, heights)
+                    else:
+                        sizes.probed += 1
+                        widths.append(size[0])
+                        heights.append(size[1])
+            acc.add_sizes(widths, heights)
+            if sample and sampled is not None:
+                seen = _reservoir(batch, sample, sampled, rng, seen)
+    finally:
+        headers.close()
     images = sizes.measured + sizes.assumed
     text = prompt_text_tokens(req.system_prompt, req.prompt)
-    expected = (
-        expected_output if expected_output is not None else float(worst_case_completion_tokens(req))
+    expected, basis = expected_output or (
+        float(worst_case_completion_tokens(req)),
+        "worst case: n x max_tokens (no pilot and no earlier output)",
     )
-    basis = "worst case: n x max_tokens (no pilot and no earlier output)"
     results = []
     for i, price in enumerate(prices):
         assert price.image is not None
@@ -480,8 +487,7 @@ def estimate_sources(
     """Estimate a job over `sources`; with `output`, only the rows it does not hold yet,
     and the expected output length from what it already holds."""
     batches: Iterable[pa.RecordBatch] = source_batches(sources, column, id_column)
-    expected: float | None = None
-    basis = ""
+    observed: tuple[float, str] | None = None
     notes: list[str] = []
     if output is not None:
         out = OutputDir(output)
@@ -494,8 +500,7 @@ def estimate_sources(
                 )
             seen = observed_output(out, config)
             if seen is not None:
-                expected, count = seen
-                basis = f"mean of {count} rows already answered in {output}"
+                observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
     sample: list[ManifestRow] = []
     result = estimate(
         batches,
@@ -503,7 +508,7 @@ def estimate_sources(
         models,
         assume_size=assume_size,
         probe_urls=probe_urls,
-        expected_output=None,
+        expected_output=observed,
         sample=pilot,
         sampled=sample,
     )
@@ -522,12 +527,8 @@ def estimate_sources(
             "cost_usd": sum(r.cost_usd or 0.0 for r in rows),
         }
         if mean is not None:
-            expected, basis = (
-                mean,
-                f"mean of a pilot of {len(ok)} requests on {config.request.model}",
-            )
-    if expected is not None:
-        result = _with_expected(result, config, models, expected, basis)
+            basis = f"mean of a pilot of {len(ok)} requests on {config.request.model}"
+            result = _with_expected(result, config, models, mean, basis)
     result.notes.extend(notes)
     return result
 
