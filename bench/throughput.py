@@ -145,6 +145,16 @@ def main() -> None:
                     "--quiet",
                 ],
             }
+            # Each client once on a single image: its fixed cost (start-up, imports, ingest).
+            single = Path(tmp) / "single"
+            single.mkdir()
+            shutil.copy(next(folder.iterdir()), single)
+            fixed = {}
+            for name, cmd in commands.items():
+                shutil.rmtree(Path(tmp) / "out", ignore_errors=True)
+                fixed[name] = measure(
+                    [str(single) if c == str(folder) else c for c in cmd], env=env
+                ).cpu_s
             results: dict[str, list[Measured]] = {"minimal": [], "pipeline": []}
             phases: dict[str, list[float]] = {"minimal": [], "pipeline": []}
             # Alternate the two, so both see the same machine; compare medians.
@@ -177,6 +187,13 @@ def main() -> None:
     )
     print(f"rate ratio (pipeline / minimal) = {wall_m / wall_p:.2f}  (target >= 0.9)")
     print(f"cpu ratio  (pipeline / minimal) = {cpu_p / cpu_m:.2f}  (target <= 1.2)")
+    per_m = (cpu_m - fixed["minimal"]) / (args.images - 1) * 1e6
+    per_p = (cpu_p - fixed["pipeline"]) / (args.images - 1) * 1e6
+    print(
+        f"fixed cpu_s (one image): minimal {fixed['minimal']:.2f}, pipeline "
+        f"{fixed['pipeline']:.2f}; per-image cpu: minimal {per_m:.0f} us, pipeline "
+        f"{per_p:.0f} us, ratio {per_p / per_m:.2f}"
+    )
     phase_m, phase_p = median(phases["minimal"]), median(phases["pipeline"])
     print(
         f"request phase only (no start-up): minimal {args.images / phase_m:.0f}/s, "
