@@ -217,17 +217,17 @@ class OutputDir:
         shards = self.shards()
         if not shards:
             return 0
-        parts = []
-        for i, shard in enumerate(shards):
-            t = pq.read_table(shard, columns=["id", "status", "finished_at"])
-            parts.append(
-                t.append_column("shard", pa.array([i] * t.num_rows, pa.int32())).append_column(
-                    "row", pa.array(range(t.num_rows), pa.int64())
-                )
+        reads = [pq.read_table(s, columns=["id", "status", "finished_at"]) for s in shards]
+        ids = pa.concat_tables(reads)["id"]
+        if pc.count_distinct(ids).as_py() == len(ids):
+            return 0  # the common case: nothing superseded, nothing more to build
+        parts = [
+            t.append_column("shard", pa.array([i] * t.num_rows, pa.int32())).append_column(
+                "row", pa.array(range(t.num_rows), pa.int64())
             )
+            for i, t in enumerate(reads)
+        ]
         table = pa.concat_tables(parts)
-        if pc.count_distinct(table["id"]).as_py() == table.num_rows:
-            return 0
         ranked = table.append_column("is_ok", pc.equal(table["status"], "ok")).sort_by(
             [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
         )
