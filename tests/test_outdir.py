@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipeline.config import load_config
+from pipeline.outdir import OutputDir, fingerprint, job_definition
+from pipeline.records import RESULT_SCHEMA, ResultRow
+from pipeline.writer import ShardWriter
+
+
+def write_shard(out: Path, *rows: tuple[str, str, int]) -> None:
+    writer = ShardWriter(out, RESULT_SCHEMA, rows_per_shard=100)
+    for row_id, status, finished in rows:
+        writer.write(
+            ResultRow(
+                id=row_id,
+                source=f"/{row_id}",
+                status=status,
+                attempts=1,
+                latency_s=0.1,
+                finished_at_ms=finished,
+                cost_usd=0.01 if status == "ok" else None,
+            )
+        )
+    writer.close()
+
+
+def ids_by_shard(out: Path) -> list[list[tuple[str, str]]]:
+    return [
+        list(zip(t["id"].to_pylist(), t["status"].to_pylist(), strict=True))
+        for t in (pq.read_table(p) for p in sorted(out.glob("part-*.parquet")))
+    ]
+
+
+def test_compact_keeps_the_newest_row_per_id(tmp_path: Path) -> None:
+    write_shard(tmp_path, ("a", "error", 1), ("b", "ok", 1), ("c", "error", 1))
+    write_shard(tmp_path, ("a", "ok", 5), ("c", "error", 6))
+    write_shard(tmp_path, ("c", "ok", 6))  # same moment as the newer error: ok wins
+    assert OutputDir(tmp_path).compact() == 3
+    assert ids_by_shard(tmp_path) == [[("b", "ok")], [("a", "ok")], [("c", "ok")]]
+    assert OutputDir(tmp_path).compact() == 0  # idempotent
+
+
+def test_a_shard_left_empty_by_compaction_is_removed(tmp_path: Path) -> None:
+    write_shard(tmp_path, ("a", "error", 1))
+    write_shard(tmp_path, ("a", "ok", 2))
+    OutputDir(tmp_path).compact()
+    assert [p.name for p in sorted(tmp_path.glob("part-*.parquet"))] == ["part-00001.parquet"]
+
+
+def test_scan_counts_and_spend(tmp_path: Path) -> None:
+    write_shard(tmp_path, ("a", "ok", 1), ("b", "error", 1), ("c", "ok", 1))
+    done = OutputDir(tmp_path).scan()
+    assert sorted(done.ok_ids.to_pylist()) == ["a", "c"]
+    assert done.error_ids.to_pylist() == ["b"]
+    assert done.cost_usd == 0.02
+
+
+def test_fingerprint_covers_the_answer_not_the_pace() -> None:
+    base = job_definition(load_config())
+    assert "api_key" not in str(base).lower()
+    same_pace = job_definition(load_config(None, {"concurrency": 3, "max_cost": 5.0, "rpm": 10}))
+    assert fingerprint(same_pace) == fingerprint(base)
+    for change in (
+        {"model": "gpt:o3"},
+        {"prompt": "x"},
+        {"endpoint": "fake"},
+        {"max_tokens": 5},
+        {"temperature": 0.5},
+        {"detail": "low"},
+    ):
+        assert fingerprint(job_definition(load_config(None, change))) != fingerprint(base), change
