@@ -164,11 +164,13 @@ def parse_usage(raw: Any) -> Usage:
 def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
     """A 200 is not proof of success: memories.ai can answer 200 with `status: errored`."""
     if not isinstance(body, dict):
-        raise TransientError("HTTP 200 with a body that is not a JSON object", http_status=status)
+        raise TransientError(
+            f"HTTP {status} with a body that is not a JSON object", http_status=status
+        )
     if body.get("status") == "errored" or "error" in body:
         code, message = _error_fields(body)
         raise TransientError(
-            endpoint.redact(f"HTTP 200 errored: {code or ''} {message or ''}".strip()),
+            endpoint.redact(f"HTTP {status} errored: {code or ''} {message or ''}".strip()),
             http_status=status,
         )
     if isinstance(body.get("code"), int) and body["code"] not in (0, 200) and "choices" not in body:
@@ -176,11 +178,11 @@ def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
         raise classify(body["code"], json.dumps(body).encode(), {}, endpoint)
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise TransientError("HTTP 200 without choices", http_status=status)
+        raise TransientError(f"HTTP {status} without choices", http_status=status)
     parsed = []
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
-            raise TransientError("HTTP 200 with a malformed choice", http_status=status)
+            raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
         message = ch.get("message") or {}
         parsed.append(
             Choice(
@@ -280,9 +282,10 @@ async def post_completion(
             timeout=endpoint.client_timeout,
         ) as resp:
             headers = resp.headers
+            status = resp.status
             try:
-                if resp.status != 200:
-                    raise classify(resp.status, await resp.read(), headers, endpoint)
+                if not 200 <= status < 300:
+                    raise classify(status, await resp.read(), headers, endpoint)
                 if stream and resp.content_type == "text/event-stream":
                     parsed: Any = await _read_stream(resp, endpoint)
                 else:
@@ -290,9 +293,9 @@ async def post_completion(
                         parsed = json.loads(await resp.read())
                     except ValueError:
                         raise TransientError(
-                            "HTTP 200 with a body that is not valid JSON", http_status=200
+                            f"HTTP {status} with a body that is not valid JSON", http_status=status
                         ) from None
-                return Answer(parse_completion(parsed, 200, endpoint), 200, headers)
+                return Answer(parse_completion(parsed, status, endpoint), status, headers)
             except ApiError as exc:
                 exc.headers = headers
                 raise
@@ -303,3 +306,7 @@ async def post_completion(
     except aiohttp.ClientConnectionError as exc:
         # Connection refused or reset, server disconnected: the way to the server failed.
         raise TransientError(f"connection failed ({type(exc).__name__})") from None
+    except aiohttp.ClientError as exc:
+        # Anything else the HTTP client raises (a malformed answer, too many redirects):
+        # retried like any transient failure, bounded by max_attempts, never a crash.
+        raise TransientError(f"HTTP client error ({type(exc).__name__})") from None

@@ -449,3 +449,14 @@ def test_rate_limit_waits_are_bounded_too(
     (row,) = results(out)
     assert (row["status"], row["error_kind"], row["attempts"]) == ("error", "rate_limited", 4)
     assert server.count() == 4
+
+
+def test_a_2xx_other_than_200_is_parsed_and_a_bad_one_retried(
+    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
+) -> None:
+    d = digest_of_file(imgs / "icon.gif")
+    server.plan(d, Reply(status=202, body={"accepted": True}), Reply())
+    out = tmp_path / "out"
+    assert caption(str(imgs / "icon.gif"), "-o", str(out), "--endpoint", server.url).exit_code == 0
+    (row,) = results(out)
+    assert (row["status"], row["attempts"], row["http_status"]) == ("ok", 2, 200)
