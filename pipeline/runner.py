@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pyarrow as pa
@@ -408,27 +409,7 @@ def _run_locked(
     remaining = total - tally.done
     final = out.scan()
     exit_code = _exit_code(stop, tally)
-    meta["runs"].append(
-        {
-            "started_at": run_started,
-            "finished_at": utc_now(),
-            "new_rows": total,
-            "ok": tally.ok,
-            "errors": tally.errors,
-            "prompt_tokens": tally.prompt_tokens,
-            "completion_tokens": tally.completion_tokens,
-            "cost_usd": tally.cost_usd,
-            "wall_s": round(wall, 3),
-            "stopped": stop.kind or None,
-            "exit_code": exit_code,
-            "settings": {
-                "concurrency": config.limits.concurrency,
-                "rpm": config.limits.rpm,
-                "tpm": config.limits.tpm,
-                "max_cost_usd": config.limits.max_cost_usd,
-            },
-        }
-    )
+    meta["runs"].append(_run_record(config, run_started, total, tally, stop, exit_code, wall))
     meta["totals"] = {
         "manifest_rows": out.manifest_count(),
         "ok": final.ok,
@@ -446,6 +427,38 @@ def _run_locked(
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
     return RunOutcome(exit_code, summary, _stop_message(stop, out, remaining, budget))
+
+
+def _run_record(
+    config: JobConfig,
+    started_at: str,
+    new_rows: int,
+    tally: Tally,
+    stop: StopReason,
+    exit_code: int,
+    wall: float,
+) -> dict[str, Any]:
+    """One entry of run.json's history: what this run did, and how fast it was allowed to."""
+    limits = config.limits
+    return {
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "new_rows": new_rows,
+        "ok": tally.ok,
+        "errors": tally.errors,
+        "prompt_tokens": tally.prompt_tokens,
+        "completion_tokens": tally.completion_tokens,
+        "cost_usd": tally.cost_usd,
+        "wall_s": round(wall, 3),
+        "stopped": stop.kind or None,
+        "exit_code": exit_code,
+        "settings": {
+            "concurrency": limits.concurrency,
+            "rpm": limits.rpm,
+            "tpm": limits.tpm,
+            "max_cost_usd": limits.max_cost_usd,
+        },
+    }
 
 
 def _exit_code(stop: StopReason, tally: Tally) -> int:
