@@ -136,12 +136,18 @@ def _job_options(*, many_models: bool = False) -> Any:
         model,
         click.option("--endpoint", help="Endpoint URL, or 'fake' for the built-in fake."),
         click.option("--api-key-env", help="Environment variable holding the API key."),
-        click.option("--auth-scheme", type=click.Choice(["raw", "bearer"])),
+        click.option(
+            "--auth-scheme",
+            type=click.Choice(["raw", "bearer"]),
+            help="raw: Authorization: <key> (memories.ai); bearer: Bearer <key>.",
+        ),
         click.option("--prompt", help="Prompt sent with every image."),
         click.option("--system-prompt", help="System message ('' for none)."),
-        click.option("--detail", type=click.Choice(["auto", "low", "high"])),
-        click.option("--max-tokens", type=int),
-        click.option("--temperature", type=float),
+        click.option(
+            "--detail", type=click.Choice(["auto", "low", "high"]), help="Image detail level."
+        ),
+        click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
+        click.option("--temperature", type=float, help="Sampling temperature, 0 to 2."),
         click.option("--concurrency", type=int, help="Requests in flight at once."),
         click.option("--rpm", type=int, help="Requests-per-minute cap."),
         click.option("--tpm", type=int, help="Tokens-per-minute cap."),
@@ -150,7 +156,7 @@ def _job_options(*, many_models: bool = False) -> Any:
         click.option(
             "--max-cost", type=float, help="Budget cap in USD for the output folder's total spend."
         ),
-        click.option("--rows-per-shard", type=int),
+        click.option("--rows-per-shard", type=int, help="Result rows per Parquet shard."),
         click.option("--column", help="Image column of tabular list files."),
         click.option("--id-column", help="Use this column of the list files as the row id."),
     ]
