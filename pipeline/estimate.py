@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import pyarrow as pa
 from pipeline.config import JobConfig
 from pipeline.errors import RequestRejected, UsageError
 from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
+from pipeline.manifest import sample_rows
 from pipeline.outdir import OutputDir, fingerprint, job_definition
 from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ManifestRow
@@ -127,10 +127,15 @@ class Estimate:
         ]
         if self.pilot:
             p = self.pilot
+            kept = (
+                f"; written to {p['written_to']}, so the run will not send these again"
+                if p.get("written_to")
+                else ""
+            )
             out.append(
                 f"pilot: {p['ok']}/{p['requests']} ok on {p['model']}, "
                 f"{p['completion_tokens_mean']:.1f} completion tokens per image, "
-                f"cost ${p['cost_usd']:.4f}"
+                f"cost ${p['cost_usd']:.4f}{kept}"
             )
         out.extend(self.notes)
         header = (
@@ -287,14 +292,11 @@ def estimate(
     assume_size: tuple[int, int] | None = None,
     probe_urls: bool = False,
     expected_output: tuple[float, str] | None = None,
-    sample: int = 0,
-    sampled: list[ManifestRow] | None = None,
 ) -> Estimate:
     """Estimate `batches` of manifest rows (columns id, source, optional width/height).
 
     `expected_output` is (completion tokens per image, where that figure comes from); by
-    default the worst case. With `sample`, a uniform random sample of that many rows is
-    kept in `sampled` (for a pilot).
+    default the worst case.
     """
     prices = _prices(config, models)
     req = config.request
@@ -303,8 +305,6 @@ def estimate(
     skipped: list[dict[str, str]] = []
     skipped_count = 0
     max_bytes = int(config.limits.max_image_mb * 1_000_000)
-    rng = random.Random(0)
-    seen = 0
     headers = _HeaderReader(max_bytes)
     try:
         for batch in batches:
@@ -344,8 +344,6 @@ def estimate(
                         widths.append(size[0])
                         heights.append(size[1])
             acc.add_sizes(widths, heights)
-            if sample and sampled is not None:
-                seen = _reservoir(batch, sample, sampled, rng, seen)
     finally:
         headers.close()
     images = sizes.measured + sizes.assumed
@@ -412,21 +410,6 @@ def _prices(config: JobConfig, models: list[str]) -> list[ModelPrice]:
     return out
 
 
-def _reservoir(
-    batch: pa.RecordBatch, k: int, sample: list[ManifestRow], rng: random.Random, seen: int
-) -> int:
-    """Keep a uniform random sample of k rows of the stream (Algorithm R)."""
-    for row in batch.to_pylist():
-        seen += 1
-        if len(sample) < k:
-            sample.append(ManifestRow.from_dict(row))
-        else:
-            j = rng.randrange(seen)
-            if j < k:
-                sample[j] = ManifestRow.from_dict(row)
-    return seen
-
-
 # ---------------------------------------------------------------------------------------
 # From sources (or a manifest, or an output folder) to an estimate
 
@@ -485,7 +468,21 @@ def estimate_sources(
     id_column: str | None = None,
 ) -> Estimate:
     """Estimate a job over `sources`; with `output`, only the rows it does not hold yet,
-    and the expected output length from what it already holds."""
+    and the expected output length from what it already holds.
+
+    A pilot sends `pilot` real requests on a random sample first. With `output` it is the
+    first slice of the real job, written there like any run, so the run never pays for
+    those rows again; without, its answers are kept only long enough to be measured.
+    """
+    pilot_report: dict[str, Any] | None = None
+    pilot_expected: tuple[float, str] | None = None
+    if pilot:
+        pilot_report, mean = _run_pilot(sources, config, pilot, output, column, id_column)
+        if mean is not None:
+            pilot_expected = (
+                mean,
+                f"mean of a pilot of {pilot_report['ok']} requests on {config.request.model}",
+            )
     batches: Iterable[pa.RecordBatch] = source_batches(sources, column, id_column)
     observed: tuple[float, str] | None = None
     notes: list[str] = []
@@ -501,36 +498,74 @@ def estimate_sources(
             seen = observed_output(out, config)
             if seen is not None:
                 observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
-    sample: list[ManifestRow] = []
     result = estimate(
         batches,
         config,
         models,
         assume_size=assume_size,
         probe_urls=probe_urls,
-        expected_output=observed,
-        sample=pilot,
-        sampled=sample,
+        expected_output=pilot_expected or observed,
     )
-    if pilot:
-        from pipeline.runner import run_pilot
-
-        rows = run_pilot(config, sample)
-        ok = [r for r in rows if r.status == "ok" and r.completion is not None]
-        mean = (sum(r.completion.usage.completion_tokens for r in ok) / len(ok)) if ok else None  # type: ignore[union-attr]
-        result.pilot = {
-            "model": config.request.model,
-            "requests": len(rows),
-            "ok": len(ok),
-            "completion_tokens_mean": mean or 0.0,
-            "prompt_tokens": sum(r.completion.usage.prompt_tokens for r in ok),  # type: ignore[union-attr]
-            "cost_usd": sum(r.cost_usd or 0.0 for r in rows),
-        }
-        if mean is not None:
-            basis = f"mean of a pilot of {len(ok)} requests on {config.request.model}"
-            result = _with_expected(result, config, models, mean, basis)
+    result.pilot = pilot_report
     result.notes.extend(notes)
     return result
+
+
+def _run_pilot(
+    sources: list[str],
+    config: JobConfig,
+    n: int,
+    output: Path | None,
+    column: str | None,
+    id_column: str | None,
+) -> tuple[dict[str, Any], float | None]:
+    """Send `n` real requests on a random sample; (report, mean completion tokens)."""
+    from pipeline.runner import EXIT_PILOT_OK, run_job, run_pilot
+
+    if output is not None:
+        outcome = run_job(
+            sources,
+            output,
+            config,
+            sample=n,
+            show_progress=False,
+            column=column,
+            id_column=id_column,
+        )
+        if outcome.exit_code not in EXIT_PILOT_OK:
+            raise UsageError(f"the pilot stopped: {outcome.message or outcome.summary}")
+        tally = outcome.tally
+        report = {
+            "model": config.request.model,
+            "requests": tally.done,
+            "ok": tally.ok,
+            "completion_tokens_mean": tally.completion_tokens / tally.ok if tally.ok else 0.0,
+            "prompt_tokens": tally.prompt_tokens,
+            "cost_usd": tally.cost_usd,
+            "written_to": str(output),
+        }
+        return report, report["completion_tokens_mean"] if tally.ok else None
+    rows = sample_rows(
+        (
+            ManifestRow.from_dict(r)
+            for b in source_batches(sources, column, id_column)
+            for r in b.to_pylist()
+        ),
+        n,
+    )
+    results = run_pilot(config, rows)
+    ok = [r.completion for r in results if r.status == "ok" and r.completion is not None]
+    mean = sum(c.usage.completion_tokens for c in ok) / len(ok) if ok else None
+    report = {
+        "model": config.request.model,
+        "requests": len(results),
+        "ok": len(ok),
+        "completion_tokens_mean": mean or 0.0,
+        "prompt_tokens": sum(c.usage.prompt_tokens for c in ok),
+        "cost_usd": sum(r.cost_usd or 0.0 for r in results),
+        "written_to": None,
+    }
+    return report, mean
 
 
 def _model_estimate(

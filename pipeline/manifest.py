@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -419,6 +420,19 @@ def read_manifest(
             rb = rb.filter(pc.invert(pc.is_in(rb.column(MANIFEST_ID), value_set=skip)))
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
+
+
+def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[ManifestRow]:
+    """A uniform random sample of `k` rows of a stream, in one pass (reservoir sampling);
+    seeded, so the same manifest gives the same sample."""
+    rng = random.Random(seed)
+    sample: list[ManifestRow] = []
+    for seen, row in enumerate(rows):
+        if len(sample) < k:
+            sample.append(row)
+        elif (j := rng.randrange(seen + 1)) < k:
+            sample[j] = row
+    return sample
 
 
 def is_manifest(path: str) -> bool:

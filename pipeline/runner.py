@@ -39,7 +39,7 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.limiter import AdaptiveLimiter
-from pipeline.manifest import is_manifest, read_manifest, write_manifest
+from pipeline.manifest import is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
@@ -95,6 +95,11 @@ class RunOutcome:
     exit_code: int
     summary: str
     message: str | None = None  # one line for stderr when the run stopped early
+    tally: Tally = field(default_factory=Tally)
+
+
+# A pilot (a sampled run) whose rows all have an outcome, errors included, measured fine.
+EXIT_PILOT_OK = (EXIT_OK, EXIT_ROW_ERRORS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,7 +352,9 @@ def run_job(
     show_progress: bool = True,
     column: str | None = None,
     id_column: str | None = None,
+    sample: int = 0,
 ) -> RunOutcome:
+    """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot)."""
     started = time.perf_counter()
     out = OutputDir(out_path)
     if out.exists():
@@ -356,7 +363,16 @@ def run_job(
     out.path.mkdir(parents=True, exist_ok=True)
     with out.lock():
         return _run_locked(
-            out, sources, config, api_key, retry_errors, show_progress, column, id_column, started
+            out,
+            sources,
+            config,
+            api_key=api_key,
+            retry_errors=retry_errors,
+            show_progress=show_progress,
+            column=column,
+            id_column=id_column,
+            sample=sample,
+            started=started,
         )
 
 
@@ -364,11 +380,13 @@ def _run_locked(
     out: OutputDir,
     sources: list[str],
     config: JobConfig,
+    *,
     api_key: str,
     retry_errors: bool,
     show_progress: bool,
     column: str | None,
     id_column: str | None,
+    sample: int,
     started: float,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
@@ -377,8 +395,13 @@ def _run_locked(
     out.compact()
     done = out.scan()
     skip = done.ok_ids if retry_errors else pa.concat_arrays([done.ok_ids, done.error_ids])
-    total = out.pending_count(skip)
-    already = out.manifest_count() - total
+    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
+    pending = out.pending_count(skip)
+    already = out.manifest_count() - pending
+    total = pending  # rows this run sends: all pending ones, or a pilot's sample of them
+    if sample:
+        rows = sample_rows(rows, sample)
+        total = len(rows)
 
     definition = job_definition(config)
     meta = previous or {"version": 1, "created_at": utc_now(), "runs": []}
@@ -395,7 +418,7 @@ def _run_locked(
             _execute(
                 config,
                 out,
-                read_manifest(out.manifest, skip=skip),
+                iter(rows),
                 out.result_schema(),
                 api_key,
                 budget,
@@ -406,7 +429,7 @@ def _run_locked(
     if retry_errors:
         out.compact()
     wall = time.perf_counter() - started
-    remaining = total - tally.done
+    remaining = pending - tally.done
     final = out.scan()
     exit_code = _exit_code(stop, tally)
     meta["runs"].append(_run_record(config, run_started, total, tally, stop, exit_code, wall))
@@ -426,7 +449,7 @@ def _run_locked(
         f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
-    return RunOutcome(exit_code, summary, _stop_message(stop, out, remaining, budget))
+    return RunOutcome(exit_code, summary, _stop_message(stop, out, remaining, budget), tally)
 
 
 def _run_record(

@@ -5,6 +5,7 @@ import shutil
 from decimal import Decimal
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
@@ -22,7 +23,7 @@ PROMPT = "Describe this image in one concise sentence."
 def estimate_json(*args: str) -> dict:
     result = CliRunner().invoke(cli, ["estimate", *args, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # logs go to stderr
 
 
 def sample_sizes() -> list[tuple[int, int]]:
@@ -254,3 +255,39 @@ def test_pilot_refused_by_the_endpoint_exits_3(server: ScriptedServer, key: str)
     )
     assert result.exit_code == 3
     assert "the endpoint refused the job: HTTP 401" in result.output
+
+
+def test_a_pilot_into_the_output_folder_is_never_paid_for_twice(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    out = tmp_path / "out"
+    report = estimate_json(str(SAMPLES), "--pilot", "2", "-o", str(out), "--endpoint", server.url)
+    assert server.count() == 2
+    pilot = report["pilot"]
+    assert (pilot["requests"], pilot["ok"], pilot["written_to"]) == (2, 2, str(out))
+    # The pilot rows are done: the estimate covers the other four, at the pilot's length.
+    assert report["models"][0]["images"] == 4
+    assert report["expected_basis"] == "mean of a pilot of 2 requests on gpt:gpt-4o"
+    assert pilot["cost_usd"] == pytest.approx(
+        sum(r["cost_usd"] for r in pq.read_table(next(out.glob("part-*.parquet"))).to_pylist())
+    )
+    # The real run sends only the four the pilot did not.
+    result = CliRunner().invoke(
+        cli, ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 ok, 0 errors of 4 new (2 already done, 0 pending)" in result.output
+    assert server.count() == 6
+    assert len(set(server.requests_by_digest())) == 6
+
+
+def test_a_pilot_sample_is_random_but_repeatable(tmp_path: Path) -> None:
+    from pipeline.manifest import sample_rows
+    from pipeline.records import ManifestRow
+
+    rows = [ManifestRow(id=str(i), source=f"/{i}") for i in range(1000)]
+    first = [r.id for r in sample_rows(iter(rows), 10)]
+    assert first == [r.id for r in sample_rows(iter(rows), 10)]
+    assert len(set(first)) == 10
+    assert first != [str(i) for i in range(10)]  # not simply the first rows
+    assert len(sample_rows(iter(rows[:3]), 10)) == 3
