@@ -535,35 +535,25 @@ def _run_pilot(
         if outcome.exit_code not in EXIT_PILOT_OK:
             raise UsageError(f"the pilot stopped: {outcome.message or outcome.summary}")
         tally = outcome.tally
-        report = {
-            "model": config.request.model,
-            "requests": tally.done,
-            "ok": tally.ok,
-            "completion_tokens_mean": tally.completion_tokens / tally.ok if tally.ok else 0.0,
-            "prompt_tokens": tally.prompt_tokens,
-            "cost_usd": tally.cost_usd,
-            "written_to": str(output),
-        }
-        return report, report["completion_tokens_mean"] if tally.ok else None
-    rows = sample_rows(
-        (
-            ManifestRow.from_dict(r)
-            for b in source_batches(sources, column, id_column)
-            for r in b.to_pylist()
-        ),
-        n,
-    )
-    results = run_pilot(config, rows)
-    ok = [r.completion for r in results if r.status == "ok" and r.completion is not None]
-    mean = sum(c.usage.completion_tokens for c in ok) / len(ok) if ok else None
+    else:
+        rows = sample_rows(
+            (
+                ManifestRow.from_dict(r)
+                for b in source_batches(sources, column, id_column)
+                for r in b.to_pylist()
+            ),
+            n,
+        )
+        tally = run_pilot(config, rows)
+    mean = tally.completion_tokens / tally.ok if tally.ok else None
     report = {
         "model": config.request.model,
-        "requests": len(results),
-        "ok": len(ok),
+        "requests": tally.done,
+        "ok": tally.ok,
         "completion_tokens_mean": mean or 0.0,
-        "prompt_tokens": sum(c.usage.prompt_tokens for c in ok),
-        "cost_usd": sum(r.cost_usd or 0.0 for r in results),
-        "written_to": None,
+        "prompt_tokens": tally.prompt_tokens,
+        "cost_usd": tally.cost_usd,
+        "written_to": str(output) if output is not None else None,
     }
     return report, mean
 
@@ -594,27 +584,6 @@ def _model_estimate(
         cost_expected_usd=cost_usd(price, prompt, out_expected),
         cost_max_usd=cost_usd(price, prompt, out_max),
     )
-
-
-def _with_expected(
-    result: Estimate, config: JobConfig, models: list[str], expected: float, basis: str
-) -> Estimate:
-    """The same estimate with expected output tokens from observation instead of n x max."""
-    req = config.request
-    result.models = [
-        _model_estimate(
-            price,
-            m.images,
-            m.image_tokens,
-            result.text_tokens_per_image,
-            expected,
-            worst_case_completion_tokens(req),
-        )
-        for price, m in zip(_prices(config, models), result.models, strict=True)
-    ]
-    result.expected_output_per_image = expected
-    result.expected_basis = basis
-    return result
 
 
 def dry_run(

@@ -308,28 +308,26 @@ async def _wait_with_grace(
         stop_wait.cancel()
 
 
-class _Collect:
-    """A result sink that keeps rows in memory (for the estimate's pilot)."""
-
-    def __init__(self) -> None:
-        self.rows: list[ResultRow] = []
+class _Discard:
+    """A result sink that keeps nothing: a pilot without an output folder is only measured."""
 
     def write(self, row: ResultRow) -> None:
-        self.rows.append(row)
+        pass
 
 
-async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> list[ResultRow]:
+async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> Tally:
     stop = StopReason()
-    sink = _Collect()
     async with open_captioner(config, key, asyncio.Event(), Budget(None)) as captioner:
-        await caption_rows(rows, captioner, sink, workers=config.limits.concurrency, stop=stop)
+        tally = await caption_rows(
+            rows, captioner, _Discard(), workers=config.limits.concurrency, stop=stop
+        )
     if stop.kind == "fatal":
         raise FatalApiError(stop.message)
-    return sink.rows
+    return tally
 
 
-def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> list[ResultRow]:
-    """Send real requests for `rows` (a sample) and return their results, unwritten."""
+def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
+    """Send real requests for `rows` (a sample) and measure them; nothing is written."""
     return asyncio.run(_pilot(config, read_api_key(config), rows))
 
 
