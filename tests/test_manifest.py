@@ -63,6 +63,31 @@ def test_ids_are_stable_across_machines_and_runs(tmp_path: Path, tree: Path) -> 
     assert first[0]["id"] == stable_id("imgs/a.JPG")
 
 
+@pytest.mark.parametrize(
+    ("spelling", "cwd", "prefix"),
+    [
+        ("imgs", ".", "imgs/"),
+        ("imgs/", ".", "imgs/"),
+        ("./imgs", ".", "imgs/"),
+        ("imgs/../imgs", ".", "imgs/"),
+        (".", "imgs", ""),
+        ("./", "imgs", ""),
+        ("ABS", ".", "ABS/"),
+    ],
+)
+def test_folder_ids_hash_the_normalised_path_however_the_folder_is_spelled(
+    tmp_path: Path, tree: Path, spelling: str, cwd: str, prefix: str
+) -> None:
+    os.chdir(tmp_path / cwd)
+    absolute = tree.as_posix()
+    rows, _ = ingest(tmp_path, spelling.replace("ABS", absolute))
+    expected = [f"{prefix.replace('ABS', absolute)}{p}" for p in ("a.JPG", "e.jpeg", "b/c.gif")]
+    assert [r["id"] for r in rows[:3]] == [stable_id(k) for k in expected]
+    assert [r["source"] for r in rows[:3]] == [
+        str(tree / p) for p in ("a.JPG", "e.jpeg", "b/c.gif")
+    ]
+
+
 def test_glob(tmp_path: Path, tree: Path) -> None:
     rows, _ = ingest(tmp_path, f"{tree}/**/*.gif")
     assert [Path(r["source"]).name for r in rows] == ["c.gif"]
