@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.arrow import read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import RequestRejected, UsageError
 from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
@@ -440,12 +441,11 @@ def without(batches: Iterable[pa.RecordBatch], skip: pa.Array) -> Iterator[pa.Re
 def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | None:
     """Mean completion tokens per ok row in an output folder of the same job, if any."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     meta = out.read_run_json() if out.exists() else None
     if not meta or meta.get("fingerprint") != fingerprint(job_definition(config)):
         return None
-    tables = [pq.read_table(s, columns=["status", "completion_tokens"]) for s in out.shards()]
+    tables = [read_parquet(s, columns=["status", "completion_tokens"]) for s in out.shards()]
     if not tables:
         return None
     table = pa.concat_tables(tables)

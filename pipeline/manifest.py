@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.arrow import string_array
 from pipeline.errors import UsageError
 from pipeline.images import is_url
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow
@@ -196,7 +197,15 @@ def _read_csv(
 
 
 def record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Rows may have different keys; `from_pylist` would keep only the first row's."""
+    """Manifest dicts as a record batch. Rows may have different keys (`from_pylist` would
+    keep only the first row's); rows of just `id` and `source` skip pyarrow's inference."""
+    if all(
+        len(row) == 2 and _is_str(row.get(MANIFEST_ID), row.get(MANIFEST_SOURCE)) for row in rows
+    ):
+        return pa.RecordBatch.from_arrays(
+            [string_array([row[k] for row in rows]) for k in (MANIFEST_ID, MANIFEST_SOURCE)],
+            names=[MANIFEST_ID, MANIFEST_SOURCE],
+        )
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return pa.RecordBatch.from_pydict({k: [row.get(k) for row in rows] for k in keys})
 
@@ -336,6 +345,10 @@ def iter_manifest_rows(
                 yield out
 
 
+def _is_str(*values: object) -> bool:
+    return all(type(v) is str for v in values)
+
+
 def _unify(schemas: list[pa.Schema], label: str) -> pa.Schema:
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
@@ -372,7 +385,7 @@ def write_manifest(
         for batch in iter_manifest_rows(
             sources, column=column, id_column=id_column, counter=counts
         ):
-            table = pa.Table.from_pylist(batch)
+            table = pa.Table.from_batches([record_batch(batch)])
             if writer is None or not table.schema.equals(parts[-1][1]):
                 if writer is not None:
                     writer.close()

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.arrow import combined, equals, read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
@@ -217,7 +218,7 @@ class OutputDir:
         shards = self.shards()
         if not shards:
             return 0
-        reads = [pq.read_table(s, columns=["id", "status", "finished_at"]) for s in shards]
+        reads = [read_parquet(s, columns=["id", "status", "finished_at"]) for s in shards]
         ids = pa.concat_tables(reads)["id"]
         if pc.count_distinct(ids).as_py() == len(ids):
             return 0  # the common case: nothing superseded, nothing more to build
@@ -228,7 +229,7 @@ class OutputDir:
             for i, t in enumerate(reads)
         ]
         table = pa.concat_tables(parts)
-        ranked = table.append_column("is_ok", pc.equal(table["status"], "ok")).sort_by(
+        ranked = table.append_column("is_ok", equals(table["status"], "ok")).sort_by(
             [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
         )
         ids = ranked["id"].to_pylist()
@@ -241,7 +242,7 @@ class OutputDir:
         removed = 0
         for i, rows in drop.items():
             shard = shards[i]
-            data = pq.read_table(shard)
+            data = read_parquet(shard)
             keep = pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(rows)))
             kept = data.filter(keep)
             removed += data.num_rows - kept.num_rows
@@ -259,7 +260,7 @@ class OutputDir:
         it needs, so it stays fast at a million rows. With `include_journals`, rows still
         in a killed run's journal count too (read-only: nothing is folded)."""
         columns = ["id", "status", "cost_usd", "prompt_tokens", "completion_tokens", "error_kind"]
-        tables = [pq.read_table(s, columns=columns) for s in self.shards()]
+        tables = [read_parquet(s, columns=columns) for s in self.shards()]
         journaled = 0
         if include_journals:
             for journal in sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}")):
@@ -267,20 +268,23 @@ class OutputDir:
                 journaled += core.num_rows
                 tables.append(core.select(columns))
         if not tables:
-            empty = pa.array([], pa.string())
+            empty = pa.nulls(0, pa.string())
             return Done(ok_ids=empty, error_ids=empty)
         table = pa.concat_tables(tables, promote_options="permissive")
-        ok_mask = pc.equal(table["status"], "ok")
+        ok_mask = equals(table["status"], "ok")
         errors = table.filter(pc.invert(ok_mask))
-        kinds = pc.value_counts(pc.fill_null(errors["error_kind"], "unknown")).to_pylist()
+        by_kind: dict[str, int] = {}
+        for k in pc.value_counts(errors["error_kind"]).to_pylist():
+            kind = k["values"] or "unknown"  # shards from before error_kind existed
+            by_kind[kind] = by_kind.get(kind, 0) + k["counts"]
         return Done(
-            ok_ids=table["id"].filter(ok_mask).combine_chunks(),
-            error_ids=errors["id"].combine_chunks(),
+            ok_ids=combined(table["id"].filter(ok_mask)),
+            error_ids=combined(errors["id"]),
             rows=table.num_rows,
             cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
             prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
             completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
-            errors_by_kind={k["values"]: k["counts"] for k in kinds},
+            errors_by_kind=by_kind,
             journaled=journaled,
         )
 
@@ -288,7 +292,7 @@ class OutputDir:
         return pq.ParquetFile(self.manifest).metadata.num_rows
 
     def pending_count(self, skip: pa.Array) -> int:
-        ids = pq.read_table(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+        ids = read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
         return ids.length() - pc.sum(pc.is_in(ids, value_set=skip)).as_py()
 
 

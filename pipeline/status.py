@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.arrow import equals, int_numpy, read_parquet
 from pipeline.errors import UsageError
 from pipeline.outdir import OutputDir
 
@@ -100,7 +101,6 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
     """The estimate's prompt tokens and input cost against what the server billed, over the
     ok rows whose image size is known: how far to trust `caption estimate`."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from pipeline.prices import cost_usd, parse_price_entries
     from pipeline.tokens import image_tokens_array, prompt_text_tokens
@@ -113,10 +113,10 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
     price = parse_price_entries({model: entry}, str(out.run_json), table="price")[model]
     columns = ["status", "prompt_tokens", "image_width", "image_height"]
     table = pa.concat_tables(
-        [pq.read_table(s, columns=columns) for s in shards], promote_options="permissive"
+        [read_parquet(s, columns=columns) for s in shards], promote_options="permissive"
     )
     known = pc.and_(
-        pc.equal(table["status"], "ok"),
+        equals(table["status"], "ok"),
         pc.and_(pc.is_valid(table["image_width"]), pc.is_valid(table["image_height"])),
     )
     rows = table.filter(known)
@@ -124,8 +124,8 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     image = image_tokens_array(
         price.image,
-        rows["image_width"].to_numpy(),
-        rows["image_height"].to_numpy(),
+        int_numpy(rows["image_width"]),
+        int_numpy(rows["image_height"]),
         job.get("detail"),
     )
     text = prompt_text_tokens(job.get("system_prompt") or "", job.get("prompt") or "")

@@ -35,6 +35,27 @@ def test_help_lists_commands_without_heavy_imports() -> None:
         assert f"  {command} " in out
 
 
+def test_run_and_status_on_a_folder_never_import_pandas(tmp_path: Path, key: str) -> None:
+    # pyarrow imports pandas on its first conversion of Python objects; that is 0.45 s of
+    # every small nightly run. Jobs over plain paths must not pay it.
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('PANDAS', 'pandas' in sys.modules, file=sys.stderr))\n"
+        "sys.argv = ['caption', *sys.argv[1:]]\n"
+        "runpy.run_module('pipeline', run_name='__main__')\n"
+    )
+    out = str(tmp_path / "out")
+    for args in (
+        ["run", str(SAMPLES), "-o", out, "--endpoint", "fake", "--quiet"],
+        ["run", str(SAMPLES), "-o", out, "--endpoint", "fake", "--quiet"],  # the resume path
+        ["status", out],
+        ["estimate", str(SAMPLES)],
+    ):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert result.returncode in (0, 1), result.stderr
+        assert "PANDAS False" in result.stderr, (args, result.stderr)
+
+
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0

@@ -1,0 +1,61 @@
+"""Arrow helpers that keep pandas out of the process.
+
+pyarrow imports pandas (if it is installed) the first time it converts a Python object
+(`pa.array`, `pa.scalar`, `Table.from_pylist`, a Python literal given to a compute
+function) and whenever `pyarrow.dataset` is imported, which `pq.read_table` does. That is
+0.45 s of CPU and wall time, a third of a small nightly run and most of `caption status`.
+The run and status paths use these instead; `tests/test_cli.py` checks they stay clean.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+
+def string_array(values: list[str]) -> pa.Array:
+    """`pa.array(values, pa.string())`, built from its buffers."""
+    encoded = [v.encode() for v in values]
+    offsets = array.array("q", [0])
+    offsets.extend(itertools.accumulate(map(len, encoded)))
+    large = pa.Array.from_buffers(
+        pa.large_string(),
+        len(values),
+        [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+    )
+    return large.cast(pa.string())  # raises, rather than wraps, past 2 GiB of text
+
+
+def equals(column: pa.Array | pa.ChunkedArray, value: str) -> pa.Array | pa.ChunkedArray:
+    """`pc.equal(column, value)` for a string literal."""
+    return pc.equal(column, string_array([value])[0])
+
+
+def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, or some of its columns (`pq.read_table` without the dataset API)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
+def combined(column: pa.ChunkedArray) -> pa.Array:
+    """`column.combine_chunks()`, which makes an empty column with `pa.array([])`."""
+    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.nulls(0, column.type)
+
+
+def int_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """A null-free integer column as a numpy array (`to_numpy` imports pandas)."""
+    arr = combined(column)
+    if not pa.types.is_integer(arr.type) or arr.null_count:
+        raise ValueError(f"expected integers without nulls, got {arr.type} ({arr.null_count} null)")
+    dtype = np.dtype(
+        f"{'int' if pa.types.is_signed_integer(arr.type) else 'uint'}{arr.type.bit_width}"
+    )
+    return np.frombuffer(
+        arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize
+    )
