@@ -99,3 +99,17 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     result = run("prices", "--config", str(job))
     assert result.returncode == 2
     assert "[limits] concurrency = -1" in result.stderr
+
+
+def test_numpy_starts_no_blas_threads() -> None:
+    # OpenBLAS starts a spinning thread per core when numpy is imported; nothing here uses
+    # it. Its threads carry the process's name (pyarrow's allocator thread has its own).
+    code = (
+        "import os\n"
+        "os.environ.pop('OPENBLAS_NUM_THREADS', None)\n"
+        "import pipeline.runner\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')]\n"
+        "print('SAME-NAMED THREADS', names.count(open('/proc/self/comm').read()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "SAME-NAMED THREADS 1" in out.stdout, out.stdout + out.stderr
