@@ -1,7 +1,7 @@
 """Local images: read and check them before anything is sent, and read sizes from headers.
 
 The MIME type comes from the file's first bytes, never its name. Sizes come from the image
-header (Pillow opens lazily and decodes no pixels).
+header; no pixels are decoded.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import struct
 from dataclasses import dataclass
 
 from pipeline.errors import RequestRejected
@@ -39,20 +40,83 @@ _PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "i
 def header_size(data: bytes, mime: str | None = None) -> tuple[int, int] | None:
     """(width, height) from the image header, or None if it cannot be read.
 
-    `imagesize` parses just the header, about 5x faster than Pillow's `Image.open`, which
-    matters when an estimate reads 100,000 files; Pillow (told the sniffed format, so it
-    does not probe every plugin) is the fallback for headers imagesize does not know.
+    The four accepted formats keep their size at fixed places in the header (a JPEG in its
+    frame header, after any metadata segments), read here in well under a microsecond.
+    Pillow, told the sniffed format, is the fallback for a header this does not follow.
+    Sizes are the stored ones, like Pillow's `size`: EXIF orientation is not applied.
     """
-    import imagesize
-
     try:
-        # Raw header dimensions, like Pillow's `size`: EXIF orientation is not applied.
-        width, height = imagesize.get(io.BytesIO(data), exif_rotation=False)
-    except (ValueError, OSError):
-        width = height = -1
-    if width > 0 and height > 0:
-        return width, height
+        dims = _HEADER_READERS[mime](data) if mime in _HEADER_READERS else None
+    except (struct.error, IndexError, ValueError):
+        dims = None  # cut short: let Pillow have a look, then give up
+    if dims is not None and dims[0] > 0 and dims[1] > 0:
+        return dims
     return _pillow_size(data, mime)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    # Signature (8 bytes), then the IHDR chunk: length, b"IHDR", width, height.
+    if data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack_from(">II", data, 16)
+    return width, height
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    # b"GIF89a", then the logical screen's width and height, little-endian.
+    width, height = struct.unpack_from("<HH", data, 6)
+    return width, height
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    # RIFF header (12 bytes), then the first chunk's FourCC at 12 and its payload at 20.
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: after the frame tag
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14 bits each, minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24 bits each, minus one, after 4 bytes of flags
+        return (
+            int.from_bytes(data[24:27], "little") + 1,
+            int.from_bytes(data[27:30], "little") + 1,
+        )
+    return None
+
+
+# Start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone, without a length: TEM, RST0-7, SOI.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos = 2  # after SOI
+    while True:
+        pos = data.index(0xFF, pos)
+        while data[pos] == 0xFF:  # a marker may be padded with fill bytes
+            pos += 1
+        marker = data[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker == 0xD9:  # EOI before any frame
+            return None
+        (length,) = struct.unpack_from(">H", data, pos)
+        if marker in _JPEG_SOF:
+            # length (2), sample precision (1), height (2), width (2)
+            height, width = struct.unpack_from(">HH", data, pos + 3)
+            return width, height
+        pos += length
+
+
+_HEADER_READERS = {
+    "image/png": _png_size,
+    "image/gif": _gif_size,
+    "image/webp": _webp_size,
+    "image/jpeg": _jpeg_size,
+}
 
 
 def _pillow_size(data: bytes, mime: str | None) -> tuple[int, int] | None:

@@ -62,3 +62,47 @@ def test_rejections_name_the_file_and_the_reason(tmp_path: Path) -> None:
         load_image(str(big), max_bytes=50_000)
     with pytest.raises(RequestRejected, match=r"is a folder, not an image"):
         load_image(str(tmp_path), max_bytes=50_000)
+
+
+def _encodings() -> list[tuple[str, str, dict[str, object]]]:
+    """(Pillow format, mode, save options): every header layout the readers handle."""
+    return [
+        ("PNG", "RGB", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {}),
+        ("GIF", "P", {}),
+        ("WEBP", "RGB", {"lossless": False}),  # VP8
+        ("WEBP", "RGB", {"lossless": True}),  # VP8L
+        ("WEBP", "RGBA", {"lossless": False}),  # VP8X (alpha)
+        ("WEBP", "RGB", {"exif": b"Exif\x00\x00II*\x00"}),  # VP8X (metadata)
+        ("JPEG", "RGB", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "CMYK", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "RGB", {"exif": Image.Exif().tobytes(), "icc_profile": b"\x00" * 3000}),
+    ]
+
+
+@pytest.mark.parametrize(("fmt", "mode", "options"), _encodings())
+def test_header_sizes_agree_with_pillow(
+    tmp_path: Path, fmt: str, mode: str, options: dict[str, object]
+) -> None:
+    sizes = [(1, 1), (2, 3), (255, 256), (1023, 7), (3, 4097), (16383, 2), (640, 480)]
+    if fmt in ("PNG", "JPEG"):
+        sizes.append((65500, 1))  # past 16 bits for PNG's fields; JPEG's largest is 65535
+    for size in sizes:
+        path = tmp_path / f"{size[0]}x{size[1]}.{fmt.lower()}"
+        Image.new(mode, size).save(path, fmt, **options)
+        data = path.read_bytes()
+        mime = sniff_mime(data[:16])
+        with Image.open(path) as img:
+            assert header_size(data, mime) == img.size == size, (fmt, options, size)
+
+
+def test_cut_short_headers_are_unreadable_never_wrong() -> None:
+    for name in ("sunset.jpg", "checkerboard.png", "forest.webp", "icon.gif"):
+        data = (SAMPLES / name).read_bytes()
+        mime = sniff_mime(data)
+        full = header_size(data, mime)
+        results = {header_size(data[:cut], mime) for cut in range(1, min(len(data), 4096))}
+        assert results == {None, full}, name
