@@ -140,15 +140,15 @@ class LoadedImage:
 def _read_checked(source: str, max_bytes: int, head_only: bool) -> bytes:
     """The file's bytes (or its first 64 KiB), or RequestRejected saying what is wrong."""
     try:
-        size = os.stat(source).st_size
-        if size == 0:
-            raise RequestRejected(f"{source}: empty file")
-        if size > max_bytes:
-            raise RequestRejected(
-                f"{source}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:g} MB cap "
-                "([limits] max_image_mb)"
-            )
         with open(source, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # fstat on the open file: no second lookup
+            if size == 0:
+                raise RequestRejected(f"{source}: empty file")
+            if size > max_bytes:
+                raise RequestRejected(
+                    f"{source}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:g} MB cap "
+                    "([limits] max_image_mb)"
+                )
             return f.read(HEADER_BYTES) if head_only else f.read()
     except FileNotFoundError:
         raise RequestRejected(f"{source}: no such file") from None

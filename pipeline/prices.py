@@ -8,6 +8,7 @@ wrong number can be corrected in data, not code. `estimate` and `run` both price
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,15 +69,20 @@ def cost_usd(
     when the table sets it, otherwise the plain input price.
     """
     cached = min(max(cached_tokens, 0), prompt_tokens)
-    cached_price = (
-        price.cached_input_per_1m if price.cached_input_per_1m is not None else price.input_per_1m
-    )
+    input_rate, cached_rate, output_rate = _decimal_rates(price)
     total = (
-        Decimal(prompt_tokens - cached) * Decimal(str(price.input_per_1m))
-        + Decimal(cached) * Decimal(str(cached_price))
-        + Decimal(completion_tokens) * Decimal(str(price.output_per_1m))
+        Decimal(prompt_tokens - cached) * input_rate
+        + Decimal(cached) * cached_rate
+        + Decimal(completion_tokens) * output_rate
     )
     return float(total / _TOKENS_PER_UNIT)
+
+
+@functools.cache
+def _decimal_rates(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal]:
+    """The rates as exact decimals (of their shortest repr), converted once per price."""
+    cached = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
+    return Decimal(str(price.input_per_1m)), Decimal(str(cached)), Decimal(str(price.output_per_1m))
 
 
 class PriceTable(Mapping[str, ModelPrice]):

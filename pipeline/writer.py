@@ -127,6 +127,10 @@ class ResultSink(Protocol):
     def write(self, row: ResultRow) -> None: ...
 
 
+# One encoder for every row: json.dumps with arguments builds a new one per call.
+_encode_line = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class ShardWriter:
     """Appends result rows to journal-protected shards of at most `rows_per_shard` rows.
 
@@ -161,7 +165,7 @@ class ShardWriter:
             self._sequence += 1
             self._journal = journal_path(self.out_dir, name)
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        line = json.dumps(row.core_dict(), separators=(",", ":")).encode() + b"\n"
+        line = (_encode_line(row.core_dict()) + "\n").encode()
         os.write(self._fd, line)  # in the kernel's hands: survives the death of this process
         self._rows += 1
         if self._has_extras:
