@@ -132,7 +132,11 @@ def _pillow_size(data: bytes, mime: str | None) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class LoadedImage:
-    url: str  # a data URL for local files, the URL itself for remote ones
+    """A local image ready to send (`mime` and its `base64`), or a URL passed through."""
+
+    url: str | None
+    mime: str | None
+    base64: bytes | None
     width: int | None
     height: int | None
 
@@ -181,17 +185,18 @@ def local_size(source: str, max_bytes: int) -> tuple[int, int]:
 
 
 def load_image(source: str, max_bytes: int) -> LoadedImage:
-    """Read a local image into a base64 data URL, byte for byte, or reject it with a reason.
+    """Read a local image as base64 (sent byte for byte), or reject it with a reason.
 
     The type comes from the leading bytes and the pixel size from the header (no pixels
     are decoded). A remote URL is passed through untouched: the endpoint fetches it.
     """
     if is_url(source):
-        return LoadedImage(url=source, width=None, height=None)
+        return LoadedImage(url=source, mime=None, base64=None, width=None, height=None)
     data = _read_checked(source, max_bytes, head_only=False)
     mime, (width, height) = _checked_header(source, data)
-    encoded = base64.b64encode(data).decode("ascii")
-    return LoadedImage(url=f"data:{mime};base64,{encoded}", width=width, height=height)
+    return LoadedImage(
+        url=None, mime=mime, base64=base64.b64encode(data), width=width, height=height
+    )
 
 
 def is_url(source: str) -> bool:

@@ -6,9 +6,12 @@ the server's default applies.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RequestConfig
+from pipeline.errors import UsageError
 
 _OPTIONAL = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "stop")
 
@@ -46,6 +49,39 @@ def build_payload(req: RequestConfig, image_url: str) -> dict[str, Any]:
     if req.stream:
         payload["stream_options"] = {"include_usage": True}
     return payload
+
+
+# Stands where the image URL goes while the job's body is serialised once.
+_SLOT = "\x00caption:image-url\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTemplate:
+    """The job's request body as JSON bytes, serialised once, with a slot for the image.
+
+    Every request differs only in its image URL. A local image's data URL is base64, whose
+    alphabet needs no escaping in JSON, so its bytes are spliced in as they are: a 2 MB
+    photo no longer goes through json.dumps (13 ms of CPU) and four full-size copies.
+    """
+
+    before: bytes
+    after: bytes
+
+    @classmethod
+    def for_request(cls, req: RequestConfig) -> BodyTemplate:
+        parts = json.dumps(build_payload(req, _SLOT)).split(json.dumps(_SLOT))
+        if len(parts) != 2:
+            raise UsageError(f"[request] a prompt may not be {_SLOT!r}: it marks the image")
+        before, after = parts
+        return cls(before=f'{before}"'.encode(), after=f'"{after}'.encode())
+
+    def with_url(self, url: str) -> bytes:
+        """The body for an image the endpoint fetches itself."""
+        return b"".join((self.before, json.dumps(url)[1:-1].encode(), self.after))
+
+    def with_data(self, mime: str, encoded: bytes) -> bytes:
+        """The body for a local image: `encoded` is its base64, sent as a data URL."""
+        return b"".join((self.before, b"data:", mime.encode(), b";base64,", encoded, self.after))
 
 
 def worst_case_completion_tokens(req: RequestConfig) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
 import time
@@ -34,7 +33,7 @@ from pipeline.images import load_image
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.request import build_payload, worst_case_completion_tokens
+from pipeline.request import BodyTemplate, worst_case_completion_tokens
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
 
 log = logging.getLogger(__name__)
@@ -114,6 +113,7 @@ class Captioner:
         req = config.request
         self.max_completion = worst_case_completion_tokens(req)
         self.max_bytes = int(config.limits.max_image_mb * 1_000_000)
+        self.body = BodyTemplate.for_request(req)
 
     # -- estimates for limits and budget ----------------------------------------------
 
@@ -196,9 +196,12 @@ class Captioner:
         prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
         worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
         self.budget.reserve(worst)
-        # Only the request body stays alive while the row is in flight: the data URL is
+        # Only the request body stays alive while the row is in flight: the base64 is
         # dropped here, so a row holds about 1.4x its image's size, not 2.7x.
-        body = json.dumps(build_payload(self.config.request, image.url)).encode()
+        if image.base64 is not None and image.mime is not None:
+            body = self.body.with_data(image.mime, image.base64)
+        else:
+            body = self.body.with_url(row.source)
         del image
         result: ResultRow | None = None
         try:

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from pipeline.config import RequestConfig
+from pipeline.errors import UsageError
+from pipeline.request import BodyTemplate, build_payload
+from tests.conftest import SAMPLES
+
+JOBS = [
+    {},
+    {"system_prompt": "You label photos.", "detail": "high", "temperature": 0.2},
+    {"stream": True, "n": 3, "max_tokens_field": "max_completion_tokens", "stop": ["\n", "END"]},
+    {"response_format": "json_object", "prompt": 'Say "hi" \\ then\nnewline, ünïcødé, 猫 \u2028'},
+]
+
+
+@pytest.mark.parametrize("settings", JOBS)
+def test_spliced_body_is_the_payload_with_a_data_url(settings: dict[str, object]) -> None:
+    req = RequestConfig(**settings)  # type: ignore[arg-type]
+    data = (SAMPLES / "sunset.jpg").read_bytes()
+    encoded = base64.b64encode(data)
+    body = BodyTemplate.for_request(req).with_data("image/jpeg", encoded)
+    url = "data:image/jpeg;base64," + encoded.decode()
+    assert json.loads(body) == build_payload(req, url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://example.com/a.jpg", 'https://x.org/ü/a b.png?q="1"&r=\\', "http://h/\u2028"],
+)
+def test_url_body_escapes_the_url(url: str) -> None:
+    req = RequestConfig(system_prompt="s")
+    assert json.loads(BodyTemplate.for_request(req).with_url(url)) == build_payload(req, url)
+
+
+def test_only_a_prompt_equal_to_the_slot_marker_is_refused() -> None:
+    marker = "\x00caption:image-url\x00"
+    req = RequestConfig(prompt=f"a{marker}b")  # inside a longer string: no clash
+    url = "data:image/png;base64,AAAA"
+    assert json.loads(BodyTemplate.for_request(req).with_url(url)) == build_payload(req, url)
+    with pytest.raises(UsageError, match="marks the image"):
+        BodyTemplate.for_request(RequestConfig(system_prompt=marker))
