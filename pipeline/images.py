@@ -132,13 +132,13 @@ def _pillow_size(data: bytes, mime: str | None) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class LoadedImage:
-    """A local image ready to send (`mime` and its `base64`), or a URL passed through."""
+    """A URL passed through (`url`), or a local image ready to send (`mime`, `base64`)."""
 
-    url: str | None
-    mime: str | None
-    base64: bytes | None
     width: int | None
     height: int | None
+    url: str | None = None
+    mime: str = ""
+    base64: bytes = b""
 
 
 def _read_checked(source: str, max_bytes: int, head_only: bool) -> bytes:
@@ -191,12 +191,10 @@ def load_image(source: str, max_bytes: int) -> LoadedImage:
     are decoded). A remote URL is passed through untouched: the endpoint fetches it.
     """
     if is_url(source):
-        return LoadedImage(url=source, mime=None, base64=None, width=None, height=None)
+        return LoadedImage(width=None, height=None, url=source)
     data = _read_checked(source, max_bytes, head_only=False)
     mime, (width, height) = _checked_header(source, data)
-    return LoadedImage(
-        url=None, mime=mime, base64=base64.b64encode(data), width=width, height=height
-    )
+    return LoadedImage(width=width, height=height, mime=mime, base64=base64.b64encode(data))
 
 
 def is_url(source: str) -> bool:

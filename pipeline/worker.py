@@ -198,10 +198,10 @@ class Captioner:
         self.budget.reserve(worst)
         # Only the request body stays alive while the row is in flight: the base64 is
         # dropped here, so a row holds about 1.4x its image's size, not 2.7x.
-        if image.base64 is not None and image.mime is not None:
-            body = self.body.with_data(image.mime, image.base64)
+        if image.url is not None:
+            body = self.body.with_url(image.url)
         else:
-            body = self.body.with_url(row.source)
+            body = self.body.with_data(image.mime, image.base64)
         del image
         result: ResultRow | None = None
         try:
