@@ -128,7 +128,21 @@ class ResultSink(Protocol):
 
 
 # One encoder for every row: json.dumps with arguments builds a new one per call.
-_encode_line = json.JSONEncoder(separators=(",", ":")).encode
+_encode_line = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def journal_line(row: ResultRow) -> bytes:
+    """The row as one line of UTF-8 JSON that the fold can always read.
+
+    A lone surrogate (an answer's `\\ud83d` escape without its pair, a server message cut
+    mid-character) would make Arrow reject the whole journal at the fold, and every later
+    run with it; it becomes U+FFFD instead.
+    """
+    text = _encode_line(row.core_dict()) + "\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
 
 class ShardWriter:
@@ -165,8 +179,9 @@ class ShardWriter:
             self._sequence += 1
             self._journal = journal_path(self.out_dir, name)
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        line = (_encode_line(row.core_dict()) + "\n").encode()
-        os.write(self._fd, line)  # in the kernel's hands: survives the death of this process
+        os.write(
+            self._fd, journal_line(row)
+        )  # in the kernel's hands: survives the death of this process
         self._rows += 1
         if self._has_extras:
             self._extras[row.id] = row.extra

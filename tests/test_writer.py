@@ -103,3 +103,24 @@ def test_new_writers_number_after_what_the_folder_holds(tmp_path: Path) -> None:
     writer.write(row(1))
     writer.close()
     assert (tmp_path / "part-00008.parquet").exists()
+
+
+def test_lone_surrogates_in_an_answer_cannot_break_the_journal(tmp_path: Path) -> None:
+    # json.loads turns an answer's "\ud83d" (half an emoji) into a lone surrogate; Arrow
+    # would refuse the whole journal at the fold, and again on every later run.
+    odd = row(1)
+    choice = Choice(
+        index=0, content="cut \ud83d here, 😀 kept, ünï", refusal=None, finish_reason="length"
+    )
+    odd.completion = Completion(choices=(choice,), usage=odd.completion.usage)  # type: ignore[union-attr]
+    odd.error = "server said \udce9"
+    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=10)
+    writer.write(odd)
+    writer.write(row(2))
+    writer.close()
+    (shard,) = writer.shards
+    rows = pq.read_table(shard).to_pylist()
+    assert rows[0]["caption"] == "cut \ufffd here, 😀 kept, ünï"
+    assert rows[0]["choices"][0]["content"] == rows[0]["caption"]
+    assert rows[0]["error"] == "server said \ufffd"
+    assert rows[1]["caption"] == "caption 2"
