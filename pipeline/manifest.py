@@ -310,6 +310,18 @@ def _rename_reserved(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_utf8(path: str, source: str) -> None:
+    """A file name that is not UTF-8 reaches Python with surrogate escapes; the manifest
+    holds paths as UTF-8 text, so it cannot be stored (and would crash the id hash)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"source {source!r}: {os.fsencode(path)!r} is not a UTF-8 file name; manifests "
+            "store paths as UTF-8 text, so rename the file (e.g. convmv -f latin1 -t utf8)"
+        ) from None
+
+
 def iter_manifest_rows(
     sources: Iterable[str],
     *,
@@ -326,6 +338,9 @@ def iter_manifest_rows(
             out = []
             for raw in batch:
                 key = raw.pop("key")
+                path = raw[MANIFEST_SOURCE]
+                if type(path) is str and not path.isascii():
+                    _check_utf8(path, source)
                 if id_column is not None:
                     if id_column not in raw:
                         raise UsageError(

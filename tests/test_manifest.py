@@ -268,3 +268,13 @@ def test_json_reaches_lists(tmp_path: Path) -> None:
     )
     rows, _ = ingest(tmp_path, tmp_path / "l.jsonl")
     assert rows[0]["tags"] == ["a", "b"]
+
+
+def test_a_file_name_that_is_not_utf8_is_named_not_a_crash(tmp_path: Path, tree: Path) -> None:
+    os.chdir(tmp_path)
+    ingest(tmp_path, tree)  # a good manifest that must survive the failed ingest
+    before = (tmp_path / "manifest.parquet").read_bytes()
+    shutil.copy(SAMPLES / "icon.gif", os.fsencode(tree) + b"/caf\xe9.gif")  # Latin-1 name
+    with pytest.raises(UsageError, match=r"b'.*/caf\\xe9\.gif' is not a UTF-8 file name"):
+        ingest(tmp_path, tree)
+    assert (tmp_path / "manifest.parquet").read_bytes() == before
