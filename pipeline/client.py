@@ -110,10 +110,15 @@ def _error_fields(body: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+def loads(data: bytes) -> Any:
+    """Parse an answer; ValueError if it is not JSON."""
+    return json.loads(data)
+
+
 def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endpoint) -> ApiError:
     """Turn a non-200 answer into the error that says what to do about it."""
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except ValueError:
         body = None
     code, message = _error_fields(body)
@@ -141,8 +146,24 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endp
     return FatalApiError(text, http_status=status)
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+# An answer's values go into typed columns. One that does not fit its column would make
+# Arrow refuse the whole journal when it is folded, so each is brought to its type here.
+
+
+def _int(value: Any, limit: int = 2**63) -> int:
+    """A count that fits its column, or 0."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+    return value if ok else 0
+
+
+def _text(value: Any) -> str | None:
+    """A string column's value. Content given as a list of parts (some OpenAI-compatible
+    servers answer that way) is their text joined; anything else odd is kept as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return "".join(p["text"] for p in value if isinstance(p.get("text"), str))
+    return json.dumps(value, ensure_ascii=False)
 
 
 def parse_usage(raw: Any) -> Usage:
@@ -183,23 +204,25 @@ def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
             raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
-        message = ch.get("message") or {}
+        message = ch.get("message")
+        message = message if isinstance(message, dict) else {}
         parsed.append(
             Choice(
-                index=_int(ch.get("index", i)),
-                content=message.get("content"),
-                refusal=message.get("refusal"),
-                finish_reason=ch.get("finish_reason"),
+                index=_int(ch.get("index", i), 2**31) if "index" in ch else i,
+                content=_text(message.get("content")),
+                refusal=_text(message.get("refusal")),
+                finish_reason=_text(ch.get("finish_reason")),
             )
         )
+    created = body.get("created")
     return Completion(
         choices=tuple(parsed),
         usage=parse_usage(body.get("usage")),
-        response_id=body.get("id"),
-        model=body.get("model"),
-        created=body.get("created") if isinstance(body.get("created"), int) else None,
-        service_tier=body.get("service_tier"),
-        system_fingerprint=body.get("system_fingerprint"),
+        response_id=_text(body.get("id")),
+        model=_text(body.get("model")),
+        created=_int(created) if _int(created) or created == 0 else None,
+        service_tier=_text(body.get("service_tier")),
+        system_fingerprint=_text(body.get("system_fingerprint")),
     )
 
 
@@ -219,7 +242,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> dict
             done = True
             break
         try:
-            chunk = json.loads(data)
+            chunk = loads(data)
         except ValueError:
             raise TransientError("stream sent an event that is not JSON", http_status=200) from None
         if not isinstance(chunk, dict):
@@ -235,16 +258,20 @@ async def _read_stream(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> dict
                 meta[key] = chunk[key]
         if chunk.get("usage"):
             meta["usage"] = chunk["usage"]
-        for ch in chunk.get("choices") or []:
-            index = _int(ch.get("index"))
-            delta = ch.get("delta") or {}
+        choices = chunk.get("choices")
+        for ch in choices if isinstance(choices, list) else []:
+            if not isinstance(ch, dict):
+                continue
+            index = _int(ch.get("index"), 2**31)
+            delta = ch.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
             content.setdefault(index, [])
-            if delta.get("content"):
-                content[index].append(delta["content"])
-            if delta.get("refusal"):
-                refusal.setdefault(index, []).append(delta["refusal"])
+            if text := _text(delta.get("content")):
+                content[index].append(text)
+            if text := _text(delta.get("refusal")):
+                refusal.setdefault(index, []).append(text)
             if ch.get("finish_reason"):
-                finish[index] = ch["finish_reason"]
+                finish[index] = _text(ch["finish_reason"])
     if not done:
         raise TransientError("stream ended before [DONE]", http_status=200)
     choices = [
@@ -290,7 +317,7 @@ async def post_completion(
                     parsed: Any = await _read_stream(resp, endpoint)
                 else:
                     try:
-                        parsed = json.loads(await resp.read())
+                        parsed = loads(await resp.read())
                     except ValueError:
                         raise TransientError(
                             f"HTTP {status} with a body that is not valid JSON", http_status=status

@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from types import SimpleNamespace
 
 import pytest
 
-from pipeline.client import Endpoint, classify, parse_completion, parse_duration, parse_retry_after
+from pipeline.client import (
+    Endpoint,
+    _read_stream,
+    classify,
+    parse_completion,
+    parse_duration,
+    parse_retry_after,
+)
 from pipeline.errors import FatalApiError, RateLimited, RequestRejected, TransientError
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
@@ -130,3 +139,52 @@ def test_completion_fields() -> None:
     assert c.choices[1].refusal == "no"
     assert (c.usage.prompt_tokens, c.usage.cached_tokens, c.usage.reasoning_tokens) == (10, 3, 2)
     assert (c.response_id, c.model, c.created) == ("c1", "gpt-4o-2024-08-06", 5)
+
+
+def test_odd_values_are_brought_to_their_column_types() -> None:
+    body = {
+        "id": 123,
+        "created": 2**70,
+        "model": None,
+        "service_tier": {"tier": "x"},
+        "choices": [
+            {
+                "index": 2**40,
+                "message": {"content": [{"type": "text", "text": "two "}, {"text": "parts"}]},
+                "finish_reason": ["stop"],
+            },
+            {"message": "not an object", "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": -5, "completion_tokens": 2**64, "total_tokens": 7.5},
+    }
+    c = parse_completion(body, 200, EP)
+    assert [(ch.index, ch.content, ch.finish_reason) for ch in c.choices] == [
+        (0, "two parts", '["stop"]'),
+        (1, None, "stop"),
+    ]
+    assert (c.response_id, c.model, c.created, c.service_tier) == (
+        "123",
+        None,
+        None,
+        '{"tier": "x"}',
+    )
+    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens) == (0, 0, 0)
+
+
+def test_a_stream_with_odd_deltas_assembles_to_text() -> None:
+    events = [
+        {"id": "s1", "choices": [{"index": 0, "delta": {"content": "a"}}]},
+        {"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "b"}]}}]},
+        {"choices": ["not a choice", {"index": 0, "delta": "nope", "finish_reason": 1}]},
+        {"choices": None, "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+    ]
+
+    async def lines():  # type: ignore[no-untyped-def]
+        for e in events:
+            yield b"data: " + json.dumps(e).encode() + b"\n"
+        yield b"data: [DONE]\n"
+
+    body = asyncio.run(_read_stream(SimpleNamespace(content=lines()), EP))  # type: ignore[arg-type]
+    c = parse_completion(body, 200, EP)
+    assert [(ch.content, ch.finish_reason) for ch in c.choices] == [("ab", "1")]
+    assert (c.response_id, c.usage.prompt_tokens) == ("s1", 4)

@@ -460,3 +460,33 @@ def test_a_2xx_other_than_200_is_parsed_and_a_bad_one_retried(
     assert caption(str(imgs / "icon.gif"), "-o", str(out), "--endpoint", server.url).exit_code == 0
     (row,) = results(out)
     assert (row["status"], row["attempts"], row["http_status"]) == ("ok", 2, 200)
+
+
+def test_an_answer_with_odd_types_is_a_row_and_the_folder_stays_usable(
+    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
+) -> None:
+    # A value that did not fit its column used to make the journal unfoldable: the run
+    # failed at the end with its answers paid for, and so did every rerun.
+    odd = {
+        "id": 7,
+        "created": 2**70,
+        "choices": [
+            {"index": 2**40, "message": {"content": [{"type": "text", "text": "in parts"}]}}
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }
+    server.plan(digest_of_file(imgs / "icon.gif"), Reply(body=odd))
+    out = tmp_path / "out"
+    assert caption(str(imgs), "-o", str(out), "--endpoint", server.url).exit_code == 0
+    row = by_name(results(out))["icon.gif"]
+    assert (row["status"], row["caption"], row["response_id"], row["created"]) == (
+        "ok",
+        "in parts",
+        "7",
+        None,
+    )
+    assert row["choices"] == [
+        {"index": 0, "content": "in parts", "refusal": None, "finish_reason": None}
+    ]
+    status = CliRunner().invoke(cli, ["status", str(out), "--json"])
+    assert status.exit_code == 0, status.output
