@@ -77,7 +77,11 @@ def read_journal(path: Path) -> pa.Table:
     try:
         table = pajson.read_json(io.BytesIO(data[:whole]), parse_options=options)
     except pa.ArrowInvalid as exc:
-        raise UsageError(f"{path}: corrupt journal ({exc})") from None
+        raise UsageError(
+            f"{path}: corrupt journal ({exc}); nothing was changed. Keep a copy for a bug "
+            "report; moving it out of the folder lets the run go on, and its rows will be "
+            "sent again"
+        ) from None
     return table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
 
 
