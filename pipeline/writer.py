@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -131,21 +132,22 @@ class ResultSink(Protocol):
     def write(self, row: ResultRow) -> None: ...
 
 
-# One encoder for every row: json.dumps with arguments builds a new one per call.
 _encode_line = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def journal_line(row: ResultRow) -> bytes:
     """The row as one line of UTF-8 JSON that the fold can always read.
 
-    A lone surrogate (an answer's `\\ud83d` escape without its pair, a server message cut
-    mid-character) would make Arrow reject the whole journal at the fold, and every later
-    run with it; it becomes U+FFFD instead.
+    orjson writes it (6x faster than json). It refuses a lone surrogate (an answer's
+    unpaired \\ud83d escape, a server message cut mid-character), which json would write
+    as an escape that Arrow then rejects, and with it the whole journal: such a line is
+    written by json with the surrogate replaced by U+FFFD.
     """
-    text = _encode_line(row.core_dict()) + "\n"
+    core = row.core_dict()
     try:
-        return text.encode()
-    except UnicodeEncodeError:
+        return orjson.dumps(core, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        text = _encode_line(core) + "\n"
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
 
 
