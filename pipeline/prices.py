@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.errors import UsageError
 
 DEFAULT_PROVIDER = "gpt"
-_TOKENS_PER_UNIT = Decimal(1_000_000)
+_TOKENS_PER_UNIT = 1_000_000
 
 
 def canonical_model(name: str) -> str:
@@ -63,26 +63,31 @@ def cost_usd(
     completion_tokens: int,
     cached_tokens: int = 0,
 ) -> float:
-    """USD for one request's usage. Exact decimal arithmetic, one rounding to float at the end.
+    """USD for one request's usage: exact arithmetic, one rounding to float at the end.
 
     Cached prompt tokens are a subset of `prompt_tokens`; they cost `cached_input_per_1m`
     when the table sets it, otherwise the plain input price.
     """
     cached = min(max(cached_tokens, 0), prompt_tokens)
-    input_rate, cached_rate, output_rate = _decimal_rates(price)
+    input_rate, cached_rate, output_rate, denominator = _integer_rates(price)
     total = (
-        Decimal(prompt_tokens - cached) * input_rate
-        + Decimal(cached) * cached_rate
-        + Decimal(completion_tokens) * output_rate
+        (prompt_tokens - cached) * input_rate
+        + cached * cached_rate
+        + completion_tokens * output_rate
     )
-    return float(total / _TOKENS_PER_UNIT)
+    return total / denominator  # int / int: the exact quotient, correctly rounded
 
 
 @functools.cache
-def _decimal_rates(price: ModelPrice) -> tuple[Decimal, Decimal, Decimal]:
-    """The rates as exact decimals (of their shortest repr), converted once per price."""
+def _integer_rates(price: ModelPrice) -> tuple[int, int, int, int]:
+    """The three rates as integers over one denominator (per token), worked out once per
+    price from each rate's shortest decimal form, so that 0.15 means exactly 15/100."""
     cached = price.input_per_1m if price.cached_input_per_1m is None else price.cached_input_per_1m
-    return Decimal(str(price.input_per_1m)), Decimal(str(cached)), Decimal(str(price.output_per_1m))
+    rates = [Decimal(str(r)) for r in (price.input_per_1m, cached, price.output_per_1m)]
+    places = max(0, *(-int(r.as_tuple().exponent) for r in rates))
+    scale = 10**places
+    input_rate, cached_rate, output_rate = (int(r * scale) for r in rates)
+    return input_rate, cached_rate, output_rate, scale * _TOKENS_PER_UNIT
 
 
 class PriceTable(Mapping[str, ModelPrice]):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import random
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,30 @@ def test_cost_is_exact_decimal() -> None:
     nano = ModelPrice("gpt:gpt-4.1-nano", input_per_1m=0.1, output_per_1m=0.4)
     assert cost_usd(nano, 1_000_000, 500_000) == 0.3
     assert cost_usd(price, 0, 0) == 0.0
+
+
+def test_cost_is_the_exact_sum_rounded_once() -> None:
+    # The definition: each rate is the decimal it is written as; the sum is exact; one
+    # rounding to the nearest float at the end.
+    rng = random.Random(7)
+    table = load_price_table()
+    prices = [*table.values()]
+    prices += [
+        ModelPrice("gpt:x", input_per_1m=0.075, output_per_1m=1e-07, cached_input_per_1m=0.0375),
+        ModelPrice("gpt:y", input_per_1m=1e20, output_per_1m=123.456789),
+    ]
+    for _ in range(5000):
+        price = rng.choice(prices)
+        prompt = rng.randrange(0, 10 ** rng.randrange(1, 10))
+        cached = rng.randrange(0, prompt + 1)
+        completion = rng.randrange(0, 10 ** rng.randrange(1, 8))
+        cached_rate = price.cached_input_per_1m
+        exact = (
+            (prompt - cached) * Fraction(str(price.input_per_1m))
+            + cached * Fraction(str(price.input_per_1m if cached_rate is None else cached_rate))
+            + completion * Fraction(str(price.output_per_1m))
+        ) / 1_000_000
+        assert cost_usd(price, prompt, completion, cached) == float(exact), (price, prompt)
 
 
 def test_cached_tokens_use_cached_price_when_set() -> None:
