@@ -13,7 +13,6 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +204,9 @@ def price_entry(price: ModelPrice) -> dict[str, Any]:
 
 def default_prices_path() -> Path:
     """The shipped table: inside the wheel, or `configs/prices.toml` in a source checkout."""
-    packaged = resources.files("pipeline") / "prices.toml"
+    packaged = Path(__file__).with_name("prices.toml")  # not importlib.resources: 6 ms
     if packaged.is_file():
-        return Path(str(packaged))
+        return packaged
     return Path(__file__).resolve().parent.parent / "configs" / "prices.toml"
 
 
