@@ -22,9 +22,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from pipeline.client import Answer, Endpoint, post_completion
 from pipeline.config import JobConfig
@@ -35,6 +35,9 @@ from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.request import BodyTemplate, worst_case_completion_tokens
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,9 @@ class Captioner:
         self, once: Callable[[], Awaitable[Answer]], tries: _Tries, first: TransientError
     ) -> Answer:
         """Attempts after a first transient failure, under tenacity's policy."""
+        # Imported here: most runs never retry, and the import is 12 ms of every start.
+        from tenacity import AsyncRetrying, retry_if_exception_type
+
         if self._exhausted(tries, first):
             raise first
         await self._sleep(self._delay(first, 1))
