@@ -353,7 +353,12 @@ def iter_manifest_rows(
                     row_id = str(user_id)
                 else:
                     row_id = stable_id(key)
-                fingerprint = int(hashlib.blake2b(row_id.encode(), digest_size=8).hexdigest(), 16)
+                # Our ids are 64 bits already; a user's id is hashed down to 64 bits.
+                fingerprint = (
+                    int(row_id, 16)
+                    if id_column is None
+                    else int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest())
+                )
                 if fingerprint in seen:
                     counts["duplicates"] += 1
                     continue
