@@ -122,41 +122,33 @@ async def caption_rows(
     run stops (fatal answer, budget, interrupt) is not written: it stays pending.
     """
     tally = tally if tally is not None else Tally()
-    queue: asyncio.Queue[ManifestRow | None] = asyncio.Queue(maxsize=workers * 2)
     stopping = captioner.stopping
-
-    async def produce() -> None:
-        try:
-            for row in rows:
-                if stopping.is_set():
-                    break
-                await queue.put(row)
-        finally:
-            for _ in range(workers):
-                await queue.put(None)
+    # One iterator shared by the workers: each row goes to exactly one of them, and a
+    # worker takes its next row only when it is free (no queue, no producer task).
+    pending = iter(rows)
 
     async def work() -> None:
-        while (row := await queue.get()) is not None:
+        for row in pending:
             if stopping.is_set():
-                continue  # drain: the row stays pending
+                return  # the row stays pending
             try:
                 result = await captioner.caption(row)
             except BudgetReached:
                 stop.set("budget", "budget cap reached")
                 stopping.set()
-                continue
+                return
             except Stopping:
-                continue
+                return
             except FatalApiError as exc:
                 stop.set("fatal", exc.message)
                 stopping.set()
-                continue
+                return
             writer.write(result)
             tally.add(result)
             if progress is not None:
                 progress(result, tally)
 
-    await asyncio.gather(produce(), *(work() for _ in range(workers)))
+    await asyncio.gather(*(work() for _ in range(workers)))
     return tally
 
 
