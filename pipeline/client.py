@@ -156,10 +156,15 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endp
 # Arrow refuse the whole journal when it is folded, so each is brought to its type here.
 
 
+def _fitting(value: Any, limit: int = 2**63) -> int | None:
+    """A non-negative int that fits its column, or None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+    return value if ok else None
+
+
 def _int(value: Any, limit: int = 2**63) -> int:
     """A count that fits its column, or 0."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
-    return value if ok else 0
+    return _fitting(value, limit) or 0
 
 
 def _text(value: Any) -> str | None:
@@ -212,21 +217,21 @@ def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
             raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
         message = ch.get("message")
         message = message if isinstance(message, dict) else {}
+        index = _fitting(ch.get("index"), 2**31)
         parsed.append(
             Choice(
-                index=_int(ch.get("index", i), 2**31) if "index" in ch else i,
+                index=i if index is None else index,
                 content=_text(message.get("content")),
                 refusal=_text(message.get("refusal")),
                 finish_reason=_text(ch.get("finish_reason")),
             )
         )
-    created = body.get("created")
     return Completion(
         choices=tuple(parsed),
         usage=parse_usage(body.get("usage")),
         response_id=_text(body.get("id")),
         model=_text(body.get("model")),
-        created=_int(created) if _int(created) or created == 0 else None,
+        created=_fitting(body.get("created")),
         service_tier=_text(body.get("service_tier")),
         system_fingerprint=_text(body.get("system_fingerprint")),
     )
