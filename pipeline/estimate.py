@@ -26,10 +26,10 @@ from pipeline.arrow import read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import RequestRejected, UsageError
 from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
-from pipeline.manifest import sample_rows
+from pipeline.manifest import sample_rows, without_done
 from pipeline.outdir import OutputDir, fingerprint, job_definition
 from pipeline.prices import ModelPrice, cost_usd
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ManifestRow
+from pipeline.records import MANIFEST_SOURCE, ManifestRow
 from pipeline.request import worst_case_completion_tokens
 from pipeline.tokens import image_tokens_array, max_image_tokens, prompt_text_tokens
 
@@ -430,14 +430,6 @@ def source_batches(
         yield record_batch(rows)
 
 
-def without(batches: Iterable[pa.RecordBatch], skip: pa.Array) -> Iterator[pa.RecordBatch]:
-    """Drop rows whose id is in `skip` (rows an output folder already holds)."""
-    import pyarrow.compute as pc
-
-    for batch in batches:
-        yield batch.filter(pc.invert(pc.is_in(batch.column(MANIFEST_ID), value_set=skip)))
-
-
 def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | None:
     """Mean completion tokens per ok row in an output folder of the same job, if any."""
     import pyarrow.compute as pc
@@ -491,7 +483,7 @@ def estimate_sources(
         if out.exists() and out.read_run_json() is not None:
             done = out.scan(include_journals=True)
             if done.ok + done.errors:
-                batches = without(batches, pa.concat_arrays([done.ok_ids, done.error_ids]))
+                batches = without_done(batches, pa.concat_arrays([done.ok_ids, done.error_ids]))
                 notes.append(
                     f"{done.ok + done.errors} rows already done in {output} are not counted"
                 )

@@ -455,11 +455,19 @@ def read_manifest(
         raise UsageError(
             f"manifest {path}: needs columns 'id' and 'source' (has {', '.join(names)})"
         )
-    for rb in pf.iter_batches(batch_size=batch_rows):
-        if skip is not None and len(skip):
-            rb = rb.filter(pc.invert(pc.is_in(rb.column(MANIFEST_ID), value_set=skip)))
+    for rb in without_done(pf.iter_batches(batch_size=batch_rows), skip):
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
+
+
+def without_done(
+    batches: Iterable[pa.RecordBatch], skip: pa.Array | None
+) -> Iterator[pa.RecordBatch]:
+    """Leave out the rows whose id is in `skip` (rows an output folder already holds)."""
+    for batch in batches:
+        if skip is not None and len(skip):
+            batch = batch.filter(pc.invert(pc.is_in(batch.column(MANIFEST_ID), value_set=skip)))
+        yield batch
 
 
 def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[ManifestRow]:
