@@ -1,37 +1,32 @@
-"""One HTTP call to a chat-completions endpoint, and what its answer means.
+"""One HTTP call to a chat-completions endpoint.
 
 `post_completion` sends one request and returns a `Completion` or raises one of the typed
-errors of `pipeline.errors`. It does not retry: the retry policy wraps it from outside
-(`pipeline.worker`). The session is a parameter, so tests point it at a local server.
+errors of `pipeline.errors`; what an answer means is `pipeline.answer`'s to say. It reads
+at most `max_response_bytes` of any answer, follows only same-origin 307/308 redirects,
+and does not retry: the retry policy wraps it from outside (`pipeline.worker`). The
+session is a parameter, so tests point it at a local server.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import re
-import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import orjson
+from yarl import URL
 
+from pipeline.answer import assemble_stream, classify, loads, parse_completion
 from pipeline.errors import (
     ApiError,
     FatalApiError,
-    RateLimited,
-    RequestRejected,
+    ResponseTooLarge,
     TransientError,
 )
-from pipeline.records import Choice, Completion, Usage
+from pipeline.records import Completion
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-REJECTED_STATUSES = frozenset({400, 404, 413, 415, 422})
-FATAL_STATUSES = frozenset({401, 402, 403})
-FATAL_CODES = frozenset({"insufficient_quota"})
-MAX_ERROR_TEXT = 300
+DEFAULT_MAX_RESPONSE_BYTES = 32_000_000
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +36,17 @@ class Endpoint:
     timeout: float
     secret: str  # scrubbed from anything the server echoes back
     client_timeout: aiohttp.ClientTimeout
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @classmethod
-    def create(cls, url: str, api_key: str, auth_scheme: str, timeout: float) -> Endpoint:
+    def create(
+        cls,
+        url: str,
+        api_key: str,
+        auth_scheme: str,
+        timeout: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> Endpoint:
         value = f"Bearer {api_key}" if auth_scheme == "bearer" else api_key
         headers = {"Authorization": value, "Content-Type": "application/json"}
         return cls(
@@ -52,252 +55,72 @@ class Endpoint:
             timeout=timeout,
             secret=api_key,
             client_timeout=aiohttp.ClientTimeout(total=timeout),
+            max_response_bytes=max_response_bytes,
         )
 
     def redact(self, text: str) -> str:
         return text.replace(self.secret, "[redacted]") if self.secret else text
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+async def _chunks(resp: aiohttp.ClientResponse, cap: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, stopped with ResponseTooLarge once it passes `cap` bytes:
+    a server that sends without end must not fill the memory."""
+    if resp.content_length is not None and resp.content_length > cap:
+        raise _too_large(cap)
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            raise _too_large(cap)
+        yield chunk
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: str) -> float | None:
-    """`1s`, `6m0s`, `20ms`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-* format) -> seconds."""
-    parts = _DURATION.findall(value.strip())
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-
-
-def _error_fields(body: Any) -> tuple[str | None, str | None]:
-    """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`."""
-    if not isinstance(body, dict):
-        return None, None
-    err = body.get("error")
-    if isinstance(err, dict):
-        code = err.get("code") or err.get("type")
-        return (str(code) if code is not None else None), err.get("message")
-    if isinstance(err, str):
-        return None, err
-    if "msg" in body or "message" in body:
-        code = body.get("code")
-        return (str(code) if code is not None else None), body.get("msg") or body.get("message")
-    return None, None
-
-
-def loads(data: bytes) -> Any:
-    """Parse an answer: orjson (4x faster than json on a completion), and json for what
-    orjson refuses but json reads (an unpaired surrogate escape, NaN), so that a usable
-    answer is not thrown away over them. ValueError if it is not JSON."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
-
-
-def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Endpoint) -> ApiError:
-    """Turn a non-200 answer into the error that says what to do about it."""
-    try:
-        body = loads(raw)
-    except ValueError:
-        body = None
-    code, message = _error_fields(body)
-    if message is None:
-        message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
-    text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
-    retry_after = parse_retry_after(headers)
-
-    should_retry = headers.get("x-should-retry")
-    if status == 429 and code in FATAL_CODES:
-        return FatalApiError(text, http_status=status)
-    if status in FATAL_STATUSES:
-        return FatalApiError(text, http_status=status)
-    if should_retry == "true":
-        return TransientError(text, http_status=status, retry_after=retry_after)
-    if should_retry == "false":
-        return RequestRejected(text, http_status=status)
-    if status == 429:
-        return RateLimited(text, http_status=status, retry_after=retry_after)
-    if status in RETRYABLE_STATUSES or status >= 500:
-        return TransientError(text, http_status=status, retry_after=retry_after)
-    if status in REJECTED_STATUSES:
-        return RequestRejected(text, http_status=status)
-    # 405 and other 4xx: the endpoint itself is wrong for every row, not this one.
-    return FatalApiError(text, http_status=status)
-
-
-# An answer's values go into typed columns. One that does not fit its column would make
-# Arrow refuse the whole journal when it is folded, so each is brought to its type here.
-
-
-def _fitting(value: Any, limit: int = 2**63) -> int | None:
-    """A non-negative int that fits its column, or None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
-    return value if ok else None
-
-
-def _int(value: Any, limit: int = 2**63) -> int:
-    """A count that fits its column, or 0."""
-    return _fitting(value, limit) or 0
-
-
-def _text(value: Any) -> str | None:
-    """A string column's value. Content given as a list of parts (some OpenAI-compatible
-    servers answer that way) is their text joined; anything else odd is kept as JSON."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        return "".join(p["text"] for p in value if isinstance(p.get("text"), str))
-    return json.dumps(value, ensure_ascii=False)
-
-
-def parse_usage(raw: Any) -> Usage:
-    if not isinstance(raw, dict):
-        return Usage()
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
-    prompt = _int(raw.get("prompt_tokens"))
-    completion = _int(raw.get("completion_tokens"))
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
-        cached_tokens=_int(prompt_details.get("cached_tokens")),
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+def _too_large(cap: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"answer larger than {cap / 1e6:g} MB; reading stopped there ([limits] max_response_mb)",
+        http_status=200,
     )
 
 
-def parse_completion(body: Any, status: int, endpoint: Endpoint) -> Completion:
-    """A 200 is not proof of success: memories.ai can answer 200 with `status: errored`."""
-    if not isinstance(body, dict):
-        raise TransientError(
-            f"HTTP {status} with a body that is not a JSON object", http_status=status
-        )
-    if body.get("status") == "errored" or "error" in body:
-        code, message = _error_fields(body)
-        raise TransientError(
-            endpoint.redact(f"HTTP {status} errored: {code or ''} {message or ''}".strip()),
-            http_status=status,
-        )
-    if isinstance(body.get("code"), int) and body["code"] not in (0, 200) and "choices" not in body:
-        # memories.ai's envelope inside a 200: classify by its own code.
-        raise classify(body["code"], json.dumps(body).encode(), {}, endpoint)
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise TransientError(f"HTTP {status} without choices", http_status=status)
-    parsed = []
-    for i, ch in enumerate(choices):
-        if not isinstance(ch, dict):
-            raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
-        message = ch.get("message")
-        message = message if isinstance(message, dict) else {}
-        index = _fitting(ch.get("index"), 2**31)
-        parsed.append(
-            Choice(
-                index=i if index is None else index,
-                content=_text(message.get("content")),
-                refusal=_text(message.get("refusal")),
-                finish_reason=_text(ch.get("finish_reason")),
-            )
-        )
-    return Completion(
-        choices=tuple(parsed),
-        usage=parse_usage(body.get("usage")),
-        response_id=_text(body.get("id")),
-        model=_text(body.get("model")),
-        created=_fitting(body.get("created")),
-        service_tier=_text(body.get("service_tier")),
-        system_fingerprint=_text(body.get("system_fingerprint")),
+async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    parts = [chunk async for chunk in _chunks(resp, cap)]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _lines(resp: aiohttp.ClientResponse, cap: int) -> AsyncIterator[bytes]:
+    """Lines of a server-sent event stream, of any length up to the cap (aiohttp's own
+    line reader refuses lines over 128 KiB with an exception of its own)."""
+    pending = bytearray()
+    async for chunk in _chunks(resp, cap):
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
+        for line in lines:
+            yield bytes(line)
+    if pending:
+        yield bytes(pending)
+
+
+def _redirect(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> str:
+    """Where a same-origin 307/308 leads (the POST is re-sent there as it was). Any other
+    redirect is refused for the whole job: a 301/302/303 would turn the POST into a GET
+    without the image, and another origin must never receive the images or the key."""
+    location = resp.headers.get("Location")
+    target = resp.url.join(URL(location)) if location else None
+    same_origin = target is not None and target.origin() == URL(endpoint.url).origin()
+    if target is not None and resp.status in (307, 308) and same_origin:
+        return str(target)
+    where = f"to {target}" if target is not None else "without a Location"
+    raise FatalApiError(
+        endpoint.redact(
+            f"HTTP {resp.status}: the endpoint {endpoint.url} redirects {where}; caption "
+            "does not follow it (only a 307/308 within the same origin is followed): set "
+            "[endpoint] url to the address that answers"
+        ),
+        http_status=resp.status,
     )
-
-
-async def _read_stream(resp: aiohttp.ClientResponse, endpoint: Endpoint) -> dict[str, Any]:
-    """Assemble server-sent `chat.completion.chunk` events into one completion body."""
-    content: dict[int, list[str]] = {}
-    refusal: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
-    meta: dict[str, Any] = {}
-    done = False
-    async for raw_line in resp.content:
-        line = raw_line.strip()
-        if not line or not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            break
-        try:
-            chunk = loads(data)
-        except ValueError:
-            raise TransientError("stream sent an event that is not JSON", http_status=200) from None
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk or chunk.get("status") == "errored":
-            code, message = _error_fields(chunk)
-            raise TransientError(
-                endpoint.redact(f"stream errored: {code or ''} {message or ''}".strip()),
-                http_status=200,
-            )
-        for key in ("id", "model", "created", "service_tier", "system_fingerprint"):
-            if chunk.get(key) is not None:
-                meta[key] = chunk[key]
-        if chunk.get("usage"):
-            meta["usage"] = chunk["usage"]
-        choices = chunk.get("choices")
-        for ch in choices if isinstance(choices, list) else []:
-            if not isinstance(ch, dict):
-                continue
-            index = _int(ch.get("index"), 2**31)
-            delta = ch.get("delta")
-            delta = delta if isinstance(delta, dict) else {}
-            content.setdefault(index, [])
-            if text := _text(delta.get("content")):
-                content[index].append(text)
-            if text := _text(delta.get("refusal")):
-                refusal.setdefault(index, []).append(text)
-            if ch.get("finish_reason"):
-                finish[index] = _text(ch["finish_reason"])
-    if not done:
-        raise TransientError("stream ended before [DONE]", http_status=200)
-    choices = [
-        {
-            "index": i,
-            "message": {
-                "role": "assistant",
-                "content": "".join(content[i]),
-                "refusal": "".join(refusal[i]) if i in refusal else None,
-            },
-            "finish_reason": finish.get(i),
-        }
-        for i in sorted(content)
-    ]
-    return {**meta, "choices": choices}
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,31 +135,23 @@ async def post_completion(
 ) -> Answer:
     """Send one request. Raises TransientError, RequestRejected or FatalApiError; any error
     carries the answer's headers in `.headers` so the rate limiter can read them."""
+    url = endpoint.url
     try:
-        async with session.post(
-            endpoint.url,
-            data=body,
-            headers=endpoint.headers,
-            timeout=endpoint.client_timeout,
-        ) as resp:
-            headers = resp.headers
-            status = resp.status
-            try:
-                if not 200 <= status < 300:
-                    raise classify(status, await resp.read(), headers, endpoint)
-                if stream and resp.content_type == "text/event-stream":
-                    parsed: Any = await _read_stream(resp, endpoint)
-                else:
-                    try:
-                        parsed = loads(await resp.read())
-                    except ValueError:
-                        raise TransientError(
-                            f"HTTP {status} with a body that is not valid JSON", http_status=status
-                        ) from None
-                return Answer(parse_completion(parsed, status, endpoint), status, headers)
-            except ApiError as exc:
-                exc.headers = headers
-                raise
+        for _ in range(MAX_REDIRECTS + 1):
+            async with session.post(
+                url,
+                data=body,
+                headers=endpoint.headers,
+                timeout=endpoint.client_timeout,
+                allow_redirects=False,
+            ) as resp:
+                if 300 <= resp.status < 400:
+                    url = _redirect(resp, endpoint)
+                    continue
+                return await _answer(resp, endpoint, stream)
+        raise FatalApiError(
+            f"the endpoint {endpoint.url} redirected more than {MAX_REDIRECTS} times"
+        )
     except TimeoutError:
         raise TransientError(f"timed out after {endpoint.timeout:g} s") from None
     except aiohttp.ClientPayloadError as exc:
@@ -345,6 +160,28 @@ async def post_completion(
         # Connection refused or reset, server disconnected: the way to the server failed.
         raise TransientError(f"connection failed ({type(exc).__name__})") from None
     except aiohttp.ClientError as exc:
-        # Anything else the HTTP client raises (a malformed answer, too many redirects):
-        # retried like any transient failure, bounded by max_attempts, never a crash.
+        # Anything else the HTTP client raises (a malformed answer): retried like any
+        # transient failure, bounded by max_attempts, never a crash.
         raise TransientError(f"HTTP client error ({type(exc).__name__})") from None
+
+
+async def _answer(resp: aiohttp.ClientResponse, endpoint: Endpoint, stream: bool) -> Answer:
+    headers = resp.headers
+    status = resp.status
+    cap = endpoint.max_response_bytes
+    try:
+        if not 200 <= status < 300:
+            raise classify(status, await _read(resp, cap), headers, endpoint)
+        if stream and resp.content_type == "text/event-stream":
+            parsed: Any = await assemble_stream(_lines(resp, cap), endpoint)
+        else:
+            try:
+                parsed = loads(await _read(resp, cap))
+            except ValueError:
+                raise TransientError(
+                    f"HTTP {status} with a body that is not valid JSON", http_status=status
+                ) from None
+        return Answer(parse_completion(parsed, status, endpoint), status, headers)
+    except ApiError as exc:
+        exc.headers = headers
+        raise

@@ -211,6 +211,9 @@ class LimitsConfig:
     max_image_mb: float = _setting(
         20.0, kinds=(int, float), allowed="megabytes, from 0.001 to 1024", check=_in(0.001, 1024)
     )
+    max_response_mb: float = _setting(
+        32.0, kinds=(int, float), allowed="megabytes, from 0.001 to 1024", check=_in(0.001, 1024)
+    )
 
     def __post_init__(self) -> None:
         _validate("limits", self)

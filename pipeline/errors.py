@@ -2,10 +2,13 @@
 
     CaptionError
     ├── UsageError          bad config, flag, source or output folder          exit 2
+    ├── StorageError        the output folder cannot be written (no space,     exit 5
+    │                       read-only, permission): what was written is safe
     └── ApiError            what the endpoint (or the way to it) did
         ├── TransientError  408/409/429/5xx, timeouts, resets, unusable 200    retried
         │   └── RateLimited 429 that is a rate limit: throttles every worker   retried
         ├── RequestRejected this row is bad (400/404/413/415/422, bad image)   error row
+        │   └── ResponseTooLarge  the answer passed max_response_mb            error row
         └── FatalApiError   401/402/403, insufficient_quota                     exit 3
 
 Transport failures (timeouts, resets) and "the server said no" are kept apart: only the
@@ -22,6 +25,7 @@ EXIT_ROW_ERRORS = 1
 EXIT_USAGE = 2
 EXIT_FATAL_API = 3
 EXIT_BUDGET = 4
+EXIT_STORAGE = 5
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
@@ -31,6 +35,18 @@ class CaptionError(Exception):
 
 class UsageError(CaptionError):
     """Bad input from the user; the message names the input and what is wrong."""
+
+
+class StorageError(CaptionError):
+    """A file of the output folder (or a manifest) could not be written: no space left,
+    a read-only mount, no permission. Everything written before it is intact; rerunning
+    once the cause is fixed finishes the job."""
+
+
+def storage_error(path: object, exc: OSError) -> StorageError:
+    """One line naming the path and the system's reason (`no space left on device`)."""
+    reason = (exc.strerror or str(exc)).lower()
+    return StorageError(f"{path}: cannot write: {reason}")
 
 
 class ApiError(CaptionError):
@@ -58,6 +74,10 @@ class RateLimited(TransientError):
 
 class RequestRejected(ApiError):
     """This row can never succeed as sent; record it as an error row and move on."""
+
+
+class ResponseTooLarge(RequestRejected):
+    """The answer grew past `[limits] max_response_mb`; reading stopped there."""
 
 
 class FatalApiError(ApiError):

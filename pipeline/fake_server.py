@@ -158,10 +158,15 @@ def error_body(status: int, message: str, code: str | None = None) -> dict[str, 
     }
 
 
-async def respond(request: web.Request, answer: dict[str, Any], stream: bool) -> web.StreamResponse:
+async def respond(
+    request: web.Request,
+    answer: dict[str, Any],
+    stream: bool,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
     if not stream:
-        return web.json_response(answer)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        return web.json_response(answer, headers=headers)
+    resp = web.StreamResponse(headers={**(headers or {}), "Content-Type": "text/event-stream"})
     await resp.prepare(request)
     for event in stream_events(answer):
         await resp.write(event)

@@ -8,6 +8,10 @@
   rates; successes restore them gradually.
 - `x-ratelimit-remaining-*` = 0 pauses dispatch until the matching `x-ratelimit-reset-*`.
 
+Every wait a server asks for is capped at `max_pause` (`[limits] max_retry_after`): a
+reset of `99999`, an epoch time or `1h` must not freeze the run in silence. A pause of
+more than a few seconds is logged when it begins.
+
 Waiters queue in FIFO order; only the head waits on the clock, so a release wakes one
 coroutine, not all of them.
 """
@@ -15,13 +19,18 @@ coroutine, not all of them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from pipeline.client import parse_duration
+from pipeline.answer import parse_reset
+
+log = logging.getLogger(__name__)
 
 SHRINK_COOLDOWN_S = 1.0
+LOG_PAUSES_OVER_S = 5.0
+DEFAULT_MAX_PAUSE_S = 120.0
 DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
 MIN_RATE_FACTOR = 1 / 64
 RATE_RECOVERY_STEP = 0.02
@@ -72,6 +81,8 @@ class AdaptiveLimiter:
         concurrency: int,
         rpm: int | None = None,
         tpm: int | None = None,
+        *,
+        max_pause: float = DEFAULT_MAX_PAUSE_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -81,6 +92,7 @@ class AdaptiveLimiter:
         self.in_flight = 0
         self.rate_factor = 1.0
         self.paused_until = 0.0
+        self.max_pause = max_pause
         self.shrinks = 0
         self._last_shrink = float("-inf")
         self._clock = clock
@@ -155,8 +167,7 @@ class AdaptiveLimiter:
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         now = self._clock()
-        pause = retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_PAUSE_S
-        self.paused_until = max(self.paused_until, now + pause)
+        self._pause(now, DEFAULT_RATE_LIMIT_PAUSE_S if retry_after is None else retry_after, "429")
         if now - self._last_shrink >= SHRINK_COOLDOWN_S:
             self._last_shrink = now
             self.shrinks += 1
@@ -165,7 +176,6 @@ class AdaptiveLimiter:
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Honour `x-ratelimit-remaining-{requests,tokens}` = 0 until the matching reset."""
-        now = self._clock()
         for kind in ("requests", "tokens"):
             remaining = headers.get(f"x-ratelimit-remaining-{kind}")
             reset = headers.get(f"x-ratelimit-reset-{kind}")
@@ -175,6 +185,15 @@ class AdaptiveLimiter:
                 exhausted = float(remaining) <= 0
             except ValueError:
                 continue
-            wait = parse_duration(reset)
-            if exhausted and wait is not None:
-                self.paused_until = max(self.paused_until, now + wait)
+            if exhausted and (wait := parse_reset(reset)) is not None:
+                self._pause(self._clock(), wait, f"x-ratelimit-remaining-{kind}: 0")
+
+    def _pause(self, now: float, seconds: float, why: str) -> None:
+        """Hold all dispatch for `seconds`, at most `max_pause`."""
+        seconds = min(seconds, self.max_pause)
+        until = now + seconds
+        if until <= self.paused_until:
+            return
+        if seconds > LOG_PAUSES_OVER_S and self.paused_until <= now:
+            log.warning("rate limited (%s): pausing all requests for %.0f s", why, seconds)
+        self.paused_until = until

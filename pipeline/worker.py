@@ -28,7 +28,13 @@ import aiohttp
 
 from pipeline.client import Answer, Endpoint, post_completion
 from pipeline.config import JobConfig
-from pipeline.errors import ApiError, RateLimited, RequestRejected, TransientError
+from pipeline.errors import (
+    ApiError,
+    RateLimited,
+    RequestRejected,
+    ResponseTooLarge,
+    TransientError,
+)
 from pipeline.images import load_image
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.prices import ModelPrice, cost_usd
@@ -194,7 +200,9 @@ class Captioner:
         the row is answered, and `FatalApiError` if the endpoint refuses the whole job."""
         started = time.perf_counter()
         try:
-            image = load_image(row.source, self.max_bytes)
+            # In a thread: a slow disk, a network mount or a large file must not hold up
+            # the event loop, where every other request in flight is waiting.
+            image = await asyncio.to_thread(load_image, row.source, self.max_bytes)
         except RequestRejected as exc:
             return self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
         width = image.width or _as_int(row.extra.get("width"))
@@ -236,6 +244,9 @@ class Captioner:
                 answer = await once()
             except TransientError as first:
                 answer = await self._retry(once, tries, first)
+        except ResponseTooLarge as exc:
+            kind = "response_too_large"
+            return self._error_row(row, exc, attempts=tries.sent, started=started, kind=kind)
         except RequestRejected as exc:
             return self._error_row(row, exc, attempts=tries.sent, started=started, kind="rejected")
         except TransientError as exc:
@@ -264,10 +275,7 @@ class Captioner:
                     self.session, self.endpoint, body, stream=self.config.request.stream
                 )
             except RateLimited as exc:
-                cap = self.config.limits.max_retry_after
-                self.limiter.on_rate_limited(
-                    None if exc.retry_after is None else min(exc.retry_after, cap)
-                )
+                self.limiter.on_rate_limited(exc.retry_after)
                 self.limiter.observe_headers(exc.headers)
                 raise
             except ApiError as exc:

@@ -39,6 +39,7 @@ OK = Reply()
 DROP = "drop"  # close the connection without answering
 HANG = "hang"  # never answer; the client's timeout fires
 TRUNCATED = "truncated"  # a 200 whose JSON body is cut off
+ENDLESS = "endless"  # a 200 whose body never ends (bounded here at 1 GB)
 
 
 def digest_of_file(path: Path) -> str:
@@ -108,6 +109,13 @@ class ScriptedServer:
             return web.Response(status=200)
         if action == HANG:
             await asyncio.sleep(3600)
+        if action == ENDLESS:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"choices": [{"index": 0, "message": {"content": "')
+            for _ in range(16_384):
+                await response.write(b"x" * 65_536)
+            return response
         if action == TRUNCATED:
             return web.Response(
                 body=b'{"id": "x", "choices": [{"inde', content_type="application/json"
@@ -126,7 +134,7 @@ class ScriptedServer:
             answer = completion_for(body, self.prices)
         except BadRequest as exc:
             return web.json_response({"error": {"message": str(exc)}}, status=400)
-        response = await respond(request, answer, bool(body.get("stream")))
+        response = await respond(request, answer, bool(body.get("stream")), action.headers)
         with self._lock:
             self.answered[digest] += 1
         return response

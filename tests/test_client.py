@@ -1,190 +1,192 @@
+"""The transport: one POST, answers read up to a cap, redirects followed only when safe."""
+
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
-from email.utils import format_datetime
-from types import SimpleNamespace
+from collections import Counter
+from collections.abc import Iterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from pipeline.client import (
-    Endpoint,
-    _read_stream,
-    classify,
-    parse_completion,
-    parse_duration,
-    parse_retry_after,
-)
-from pipeline.errors import FatalApiError, RateLimited, RequestRejected, TransientError
+from pipeline.client import Answer, Endpoint, post_completion
+from pipeline.errors import FatalApiError, ResponseTooLarge
+from tests.fakes import serve_in_thread
 
-EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
-
-
-def err(status: int, body: object, **headers: str):  # type: ignore[no-untyped-def]
-    return classify(status, json.dumps(body).encode(), headers, EP)
+COMPLETION = {
+    "id": "c1",
+    "choices": [{"index": 0, "message": {"content": "a cat"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+}
+BODY = json.dumps({"model": "gpt:gpt-4o", "image": "x" * 1000}).encode()
 
 
-@pytest.mark.parametrize(
-    ("status", "kind"),
-    [
-        (400, RequestRejected),
-        (404, RequestRejected),
-        (413, RequestRejected),
-        (415, RequestRejected),
-        (422, RequestRejected),
-        (401, FatalApiError),
-        (402, FatalApiError),
-        (403, FatalApiError),
-        (405, FatalApiError),
-        (408, TransientError),
-        (409, TransientError),
-        (429, RateLimited),
-        (500, TransientError),
-        (502, TransientError),
-        (503, TransientError),
-        (504, TransientError),
-    ],
-)
-def test_status_classes(status: int, kind: type) -> None:
-    exc = err(status, {"error": {"message": "m"}})
-    assert type(exc) is kind
-    assert exc.http_status == status
+class Sent:
+    """What each path of a test server was sent: method and body size."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.sizes: list[int] = []
 
 
-def test_insufficient_quota_is_fatal_not_a_rate_limit() -> None:
-    exc = err(
-        429,
-        {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}},
-    )
-    assert isinstance(exc, FatalApiError)
+def app_with(routes: dict[str, web.RequestHandler | None], sent: Sent) -> web.Application:
+    async def record(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        sent.calls[(request.method, request.path)] += 1
+        sent.sizes.append(len(body))
+        handler = routes[request.path]
+        assert handler is not None
+        return await handler(request)
+
+    app = web.Application()
+    for path in routes:
+        app.router.add_route("*", path, record)
+    return app
 
 
-def test_both_error_envelopes() -> None:
-    assert err(400, {"error": {"message": "bad", "code": "invalid_value"}}).message == (
-        "HTTP 400 invalid_value: bad"
-    )
-    assert err(402, {"code": 402, "msg": "Insufficient balance", "data": None}).message == (
-        "HTTP 402 402: Insufficient balance"
-    )
-    assert (
-        classify(502, b"<html>Bad Gateway</html>", {}, EP).message
-        == "HTTP 502: <html>Bad Gateway</html>"
-    )
+async def ok(_request: web.Request) -> web.StreamResponse:
+    return web.json_response(COMPLETION)
 
 
-def test_x_should_retry_overrides() -> None:
-    assert type(err(400, {}, **{"x-should-retry": "true"})) is TransientError
-    assert type(err(503, {}, **{"x-should-retry": "false"})) is RequestRejected
+@pytest.fixture
+def other() -> Iterator[tuple[str, Sent]]:
+    """Another origin, which must never see a request."""
+    sent = Sent()
+    with serve_in_thread(app_with({"/chat/completions": ok}, sent)) as base:
+        yield base, sent
 
 
-def test_error_text_is_redacted() -> None:
-    assert "sk-secret" not in err(400, {"error": {"message": "key sk-secret is bad"}}).message
+def post(url: str, *, stream: bool = False, cap: int = 1_000_000) -> Answer:
+    async def go() -> Answer:
+        endpoint = Endpoint.create(url, "sk-secret", "raw", 10, max_response_bytes=cap)
+        async with aiohttp.ClientSession() as session:
+            return await post_completion(session, endpoint, BODY, stream=stream)
+
+    return asyncio.run(go())
 
 
-def test_retry_after_forms() -> None:
-    assert parse_retry_after({"Retry-After": "7"}) == 7.0
-    assert parse_retry_after({"retry-after-ms": "250", "Retry-After": "7"}) == 0.25
-    now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
-    date = format_datetime(datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC), usegmt=True)
-    assert parse_retry_after({"Retry-After": date}, now=now) == 30.0
-    assert parse_retry_after({"Retry-After": "soon"}) is None
-    assert parse_retry_after({}) is None
-    assert err(429, {}, **{"Retry-After": "3"}).retry_after == 3.0
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_origin_is_refused_naming_it(
+    status: int, other: tuple[str, Sent]
+) -> None:
+    other_base, other_sent = other
+    target = f"{other_base}/chat/completions"
 
+    async def moved(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, headers={"Location": target})
 
-def test_durations() -> None:
-    assert parse_duration("1s") == 1.0
-    assert parse_duration("6m0s") == 360.0
-    assert parse_duration("20ms") == 0.02
-    assert parse_duration("1h2m3.5s") == 3723.5
-    assert parse_duration("2.5") == 2.5
-    assert parse_duration("later") is None
-
-
-def test_200_that_is_not_a_completion_is_transient() -> None:
-    for body in (
-        {"status": "errored", "error": {"message": "x"}},
-        {"choices": []},
-        [1, 2],
-        {"id": "x"},
+    sent = Sent()
+    with (
+        serve_in_thread(app_with({"/chat/completions": moved}, sent)) as base,
+        pytest.raises(FatalApiError) as info,
     ):
-        with pytest.raises(TransientError):
-            parse_completion(body, 200, EP)
-    with pytest.raises(FatalApiError):
-        parse_completion({"code": 401, "msg": "invalid key", "data": None}, 200, EP)
+        post(f"{base}/chat/completions")
+    assert f"HTTP {status}" in info.value.message
+    assert f"redirects to {target}" in info.value.message
+    assert "[endpoint] url" in info.value.message
+    assert "sk-secret" not in info.value.message
+    assert other_sent.calls == Counter()  # neither the image nor the key left the origin
 
 
-def test_completion_fields() -> None:
-    body = {
-        "id": "c1",
-        "created": 5,
-        "model": "gpt-4o-2024-08-06",
-        "service_tier": "default",
-        "system_fingerprint": "fp",
-        "choices": [
-            {"index": 0, "message": {"content": "a", "refusal": None}, "finish_reason": "stop"},
-            {"index": 1, "message": {"content": None, "refusal": "no"}, "finish_reason": "stop"},
-        ],
-        "usage": {
-            "prompt_tokens": 10,
-            "completion_tokens": 4,
-            "total_tokens": 14,
-            "prompt_tokens_details": {"cached_tokens": 3},
-            "completion_tokens_details": {"reasoning_tokens": 2},
-        },
-    }
-    c = parse_completion(body, 200, EP)
-    assert [ch.content for ch in c.choices] == ["a", None]
-    assert c.choices[1].refusal == "no"
-    assert (c.usage.prompt_tokens, c.usage.cached_tokens, c.usage.reasoning_tokens) == (10, 3, 2)
-    assert (c.response_id, c.model, c.created) == ("c1", "gpt-4o-2024-08-06", 5)
+def test_a_same_origin_307_is_followed_with_the_same_body() -> None:
+    async def moved(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "/v2/chat/completions"})
 
-
-def test_odd_values_are_brought_to_their_column_types() -> None:
-    body = {
-        "id": 123,
-        "created": 2**70,
-        "model": None,
-        "service_tier": {"tier": "x"},
-        "choices": [
-            {
-                "index": 2**40,
-                "message": {"content": [{"type": "text", "text": "two "}, {"text": "parts"}]},
-                "finish_reason": ["stop"],
-            },
-            {"message": "not an object", "finish_reason": "stop"},
-        ],
-        "usage": {"prompt_tokens": -5, "completion_tokens": 2**64, "total_tokens": 7.5},
-    }
-    c = parse_completion(body, 200, EP)
-    assert [(ch.index, ch.content, ch.finish_reason) for ch in c.choices] == [
-        (0, "two parts", '["stop"]'),
-        (1, None, "stop"),
-    ]
-    assert (c.response_id, c.model, c.created, c.service_tier) == (
-        "123",
-        None,
-        None,
-        '{"tier": "x"}',
+    sent = Sent()
+    routes = {"/chat/completions": moved, "/v2/chat/completions": ok}
+    with serve_in_thread(app_with(routes, sent)) as base:
+        answer = post(f"{base}/chat/completions")
+    assert answer.completion.choices[0].content == "a cat"
+    assert sent.calls == Counter(
+        {("POST", "/chat/completions"): 1, ("POST", "/v2/chat/completions"): 1}
     )
-    assert (c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens) == (0, 0, 0)
+    assert sent.sizes == [len(BODY), len(BODY)]
 
 
-def test_a_stream_with_odd_deltas_assembles_to_text() -> None:
-    events = [
-        {"id": "s1", "choices": [{"index": 0, "delta": {"content": "a"}}]},
-        {"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "b"}]}}]},
-        {"choices": ["not a choice", {"index": 0, "delta": "nope", "finish_reason": 1}]},
-        {"choices": None, "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
-    ]
+def test_a_same_origin_301_is_refused_too() -> None:
+    """A 301/302 would be followed as a GET without the image, and its answer stored."""
 
-    async def lines():  # type: ignore[no-untyped-def]
-        for e in events:
-            yield b"data: " + json.dumps(e).encode() + b"\n"
-        yield b"data: [DONE]\n"
+    async def moved(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=301, headers={"Location": "/v2/chat/completions"})
 
-    body = asyncio.run(_read_stream(SimpleNamespace(content=lines()), EP))  # type: ignore[arg-type]
-    c = parse_completion(body, 200, EP)
-    assert [(ch.content, ch.finish_reason) for ch in c.choices] == [("ab", "1")]
-    assert (c.response_id, c.usage.prompt_tokens) == ("s1", 4)
+    routes = {"/chat/completions": moved, "/v2/chat/completions": ok}
+    sent = Sent()
+    with (
+        serve_in_thread(app_with(routes, sent)) as base,
+        pytest.raises(FatalApiError, match=r"HTTP 301: .* redirects to .*/v2/chat"),
+    ):
+        post(f"{base}/chat/completions")
+    assert sent.calls == Counter({("POST", "/chat/completions"): 1})
+
+
+def test_a_redirect_loop_ends() -> None:
+    async def loop(_request: web.Request) -> web.StreamResponse:
+        return web.Response(status=308, headers={"Location": "/chat/completions"})
+
+    sent = Sent()
+    with (
+        serve_in_thread(app_with({"/chat/completions": loop}, sent)) as base,
+        pytest.raises(FatalApiError, match="redirected more than 5 times"),
+    ):
+        post(f"{base}/chat/completions")
+    assert sum(sent.calls.values()) == 6
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """A body without end, as a broken or hostile server sends one."""
+    stream = request.query.get("stream") == "1"
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream" if stream else "application/json"}
+    )
+    await response.prepare(request)
+    await response.write(
+        b'data: {"choices": [{"index": 0, "delta": {"content": "' if stream else b"{"
+    )
+    chunk = b"x" * 65_536
+    for _ in range(100_000):  # bounded: 6.5 GB at most, but the client stops far sooner
+        await response.write(chunk)
+    return response
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_endless_answer_stops_at_the_cap(stream: bool) -> None:
+    sent = Sent()
+    with serve_in_thread(app_with({"/chat/completions": endless}, sent)) as base:
+        url = f"{base}/chat/completions" + ("?stream=1" if stream else "")
+        with pytest.raises(ResponseTooLarge, match=r"larger than 2 MB.*max_response_mb"):
+            post(url, stream=stream, cap=2_000_000)
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading() -> None:
+    async def big(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b" " * 3_000_000, content_type="application/json")
+
+    sent = Sent()
+    with (
+        serve_in_thread(app_with({"/chat/completions": big}, sent)) as base,
+        pytest.raises(ResponseTooLarge),
+    ):
+        post(f"{base}/chat/completions", cap=2_000_000)
+
+
+def test_a_long_stream_event_is_read_whole() -> None:
+    """aiohttp's own line reader refuses lines over 128 KiB; an answer may be longer."""
+    text = "y" * 300_000
+
+    async def long_event(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "s", "choices": [{"index": 0, "delta": {"content": text}}]}
+        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        for event in (chunk, end):
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    sent = Sent()
+    with serve_in_thread(app_with({"/chat/completions": long_event}, sent)) as base:
+        answer = post(f"{base}/chat/completions", stream=True)
+    assert answer.completion.choices[0].content == text

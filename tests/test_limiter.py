@@ -122,3 +122,52 @@ def test_a_429_pauses_every_dispatch() -> None:
             return clock.t - 1000.0
 
     assert asyncio.run(main()) == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize(
+    ("reset", "paused_s"),
+    [
+        ("99999", 30.0),  # huge: capped
+        ("1e9", 0.0),  # an epoch time (2001), long past: no wait
+        ("inf", 0.0),  # not a time: ignored
+        ("nan", 0.0),
+        ("-5", 0.0),
+        ("1h", 30.0),
+        ("2s", 2.0),
+    ],
+)
+def test_every_reset_the_server_gives_is_capped(reset: str, paused_s: float) -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(4, clock=clock, max_pause=30.0)
+    lim.observe_headers(
+        {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": reset}
+    )
+    assert max(lim.paused_until - clock.t, 0.0) == pytest.approx(paused_s)
+
+
+def test_an_epoch_reset_in_the_near_future_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr("pipeline.answer.time.time", lambda: 1_800_000_000.0)
+    lim = AdaptiveLimiter(4, clock=clock, max_pause=30.0)
+    lim.observe_headers(
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1800000012"}
+    )
+    assert lim.paused_until - clock.t == pytest.approx(12.0)
+    lim.observe_headers(
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1800099999"}
+    )
+    assert lim.paused_until - clock.t == pytest.approx(30.0)
+
+
+def test_a_retry_after_is_capped_and_a_long_pause_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(4, clock=clock, max_pause=20.0)
+    lim.on_rate_limited(3600.0)
+    assert lim.paused_until - clock.t == 20.0
+    lim.on_rate_limited(3600.0)
+    clock.t += 1
+    lim.on_rate_limited(3600.0)  # extends the same pause: not logged again
+    assert lim.paused_until - clock.t == 20.0
+    assert caplog.text.count("pausing all requests for 20 s") == 1

@@ -1,0 +1,309 @@
+"""What a chat-completions answer means: a usable completion, or a typed error.
+
+Pure functions over what the server sent (status, headers, body, stream events); no I/O.
+`client.py` does the sending and reading and hands the bytes here. Classification is by
+status code and error code, never by matching message text.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from pipeline.errors import (
+    ApiError,
+    FatalApiError,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from pipeline.records import Choice, Completion, Usage
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+REJECTED_STATUSES = frozenset({400, 404, 413, 415, 422})
+FATAL_STATUSES = frozenset({401, 402, 403})
+FATAL_CODES = frozenset({"insufficient_quota"})
+MAX_ERROR_TEXT = 300
+
+
+class Redacts(Protocol):
+    """Scrubs the key from anything the server echoes back (the endpoint does)."""
+
+    def redact(self, text: str) -> str: ...
+
+
+def _seconds(value: str) -> float | None:
+    """A positive, finite number of seconds, else None ("use the normal backoff")."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date).
+
+    As in openai-python, 0, a negative, `nan` or `inf` is no advice at all (None: the
+    caller backs off as usual), never "retry at once" or "wait forever"; the caller caps
+    what is left at `max_retry_after`.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None and (seconds := _seconds(ms)) is not None:
+        return seconds / 1000
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # "0", "nan", "soon"...
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return wait if wait > 0 else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """`1s`, `6m0s`, `20ms`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-* format) -> seconds."""
+    parts = _DURATION.findall(value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+# A reset "in seconds" past this is an epoch timestamp (some servers send one): 31 years.
+_EPOCH_FROM = 1e9
+
+
+def parse_reset(value: str, now: float | None = None) -> float | None:
+    """Seconds until an `x-ratelimit-reset-*` time: a duration, or an epoch timestamp.
+    None for what is no time at all (`inf`, `nan`, negative, unparsable); the caller caps
+    the rest at `max_retry_after`."""
+    seconds = parse_duration(value)
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    if seconds >= _EPOCH_FROM:
+        seconds -= time.time() if now is None else now
+        return max(seconds, 0.0)
+    return seconds
+
+
+def _error_fields(body: Any) -> tuple[str | None, str | None]:
+    """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`."""
+    if not isinstance(body, dict):
+        return None, None
+    err = body.get("error")
+    if isinstance(err, dict):
+        code = err.get("code") or err.get("type")
+        return (str(code) if code is not None else None), err.get("message")
+    if isinstance(err, str):
+        return None, err
+    if "msg" in body or "message" in body:
+        code = body.get("code")
+        return (str(code) if code is not None else None), body.get("msg") or body.get("message")
+    return None, None
+
+
+def loads(data: bytes) -> Any:
+    """Parse an answer: orjson (4x faster than json on a completion), and json for what
+    orjson refuses but json reads (an unpaired surrogate escape, NaN), so that a usable
+    answer is not thrown away over them. ValueError if it is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Redacts) -> ApiError:
+    """Turn a non-200 answer into the error that says what to do about it."""
+    try:
+        body = loads(raw)
+    except ValueError:
+        body = None
+    code, message = _error_fields(body)
+    if message is None:
+        message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
+    text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
+    retry_after = parse_retry_after(headers)
+
+    should_retry = headers.get("x-should-retry")
+    if status == 429 and code in FATAL_CODES:
+        return FatalApiError(text, http_status=status)
+    if status in FATAL_STATUSES:
+        return FatalApiError(text, http_status=status)
+    if should_retry == "true":
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    if should_retry == "false":
+        return RequestRejected(text, http_status=status)
+    if status == 429:
+        return RateLimited(text, http_status=status, retry_after=retry_after)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return TransientError(text, http_status=status, retry_after=retry_after)
+    if status in REJECTED_STATUSES:
+        return RequestRejected(text, http_status=status)
+    # 405 and other 4xx: the endpoint itself is wrong for every row, not this one.
+    return FatalApiError(text, http_status=status)
+
+
+# An answer's values go into typed columns. One that does not fit its column would make
+# Arrow refuse the whole journal when it is folded, so each is brought to its type here.
+
+
+def _fitting(value: Any, limit: int = 2**63) -> int | None:
+    """A non-negative int that fits its column, or None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+    return value if ok else None
+
+
+def _int(value: Any, limit: int = 2**63) -> int:
+    """A count that fits its column, or 0."""
+    return _fitting(value, limit) or 0
+
+
+def _text(value: Any) -> str | None:
+    """A string column's value. Content given as a list of parts (some OpenAI-compatible
+    servers answer that way) is their text joined; anything else odd is kept as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return "".join(p["text"] for p in value if isinstance(p.get("text"), str))
+    return json.dumps(value, ensure_ascii=False)
+
+
+def parse_usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    prompt = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
+        cached_tokens=_int(prompt_details.get("cached_tokens")),
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
+    """A 200 is not proof of success: memories.ai can answer 200 with `status: errored`."""
+    if not isinstance(body, dict):
+        raise TransientError(
+            f"HTTP {status} with a body that is not a JSON object", http_status=status
+        )
+    if body.get("status") == "errored" or "error" in body:
+        code, message = _error_fields(body)
+        raise TransientError(
+            endpoint.redact(f"HTTP {status} errored: {code or ''} {message or ''}".strip()),
+            http_status=status,
+        )
+    if isinstance(body.get("code"), int) and body["code"] not in (0, 200) and "choices" not in body:
+        # memories.ai's envelope inside a 200: classify by its own code.
+        raise classify(body["code"], json.dumps(body).encode(), {}, endpoint)
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise TransientError(f"HTTP {status} without choices", http_status=status)
+    parsed = []
+    for i, ch in enumerate(choices):
+        if not isinstance(ch, dict):
+            raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
+        message = ch.get("message")
+        message = message if isinstance(message, dict) else {}
+        index = _fitting(ch.get("index"), 2**31)
+        parsed.append(
+            Choice(
+                index=i if index is None else index,
+                content=_text(message.get("content")),
+                refusal=_text(message.get("refusal")),
+                finish_reason=_text(ch.get("finish_reason")),
+            )
+        )
+    return Completion(
+        choices=tuple(parsed),
+        usage=parse_usage(body.get("usage")),
+        response_id=_text(body.get("id")),
+        model=_text(body.get("model")),
+        created=_fitting(body.get("created")),
+        service_tier=_text(body.get("service_tier")),
+        system_fingerprint=_text(body.get("system_fingerprint")),
+    )
+
+
+async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dict[str, Any]:
+    """Assemble server-sent `chat.completion.chunk` events into one completion body."""
+    content: dict[int, list[str]] = {}
+    refusal: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    meta: dict[str, Any] = {}
+    done = False
+    async for raw_line in lines:
+        line = raw_line.strip()
+        if not line or not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            done = True
+            break
+        try:
+            chunk = loads(data)
+        except ValueError:
+            raise TransientError("stream sent an event that is not JSON", http_status=200) from None
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk or chunk.get("status") == "errored":
+            code, message = _error_fields(chunk)
+            raise TransientError(
+                endpoint.redact(f"stream errored: {code or ''} {message or ''}".strip()),
+                http_status=200,
+            )
+        for key in ("id", "model", "created", "service_tier", "system_fingerprint"):
+            if chunk.get(key) is not None:
+                meta[key] = chunk[key]
+        if chunk.get("usage"):
+            meta["usage"] = chunk["usage"]
+        choices = chunk.get("choices")
+        for ch in choices if isinstance(choices, list) else []:
+            if not isinstance(ch, dict):
+                continue
+            index = _int(ch.get("index"), 2**31)
+            delta = ch.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
+            content.setdefault(index, [])
+            if text := _text(delta.get("content")):
+                content[index].append(text)
+            if text := _text(delta.get("refusal")):
+                refusal.setdefault(index, []).append(text)
+            if ch.get("finish_reason"):
+                finish[index] = _text(ch["finish_reason"])
+    if not done:
+        raise TransientError("stream ended before [DONE]", http_status=200)
+    choices = [
+        {
+            "index": i,
+            "message": {
+                "role": "assistant",
+                "content": "".join(content[i]),
+                "refusal": "".join(refusal[i]) if i in refusal else None,
+            },
+            "finish_reason": finish.get(i),
+        }
+        for i in sorted(content)
+    ]
+    return {**meta, "choices": choices}
