@@ -15,8 +15,10 @@ from pipeline import __version__
 from pipeline.errors import (
     EXIT_FATAL_API,
     EXIT_INTERRUPTED,
+    EXIT_STORAGE,
     EXIT_USAGE,
     FatalApiError,
+    StorageError,
     UsageError,
 )
 
@@ -24,7 +26,8 @@ log = logging.getLogger("pipeline")
 
 
 class _Group(click.Group):
-    """Turns `UsageError` (exit 2) and `FatalApiError` (exit 3) into one line on stderr."""
+    """Turns `UsageError` (exit 2), `FatalApiError` (exit 3) and `StorageError` (exit 5)
+    into one line on stderr."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -32,6 +35,9 @@ class _Group(click.Group):
         except UsageError as exc:
             click.echo(f"caption: error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
+        except StorageError as exc:
+            click.echo(f"caption: error: {exc}; what was written before is intact", err=True)
+            ctx.exit(EXIT_STORAGE)
         except FatalApiError as exc:
             click.echo(f"caption: the endpoint refused the job: {exc}", err=True)
             ctx.exit(EXIT_FATAL_API)
@@ -211,8 +217,9 @@ def run(
     """Caption every image of SOURCES (anything `ingest` accepts, or a manifest) into
     OUTPUT. Rerunning the same command resumes: only rows without a result are sent.
 
-    Exit codes: 0 all ok; 1 finished with error rows; 2 usage or config error; 3 the
-    endpoint refused the job (key, balance, quota); 4 budget cap reached; 130 interrupted.
+    Exit codes: 0 all ok; 1 the folder holds error rows; 2 usage or config error; 3 the
+    endpoint refused the job (key, balance, quota, a redirect); 4 budget cap reached; 5 the
+    output folder cannot be written (no space left, read-only); 130 interrupted.
     With --dry-run: 0 ready to run; 1 some rows would be error rows; 2 not ready.
     """
     if quiet:

@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.arrow import read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import RequestRejected, UsageError
 from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
 from pipeline.manifest import sample_rows, without_done
-from pipeline.outdir import OutputDir, fingerprint, job_definition
+from pipeline.outdir import OutputDir, fingerprint, job_definition, read_shard
 from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import MANIFEST_SOURCE, ManifestRow
 from pipeline.request import worst_case_completion_tokens
@@ -424,7 +423,7 @@ def source_batches(
     from pipeline.manifest import is_manifest, iter_manifest_rows, record_batch
 
     if len(sources) == 1 and is_manifest(sources[0]):
-        yield from pq.ParquetFile(sources[0]).iter_batches(batch_size=65_536)
+        yield from pq.ParquetFile(os.path.abspath(sources[0])).iter_batches(batch_size=65_536)
         return
     for rows in iter_manifest_rows(sources, column=column, id_column=id_column):
         yield record_batch(rows)
@@ -437,7 +436,7 @@ def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | No
     meta = out.read_run_json() if out.exists() else None
     if not meta or meta.get("fingerprint") != fingerprint(job_definition(config)):
         return None
-    tables = [read_parquet(s, columns=["status", "completion_tokens"]) for s in out.shards()]
+    tables = [read_shard(s, columns=["status", "completion_tokens"]) for s in out.shards()]
     if not tables:
         return None
     table = pa.concat_tables(tables)

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 from pipeline.arrow import combined, equals, read_parquet
 from pipeline.config import JobConfig
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, storage_error
+from pipeline.manifest import remove_stale_workdirs
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
 from pipeline.writer import (
     JOURNAL_SUFFIX,
@@ -104,18 +105,35 @@ class Done:
 
 class OutputDir:
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
+        self.path = Path(os.path.abspath(path))
         self.manifest = self.path / MANIFEST_NAME
         self.run_json = self.path / RUN_JSON
 
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"{self.path}: exists and is not a folder") from None
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder if nothing but the lock was ever written to it."""
+        if {p.name for p in self.path.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the folder for one run. Two runs writing one folder would number their
         shards alike; the lock is the kernel's (flock), so a killed run releases it."""
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -129,6 +147,20 @@ class OutputDir:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def is_running(self) -> bool:
+        """Whether a run holds the folder now (read-only: takes the lock only to test it)."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
@@ -145,8 +177,12 @@ class OutputDir:
 
     def write_run_json(self, data: dict[str, Any]) -> None:
         tmp = self.run_json.with_name(RUN_JSON + TMP_SUFFIX)
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, self.run_json)
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+            os.replace(tmp, self.run_json)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
 
     def check_fingerprint(self, config: JobConfig) -> dict[str, Any] | None:
         """Refuse to mix answers of a different job into this folder."""
@@ -173,8 +209,12 @@ class OutputDir:
         if path.resolve() == self.manifest.resolve():
             return
         tmp = self.manifest.with_name(MANIFEST_NAME + TMP_SUFFIX)
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, self.manifest)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, self.manifest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
 
     # -- crash recovery and compaction ------------------------------------------------
 
@@ -194,11 +234,16 @@ class OutputDir:
         ]
         return pa.Table.from_batches(parts, schema=pf.schema_arrow)
 
-    def recover(self) -> None:
-        """Remove temporary files of interrupted writes and fold journals into shards."""
+    def remove_temporaries(self) -> None:
+        """Remove what interrupted writes left: `*.tmp` files and ingest work folders."""
         for tmp in self.path.glob(f"*{TMP_SUFFIX}"):
             log.info("removing %s, left by an interrupted write", tmp.name)
             tmp.unlink()
+        remove_stale_workdirs(self.manifest)
+
+    def recover(self) -> None:
+        """Remove temporary files of interrupted writes and fold journals into shards."""
+        self.remove_temporaries()
         journals = sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}"))
         if not journals:
             return
@@ -218,7 +263,7 @@ class OutputDir:
         shards = self.shards()
         if not shards:
             return 0
-        reads = [read_parquet(s, columns=["id", "status", "finished_at"]) for s in shards]
+        reads = [read_shard(s, columns=["id", "status", "finished_at"]) for s in shards]
         ids = pa.concat_tables(reads)["id"]
         if pc.count_distinct(ids).as_py() == len(ids):
             return 0  # the common case: nothing superseded, nothing more to build
@@ -242,7 +287,7 @@ class OutputDir:
         removed = 0
         for i, rows in drop.items():
             shard = shards[i]
-            data = read_parquet(shard)
+            data = read_shard(shard)
             keep = pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(rows)))
             kept = data.filter(keep)
             removed += data.num_rows - kept.num_rows
@@ -260,7 +305,7 @@ class OutputDir:
         it needs, so it stays fast at a million rows. With `include_journals`, rows still
         in a killed run's journal count too (read-only: nothing is folded)."""
         columns = ["id", "status", "cost_usd", "prompt_tokens", "completion_tokens", "error_kind"]
-        tables = [read_parquet(s, columns=columns) for s in self.shards()]
+        tables = [read_shard(s, columns=columns) for s in self.shards()]
         journaled = 0
         if include_journals:
             for journal in sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}")):
@@ -293,7 +338,18 @@ class OutputDir:
 
     def pending_count(self, skip: pa.Array) -> int:
         ids = read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
-        return ids.length() - pc.sum(pc.is_in(ids, value_set=skip)).as_py()
+        return ids.length() - (pc.sum(pc.is_in(ids, value_set=skip)).as_py() or 0)
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A result shard, or a UsageError naming it when it is not readable Parquet."""
+    try:
+        return read_parquet(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UsageError(
+            f"{path}: corrupt result shard ({exc}); move it out of the folder to send its "
+            "rows again, or restore it from a backup"
+        ) from None
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -35,7 +35,9 @@ from pipeline.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROW_ERRORS,
+    EXIT_STORAGE,
     FatalApiError,
+    StorageError,
     UsageError,
 )
 from pipeline.limiter import AdaptiveLimiter
@@ -82,7 +84,7 @@ class Tally:
 
 @dataclass(slots=True)
 class StopReason:
-    kind: str = ""  # "", "fatal", "budget", "interrupted"
+    kind: str = ""  # "", "fatal", "budget", "interrupted", "storage"
     message: str = ""
 
     def set(self, kind: str, message: str) -> None:
@@ -143,7 +145,13 @@ async def caption_rows(
                 stop.set("fatal", exc.message)
                 stopping.set()
                 return
-            writer.write(result)
+            try:
+                writer.write(result)
+            except StorageError as exc:
+                # The writer keeps the row and tries it again on close; stop sending.
+                stop.set("storage", str(exc))
+                stopping.set()
+                return
             tally.add(result)
             if progress is not None:
                 progress(result, tally)
@@ -190,9 +198,15 @@ async def open_captioner(
         aiohttp.ClientSession(connector=connector) as session,
     ):
         endpoint = Endpoint.create(
-            url, api_key, config.endpoint.auth_scheme, config.endpoint.timeout
+            url,
+            api_key,
+            config.endpoint.auth_scheme,
+            config.endpoint.timeout,
+            max_response_bytes=int(limits.max_response_mb * 1_000_000),
         )
-        limiter = AdaptiveLimiter(limits.concurrency, limits.rpm, limits.tpm)
+        limiter = AdaptiveLimiter(
+            limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after
+        )
         yield Captioner(session, endpoint, config, limiter, stopping, budget)
 
 
@@ -231,30 +245,48 @@ async def _execute(
     budget: Budget,
     total: int,
     show_progress: bool,
-) -> tuple[Tally, StopReason]:
-    """The local executor: one event loop, one session, one limiter, one writer."""
+) -> tuple[Tally, StopReason, int]:
+    """The local executor: one event loop, one session, one limiter, one writer.
+
+    Returns what the run did, why it stopped, and how many answered rows could not be
+    saved (the disk stayed full): those are sent again by the next run.
+    """
     stop = StopReason()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-
-    def on_signal(signame: str) -> None:
-        if stopping.is_set():
-            return
-        log.warning(
-            "%s: stopping; waiting up to %.0f s for requests in flight", signame, INTERRUPT_GRACE_S
-        )
-        stop.set("interrupted", f"interrupted by {signame}")
-        stopping.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-
     writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
     progress = _Progress(total) if show_progress else None
     tally = Tally()
+    work: asyncio.Future[Tally] | None = None
+    interrupts = 0
+
+    def stop_now(why: str) -> None:
+        if work is not None and not work.done():
+            log.warning("%s; requests in flight stay pending", why)
+            work.cancel()
+
+    def on_signal(signame: str) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            stop_now(f"{signame} again: stopping now")
+            return
+        log.warning(
+            "%s: stopping; waiting up to %.0f s for requests in flight (again to stop now)",
+            signame,
+            INTERRUPT_GRACE_S,
+        )
+        stop.set("interrupted", f"interrupted by {signame}")
+        stopping.set()
+        loop.call_later(
+            INTERRUPT_GRACE_S, stop_now, f"still in flight after {INTERRUPT_GRACE_S:.0f} s"
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         async with open_captioner(config, api_key, stopping, budget) as captioner:
-            task = asyncio.ensure_future(
+            work = asyncio.ensure_future(
                 caption_rows(
                     rows,
                     captioner,
@@ -265,39 +297,21 @@ async def _execute(
                     tally=tally,
                 )
             )
-            await _wait_with_grace(task, stopping, stop)
+            # Fatal answers and the budget let requests in flight finish and be written;
+            # an interrupt gives them a grace period, a second one none (`stop_now`).
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.result()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if progress is not None:
             progress.close()
-        writer.close()
-    return tally, stop
-
-
-async def _wait_with_grace(
-    task: asyncio.Future[Tally], stopping: asyncio.Event, stop: StopReason
-) -> None:
-    """Run to the end; after an interrupt, give requests in flight a short grace period."""
-    stop_wait = asyncio.ensure_future(stopping.wait())
-    try:
-        done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-            return
-        if stop.kind != "interrupted":
-            await task  # fatal or budget: in-flight requests finish and are written
-            return
         try:
-            await asyncio.wait_for(asyncio.shield(task), INTERRUPT_GRACE_S)
-        except TimeoutError:
-            log.warning(
-                "requests still in flight after %.0f s; they stay pending", INTERRUPT_GRACE_S
-            )
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    finally:
-        stop_wait.cancel()
+            writer.close()
+        except StorageError as exc:
+            stop.set("storage", str(exc))
+    return tally, stop, len(writer.unsaved)
 
 
 class _Discard:
@@ -350,20 +364,26 @@ def run_job(
     if out.exists():
         out.check_fingerprint(config)  # before anything else: refuse a changed job at once
     api_key = read_api_key(config)
-    out.path.mkdir(parents=True, exist_ok=True)
-    with out.lock():
-        return _run_locked(
-            out,
-            sources,
-            config,
-            api_key=api_key,
-            retry_errors=retry_errors,
-            show_progress=show_progress,
-            column=column,
-            id_column=id_column,
-            sample=sample,
-            started=started,
-        )
+    created = not out.exists()
+    out.create()
+    try:
+        with out.lock():
+            return _run_locked(
+                out,
+                sources,
+                config,
+                api_key=api_key,
+                retry_errors=retry_errors,
+                show_progress=show_progress,
+                column=column,
+                id_column=id_column,
+                sample=sample,
+                started=started,
+            )
+    except UsageError:
+        if created:
+            out.remove_if_unused()  # a missing or empty source leaves no folder behind
+        raise
 
 
 def _run_locked(
@@ -402,9 +422,9 @@ def _run_locked(
 
     budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
     run_started = utc_now()
-    tally, stop = Tally(), StopReason()
+    tally, stop, unsaved = Tally(), StopReason(), 0
     if total:
-        tally, stop = asyncio.run(
+        tally, stop, unsaved = asyncio.run(
             _execute(
                 config,
                 out,
@@ -416,22 +436,30 @@ def _run_locked(
                 show_progress,
             )
         )
-    if retry_errors:
-        out.compact()
     wall = time.perf_counter() - started
     remaining = pending - tally.done
-    final = out.scan()
-    exit_code = _exit_code(stop, tally)
-    meta["runs"].append(_run_record(config, run_started, total, tally, stop, exit_code, wall))
-    meta["totals"] = {
-        "manifest_rows": out.manifest_count(),
-        "ok": final.ok,
-        "errors": final.errors,
-        "prompt_tokens": final.prompt_tokens,
-        "completion_tokens": final.completion_tokens,
-        "cost_usd": final.cost_usd,
-    }
-    out.write_run_json(meta)
+    try:
+        if retry_errors:
+            out.compact()
+        final = out.scan()
+        exit_code = _exit_code(stop, final.errors)
+        meta["runs"].append(_run_record(config, run_started, total, tally, stop, exit_code, wall))
+        meta["totals"] = {
+            "manifest_rows": out.manifest_count(),
+            "ok": final.ok,
+            "errors": final.errors,
+            "prompt_tokens": final.prompt_tokens,
+            "completion_tokens": final.completion_tokens,
+            "cost_usd": final.cost_usd,
+        }
+        out.write_run_json(meta)
+    except StorageError:
+        if stop.kind != "storage":
+            raise
+        # The disk is still full: the rows are safe in shards and journals, and the next
+        # run, once there is space, brings run.json up to date.
+        final = out.scan(include_journals=True)
+        exit_code = EXIT_STORAGE
 
     summary = (
         f"{tally.ok} ok, {tally.errors} errors of {total} new "
@@ -439,7 +467,8 @@ def _run_locked(
         f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
-    return RunOutcome(exit_code, summary, _stop_message(stop, out, remaining, budget), tally)
+    message = _stop_message(stop, out, remaining, budget, unsaved)
+    return RunOutcome(exit_code, summary, message, tally)
 
 
 def _run_record(
@@ -474,17 +503,23 @@ def _run_record(
     }
 
 
-def _exit_code(stop: StopReason, tally: Tally) -> int:
+def _exit_code(stop: StopReason, errors_in_folder: int) -> int:
+    """Why the run stopped; else whether the folder, not just this run, holds error rows
+    (a nightly rerun that sent nothing must not report success over last night's errors)."""
     if stop.kind == "fatal":
         return EXIT_FATAL_API
     if stop.kind == "budget":
         return EXIT_BUDGET
     if stop.kind == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_ROW_ERRORS if tally.errors else EXIT_OK
+    if stop.kind == "storage":
+        return EXIT_STORAGE
+    return EXIT_ROW_ERRORS if errors_in_folder else EXIT_OK
 
 
-def _stop_message(stop: StopReason, out: OutputDir, remaining: int, budget: Budget) -> str | None:
+def _stop_message(
+    stop: StopReason, out: OutputDir, remaining: int, budget: Budget, unsaved: int
+) -> str | None:
     resume = f"rerun the same command to resume ({remaining} rows pending in {out.path})"
     if stop.kind == "fatal":
         return f"stopped: the endpoint refused the job: {stop.message}; fix it and {resume}"
@@ -495,4 +530,11 @@ def _stop_message(stop: StopReason, out: OutputDir, remaining: int, budget: Budg
         )
     if stop.kind == "interrupted":
         return f"stopped: {stop.message}; {resume}"
+    if stop.kind == "storage":
+        lost = (
+            f"{unsaved} answered row(s) could not be saved and will be sent again; "
+            if unsaved
+            else "every answer received is saved; "
+        )
+        return f"stopped: {stop.message}; {lost}make room, then {resume}"
     return None

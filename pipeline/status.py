@@ -12,9 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.arrow import equals, int_numpy, read_parquet
+from pipeline.arrow import equals, int_numpy
 from pipeline.errors import UsageError
-from pipeline.outdir import OutputDir
+from pipeline.outdir import OutputDir, read_shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,7 @@ class Status:
     cost_usd: float
     journaled: int
     runs: int
+    running: bool
     estimate: dict[str, Any] | None = field(default=None)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,7 +53,11 @@ class Status:
             f"tokens       {self.prompt_tokens} prompt, {self.completion_tokens} completion",
             f"cost         ${self.cost_usd:.4f}",
         ]
-        if self.journaled:
+        if self.running:
+            out.append(
+                f"running      a run is writing this folder now ({self.journaled} rows so far)"
+            )
+        elif self.journaled:
             out.append(
                 f"journaled    {self.journaled} rows of an interrupted run, folded on the next run"
             )
@@ -93,6 +98,7 @@ def read_status(path: Path) -> Status:
         cost_usd=done.cost_usd,
         journaled=done.journaled,
         runs=len(meta.get("runs", [])),
+        running=out.is_running(),
         estimate=reconcile(out, meta),
     )
 
@@ -113,7 +119,7 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
     price = parse_price_entries({model: entry}, str(out.run_json), table="price")[model]
     columns = ["status", "prompt_tokens", "image_width", "image_height"]
     table = pa.concat_tables(
-        [read_parquet(s, columns=columns) for s in shards], promote_options="permissive"
+        [read_shard(s, columns=columns) for s in shards], promote_options="permissive"
     )
     known = pc.and_(
         equals(table["status"], "ok"),

@@ -6,7 +6,8 @@ a `kill -9` loses no answer that arrived. When the shard is full, or the run end
 journal is folded into `part-N.parquet`: parsed by Arrow's JSON reader, written under a
 temporary name, fsynced, renamed, and only then deleted. A shard is therefore visible
 only complete, and folding a journal that a killed run left behind is the same code path
-(a last line torn by the kill is ignored).
+(a last line torn by the kill is ignored; a line that does not read is skipped, named by
+its byte offset, and its row sent again: one bad line never locks away the others).
 
 The journal holds the result columns; the manifest's extra columns are added at fold
 time, from the rows in memory or, after a kill, from the manifest.
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline.errors import UsageError
+from pipeline.errors import storage_error
 from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, ResultRow
 
 log = logging.getLogger(__name__)
@@ -63,35 +64,96 @@ _JOURNAL_SCHEMA = pa.schema(
 )
 
 
+# Arrow parses JSON in blocks, and a line may not straddle two of them: the block must be
+# larger than the longest line (an answer can be megabytes). Its default is 1 MiB.
+_MIN_BLOCK = 1 << 20
+# Every journal line starts with this (the row's first key), and nowhere else: inside a JSON
+# string a quote is escaped. A line glued to the rest of a torn one is found by it.
+_LINE_START = b'{"id":'
+
+
+def _parse_lines(data: bytes) -> pa.Table:
+    """Whole journal lines (each ending in a newline) as a table; ArrowInvalid if any
+    line does not fit the result columns."""
+    longest = max(map(len, data.split(b"\n")))
+    return pajson.read_json(
+        io.BytesIO(data),
+        read_options=pajson.ReadOptions(block_size=max(_MIN_BLOCK, 2 * longest + 2)),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=_JOURNAL_SCHEMA, unexpected_field_behavior="error"
+        ),
+    )
+
+
+def _readable(line: bytes) -> bool:
+    try:
+        _parse_lines(line + b"\n")
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _salvage(data: bytes, path: Path) -> pa.Table:
+    """The slow path, for a journal with a bad line: keep every line that reads, and a
+    whole line glued after a torn one; name each torn piece by its byte offset."""
+    good: list[bytes] = []
+    offset = 0
+    for line in data.split(b"\n")[:-1]:
+        if line and not _readable(line):
+            # A torn line may have the next, whole line glued to its end.
+            cut = line.find(_LINE_START, 1)
+            while cut != -1 and not _readable(line[cut:]):
+                cut = line.find(_LINE_START, cut + 1)
+            torn = line if cut == -1 else line[:cut]
+            log.warning(
+                "%s: byte %d: skipping %d bytes of a torn or unreadable line; "
+                "that row will be sent again",
+                path.name,
+                offset,
+                len(torn),
+            )
+            if cut != -1:
+                good.append(line[cut:])
+        elif line:
+            good.append(line)
+        offset += len(line) + 1
+    if not good:
+        return _JOURNAL_SCHEMA.empty_table()
+    return _parse_lines(b"\n".join(good) + b"\n")
+
+
 def read_journal(path: Path) -> pa.Table:
-    """Every whole line of a journal as a table of the result columns; a last line torn
-    by a kill (no newline) is ignored, a corrupt line anywhere else is an error."""
+    """Every whole row of a journal as a table of the result columns.
+
+    A last line without its newline (torn by a kill) is ignored. A line that does not read
+    (torn by a full disk under an older version, or damaged) is skipped and named by its
+    byte offset, so that one bad line never locks away the paid rows around it.
+    """
     data = path.read_bytes()
     whole = data.rfind(b"\n") + 1
     if whole < len(data):
-        log.warning("%s: ignoring a torn last line (the run was killed)", path.name)
+        log.warning("%s: byte %d: ignoring a torn last line (the run was killed)", path.name, whole)
     if whole == 0:
         return RESULT_SCHEMA.empty_table()
-    options = pajson.ParseOptions(
-        explicit_schema=_JOURNAL_SCHEMA, unexpected_field_behavior="error"
-    )
     try:
-        table = pajson.read_json(io.BytesIO(data[:whole]), parse_options=options)
-    except pa.ArrowInvalid as exc:
-        raise UsageError(
-            f"{path}: corrupt journal ({exc}); nothing was changed. Keep a copy for a bug "
-            "report; moving it out of the folder lets the run go on, and its rows will be "
-            "sent again"
-        ) from None
+        table = _parse_lines(data[:whole])
+    except pa.ArrowInvalid:
+        table = _salvage(data[:whole], path)
     return table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write under a temporary name, fsync, rename: visible only complete. A failure
+    (no space left, say) leaves nothing behind and raises StorageError."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(path.parent, exc) from None
 
 
 def with_extras(core: pa.Table, schema: pa.Schema, lookup: ExtrasLookup | None) -> pa.Table:
@@ -156,6 +218,11 @@ class ShardWriter:
 
     Shards are named `{prefix}-{N:05d}`: the local executor numbers them from what the
     folder holds; a distributed executor can give each task its own prefix.
+
+    A journal only ever holds whole lines. A write that fails part-way (no space left) is
+    cut back to the last whole line and raises StorageError; the row is kept in memory and
+    written first when space allows (at the latest on `close`), so an answer that arrived
+    is lost only if the disk stays full to the end.
     """
 
     def __init__(
@@ -173,43 +240,93 @@ class ShardWriter:
         self._sequence = next_sequence(out_dir) if first_sequence is None else first_sequence
         self._fd: int | None = None
         self._journal: Path | None = None
+        self._size = 0  # bytes of whole lines in the journal
+        self._torn = False  # a failed write left a piece that could not be cut off
         self._rows = 0
         # The manifest's extra columns of this shard's rows, by id, added when folding.
         self._extras: dict[str, dict[str, Any]] = {}
         self._has_extras = len(schema) > len(RESULT_SCHEMA)
+        # Rows answered but not yet journaled, because a write failed.
+        self.unsaved: list[ResultRow] = []
         self.shards: list[Path] = []
 
     def write(self, row: ResultRow) -> None:
+        """Journal the row, or keep it and raise StorageError if the disk refuses."""
+        self.unsaved.append(row)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.unsaved:
+            self._append(self.unsaved[0])
+            del self.unsaved[0]
+            if self._rows >= self.rows_per_shard:
+                self.flush()
+
+    def _append(self, row: ResultRow) -> None:
         if self._fd is None:
             name = f"{self.prefix}-{self._sequence:05d}"
             self._sequence += 1
             self._journal = journal_path(self.out_dir, name)
-            self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.write(
-            self._fd, journal_line(row)
-        )  # in the kernel's hands: survives the death of this process
+            try:
+                self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                self._journal = None
+                raise storage_error(self.out_dir, exc) from None
+            self._size = 0
+        line = journal_line(row)
+        if self._torn:
+            line = b"\n" + line  # a torn piece that could not be cut off ends here
+        try:
+            _write_all(self._fd, line)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+                self._torn = False
+            except OSError:
+                # The reader skips the torn piece; the next line must start a line.
+                self._torn = True
+            raise storage_error(self.out_dir, exc) from None
+        if self._torn:
+            self._size = os.fstat(self._fd).st_size
+            self._torn = False
+        else:
+            self._size += len(line)
         self._rows += 1
         if self._has_extras:
             self._extras[row.id] = row.extra
-        if self._rows >= self.rows_per_shard:
-            self.flush()
 
     def flush(self) -> None:
-        """Write the current shard (if any rows) and start a new one on the next write."""
+        """Write the current shard (if any rows) and start a new one on the next write.
+        If the fold fails (no space), the journal stays, whole, for the next run."""
         if self._fd is None or self._journal is None:
             return
         os.close(self._fd)
         self._fd = None
-        shard = fold_journal(self._journal, self.schema, self._lookup)
+        journal, rows = self._journal, self._rows
+        self._rows = 0
+        self._journal = None
+        try:
+            shard = fold_journal(journal, self.schema, self._lookup)
+        finally:
+            self._extras = {}
         if shard is not None:
             self.shards.append(shard)
-            log.debug("wrote %s (%d rows)", shard.name, self._rows)
-        self._rows = 0
-        self._extras = {}
-        self._journal = None
+            log.debug("wrote %s (%d rows)", shard.name, rows)
 
     def _lookup(self, ids: pa.Array) -> pa.Table:
         return pa.Table.from_pylist([{MANIFEST_ID: i, **self._extras[i]} for i in ids.to_pylist()])
 
     def close(self) -> None:
-        self.flush()
+        """Journal any rows kept back by a failed write, then write the shard."""
+        try:
+            self._drain()
+        finally:
+            self.flush()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """`os.write` until all of `data` is written: when the disk fills it may write part
+    of a line and report it only through its count, and only the next call raises."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -19,8 +19,10 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.manifest import write_manifest
 from pipeline.outdir import OutputDir
+from pipeline.records import ResultRow
+from pipeline.writer import journal_line
 from tests.conftest import KEY, SAMPLES
-from tests.fakes import ScriptedServer, digest_of_file, json_error
+from tests.fakes import HANG, ScriptedServer, digest_of_file, json_error
 from tests.test_runner import results
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
@@ -144,6 +146,51 @@ def test_sigterm_stops_flushes_and_says_how_to_resume(
     assert server.count() == 30
 
 
+@pytest.mark.timeout(60)
+def test_a_second_ctrl_c_ends_the_grace_period_at_once(
+    tmp_path: Path, many: Path, server: ScriptedServer, key: str
+) -> None:
+    """Requests that hang would hold the first Ctrl-C for its whole 10 s grace period."""
+    hanging = sorted(many.iterdir())[5:]
+    for path in hanging:
+        server.plan(digest_of_file(path), HANG)
+    out = tmp_path / "out"
+    proc = spawn(str(many), "-o", str(out), "--endpoint", server.url, "--concurrency", "4")
+    deadline = time.monotonic() + 30
+    while sum(server.answered.values()) < 5 or server.count() < 9:
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    interrupted = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - interrupted < 5  # not the 10 s grace period
+    assert proc.returncode == 130
+    assert "SIGINT again: stopping now" in stderr
+    assert "Traceback" not in stderr
+    # The five answers that arrived are safe; the hanging rows stay pending.
+    assert sorted(Path(r["source"]).name for r in results(out)) == [
+        p.name for p in sorted(many.iterdir())[:5]
+    ]
+
+
+def test_status_of_a_folder_being_written_says_running(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli(str(SAMPLES), "-o", str(out), "--endpoint", server.url)[0] == 0
+    row = ResultRow(id="x", source="y", status="ok", attempts=1, latency_s=0.1, finished_at_ms=0)
+    (out / "part-00001.journal.jsonl").write_bytes(journal_line(row))
+    status = ["status", str(out)]
+    with OutputDir(out).lock():
+        text = CliRunner().invoke(cli, status).output
+        assert "running      a run is writing this folder now (1 journaled)" in text
+        assert "interrupted" not in text
+    text = CliRunner().invoke(cli, status).output
+    assert "running" not in text
+
+
 def test_a_killed_runs_journal_is_folded_with_its_extra_columns(tmp_path: Path) -> None:
     """A journal (and a torn last line, and a stale temp file) left by a kill are recovered."""
     out = tmp_path / "out"
@@ -181,9 +228,9 @@ def test_retry_errors_replaces_error_rows(tmp_path: Path, server: ScriptedServer
     assert code == 1
     assert sorted(r["status"] for r in results(out)) == ["error"] * 2 + ["ok"] * 4
 
-    # A plain rerun does not resend errors...
+    # A plain rerun does not resend errors, and says the folder still holds them...
     code, output = run_cli(str(imgs), "-o", str(out), "--endpoint", server.url)
-    assert code == 0
+    assert code == 1
     assert server.count() == 6
     # ...--retry-errors does, and the new rows replace the old ones.
     code, output = run_cli(str(imgs), "-o", str(out), "--endpoint", server.url, "--retry-errors")

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import UsageError
+from pipeline import writer as writer_module
+from pipeline.errors import StorageError
 from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage, result_schema
 from pipeline.writer import ShardWriter, fold_journal, read_journal
 
@@ -75,13 +78,89 @@ def test_each_row_is_in_the_journal_before_the_next_is_taken(tmp_path: Path) -> 
     assert read_journal(journal).num_rows == 2
 
 
-def test_a_corrupt_line_inside_a_journal_is_an_error_naming_it(tmp_path: Path) -> None:
+def line(i: int) -> bytes:
+    return json.dumps(row(i).core_dict()).encode() + b"\n"
+
+
+def test_a_corrupt_line_is_skipped_by_offset_and_the_others_fold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     journal = tmp_path / "part-00000.journal.jsonl"
-    good = json.dumps(row(1).core_dict())
-    journal.write_text(f"{good}\n{{not json\n{good}\n")
-    with pytest.raises(UsageError, match=r"part-00000\.journal\.jsonl: corrupt journal"):
-        fold_journal(journal)
-    assert journal.exists()  # nothing was lost
+    journal.write_bytes(line(1) + b"{not json\n" + line(2))
+    shard = fold_journal(journal)
+    assert shard is not None
+    assert pq.read_table(shard)["id"].to_pylist() == ["id1", "id2"]
+    assert f"byte {len(line(1))}: skipping 9 bytes" in caplog.text
+    assert "sent again" in caplog.text
+
+
+def test_a_torn_line_glued_to_the_next_loses_only_the_torn_row(tmp_path: Path) -> None:
+    """What a full disk left under the old writer: half a line, then the next line."""
+    journal = tmp_path / "part-00000.journal.jsonl"
+    torn = line(2)[:57]
+    journal.write_bytes(line(1) + torn + line(3) + line(4))
+    table = read_journal(journal)
+    assert table["id"].to_pylist() == ["id1", "id3", "id4"]
+    assert table["caption"].to_pylist() == ["caption 1", "caption 3", "caption 4"]
+
+
+def test_a_line_larger_than_arrows_block_folds(tmp_path: Path) -> None:
+    """A 1.1 MB caption (stored twice in the line) once made the whole journal unreadable."""
+    big = row(2)
+    choice = Choice(index=0, content="x" * 1_100_000, refusal=None, finish_reason="stop")
+    big.completion = Completion(choices=(choice,), usage=big.completion.usage)  # type: ignore[union-attr]
+    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=100)
+    for r in (row(1), big, row(3)):
+        writer.write(r)
+    (journal,) = tmp_path.glob("*.journal.jsonl")
+    assert journal.stat().st_size > 2_200_000
+    assert read_journal(journal)["id"].to_pylist() == ["id1", "id2", "id3"]
+    writer.close()
+    (shard,) = writer.shards
+    captions = pq.read_table(shard)["caption"].to_pylist()
+    assert [len(c) for c in captions] == [9, 1_100_000, 9]
+
+
+class DiskFull:
+    """`os.write` as on a disk that fills: the first call of a line writes part of it,
+    then the next raises ENOSPC, until `space` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.space = True
+        self.real = os.write
+        monkeypatch.setattr(writer_module.os, "write", self.write)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.space:
+            return self.real(fd, data)
+        if len(data) > 20:
+            return self.real(fd, bytes(data[:20]))  # a short write, as the disk fills
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_never_leaves_a_torn_line_and_keeps_the_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = DiskFull(monkeypatch)
+    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=100)
+    writer.write(row(1))
+    disk.space = False
+    with pytest.raises(StorageError, match="no space left on device"):
+        writer.write(row(2))
+    (journal,) = tmp_path.glob("*.journal.jsonl")
+    # Cut back to the last whole line: no half of row 2 is left to glue onto row 3.
+    data = journal.read_bytes()
+    assert data.endswith(b"\n")
+    assert [json.loads(x)["id"] for x in data.splitlines()] == ["id1"]
+    assert [r.id for r in writer.unsaved] == ["id2"]
+    with pytest.raises(StorageError):
+        writer.write(row(3))  # still full: kept, in order
+    disk.space = True
+    writer.write(row(4))
+    writer.close()
+    (shard,) = writer.shards
+    assert pq.read_table(shard)["id"].to_pylist() == ["id1", "id2", "id3", "id4"]
+    assert writer.unsaved == []
 
 
 def test_folding_when_the_shard_already_exists_keeps_the_shard(tmp_path: Path) -> None:
