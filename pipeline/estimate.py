@@ -420,7 +420,8 @@ def source_batches(
     """The manifest rows of `sources` as record batches, without writing anything."""
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import is_manifest, iter_manifest_rows, record_batch
+    from pipeline.lists import record_batch
+    from pipeline.manifest import is_manifest, iter_manifest_rows
 
     if len(sources) == 1 and is_manifest(sources[0]):
         yield from pq.ParquetFile(os.path.abspath(sources[0])).iter_batches(batch_size=65_536)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+import stat
 import struct
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from pipeline.errors import RequestRejected
 
@@ -141,25 +143,54 @@ class LoadedImage:
     base64: bytes = b""
 
 
+# A local file whose name is not UTF-8 is kept in the manifest as a percent-encoded
+# `file://` URI (see `manifest._not_utf8`); it becomes an error row.
+NOT_UTF8_PREFIX = "file://"
+
+
 def _read_checked(source: str, max_bytes: int, head_only: bool) -> bytes:
-    """The file's bytes (or its first 64 KiB), or RequestRejected saying what is wrong."""
+    """The file's bytes (or its first 64 KiB), or RequestRejected saying what is wrong.
+
+    Opened without blocking and checked on the open descriptor: a FIFO named `x.png`
+    would otherwise block `open` until a writer appears, which may be never.
+    """
+    if source.startswith(NOT_UTF8_PREFIX):
+        name = unquote_to_bytes(source.removeprefix(NOT_UTF8_PREFIX))
+        raise RequestRejected(
+            f"{name!r}: the file name is not UTF-8; rename the file "
+            "(e.g. convmv -f latin1 -t utf8) and run again"
+        )
     try:
-        with open(source, "rb") as f:
-            size = os.fstat(f.fileno()).st_size  # fstat on the open file: no second lookup
-            if size == 0:
-                raise RequestRejected(f"{source}: empty file")
-            if size > max_bytes:
-                raise RequestRejected(
-                    f"{source}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:g} MB cap "
-                    "([limits] max_image_mb)"
-                )
-            return f.read(HEADER_BYTES) if head_only else f.read()
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise RequestRejected(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise RequestRejected(f"{source}: is a folder, not an image") from None
     except OSError as exc:
         raise RequestRejected(f"{source}: cannot read ({exc.strerror})") from None
+    try:
+        _check_file(source, os.fstat(fd), max_bytes)
+        f = open(fd, "rb")  # noqa: SIM115 (closed below; the descriptor is closed here on error)
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        try:
+            return f.read(HEADER_BYTES) if head_only else f.read()
+        except OSError as exc:
+            raise RequestRejected(f"{source}: cannot read ({exc.strerror})") from None
+
+
+def _check_file(source: str, info: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise RequestRejected(f"{source}: is a folder, not an image")
+    if not stat.S_ISREG(info.st_mode):
+        raise RequestRejected(f"{source}: not a regular file (a FIFO, socket or device)")
+    if info.st_size == 0:
+        raise RequestRejected(f"{source}: empty file")
+    if info.st_size > max_bytes:
+        raise RequestRejected(
+            f"{source}: {info.st_size / 1e6:.1f} MB is over the {max_bytes / 1e6:g} MB cap "
+            "([limits] max_image_mb)"
+        )
 
 
 def _checked_header(source: str, data: bytes) -> tuple[str, tuple[int, int]]:

@@ -1,8 +1,10 @@
 """Manifest reader: image sources -> one Parquet manifest with stable ids.
 
 A source is a folder (recursive), a glob, an http(s) URL, a single image, or a list file
-(.txt, .csv, .tsv, .jsonl, .parquet). Everything streams in batches: memory holds one batch
-and the set of 64-bit ids seen so far (for de-duplication), never the whole list.
+(.txt, .csv, .tsv, .jsonl, .parquet). Finding files is `walk.py`'s job, reading lists
+`lists.py`'s; this module gives each row its id, drops duplicates and writes the manifest.
+Everything streams in batches: memory holds one batch and the set of 64-bit ids seen so
+far, never the whole list.
 
 `id` is a hash of the source *as the user named it*: the URL, or the path reached from the
 argument given (`data/samples/cat.png`), so the same command gives the same ids on any run
@@ -11,36 +13,38 @@ and any machine. `--id-column` uses the user's own ids instead.
 
 from __future__ import annotations
 
-import glob
+import fcntl
 import hashlib
-import json
 import logging
 import os
-import posixpath
 import random
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.arrow import string_array
-from pipeline.errors import UsageError
-from pipeline.images import is_url
+from pipeline.errors import UsageError, storage_error
+from pipeline.images import NOT_UTF8_PREFIX, is_url
+from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow
+from pipeline.walk import (
+    IMAGE_EXTENSIONS,
+    Links,
+    glob_files,
+    has_magic,
+    is_image_name,
+    portable,
+    walk,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
-LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet"})
-SOURCE_COLUMNS = ("image", "image_url", "url", "path", "file")
-BATCH_ROWS = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +53,26 @@ class IngestSummary:
     duplicates: int
     sources: int
     path: Path
+    links_skipped: int = 0
 
     def line(self) -> str:
+        links = (
+            f"; {self.links_skipped} link(s) skipped (loops, second ways to a file, broken)"
+            if self.links_skipped
+            else ""
+        )
         return (
             f"ingested {self.rows} rows from {self.sources} source(s); "
-            f"{self.duplicates} duplicate(s) dropped -> {self.path}"
+            f"{self.duplicates} duplicate(s) dropped{links} -> {self.path}"
         )
+
+
+@dataclass(slots=True)
+class Counts:
+    """What ingest dropped on the way, for its summary line."""
+
+    duplicates: int = 0
+    links: Links = field(default_factory=Links)
 
 
 def stable_id(key: str) -> str:
@@ -62,225 +80,55 @@ def stable_id(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def _portable(path: str) -> str:
-    """The path normalised, with forward slashes on every OS (it is hashed into the id)."""
-    normal = os.path.normpath(path)
-    return normal if os.sep == "/" else normal.replace(os.sep, "/")
-
-
-def _has_magic(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-# ---------------------------------------------------------------------------------------
-# Each reader yields batches of plain dicts: {"key", "source", <extra columns>...}.
-# `key` is what the id is hashed from; it is not stored.
-
-
-def _entry(value: str, base: str, label: str) -> dict[str, Any]:
-    """Resolve one path-or-URL entry of a list file against the list file's folder."""
-    value = value.strip()
-    if is_url(value):
-        return {"key": value, "source": value}
-    if "://" in value:
-        raise UsageError(f"{label}: {value!r}: only local paths and http(s) URLs are supported")
-    key = value if os.path.isabs(value) else os.path.join(base, value)
-    return {"key": _portable(key), "source": os.path.abspath(key)}
-
-
-def _walk_folder(folder: str) -> Iterator[list[dict[str, Any]]]:
+def _batched(pairs: Iterable[tuple[str, str]]) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        # Each folder is normalised once, not each file: a plain file name appended gives
-        # what `_portable` and `abspath` of the whole path would, at a third of the cost.
-        key_root = _portable(root)
-        abs_root = os.path.abspath(root)
-        for name in sorted(files):
-            if _is_image_name(name):
-                key = name if key_root == "." else posixpath.join(key_root, name)
-                batch.append({"key": key, "source": os.path.join(abs_root, name)})
-                if len(batch) >= BATCH_ROWS:
-                    yield batch
-                    batch = []
+    for key, source in pairs:
+        batch.append({"key": key, "source": source})
+        if len(batch) >= BATCH_ROWS:
+            yield batch
+            batch = []
     if batch:
         yield batch
 
 
-def _glob(pattern: str) -> Iterator[list[dict[str, Any]]]:
-    paths = sorted(p for p in glob.iglob(pattern, recursive=True) if os.path.isfile(p))
-    images = [p for p in paths if _is_image_name(p)]
-    if not images:
+def _glob_images(pattern: str, links: Links) -> Iterator[tuple[str, str]]:
+    others = 0
+    found = False
+    for key, source in glob_files(pattern, links):
+        if is_image_name(key):
+            found = True
+            yield key, source
+        else:
+            others += 1
+    if not found:
         raise UsageError(
             f"source {pattern!r}: the glob matched no image files "
-            f"({len(paths)} file(s) of other types; images are "
+            f"({others} file(s) of other types; images are "
             f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    for start in range(0, len(images), BATCH_ROWS):
-        yield [
-            {"key": _portable(p), "source": os.path.abspath(p)}
-            for p in images[start : start + BATCH_ROWS]
-        ]
-
-
-def _read_txt(path: str, base: str) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            batch.append(_entry(text, base, f"{path}:{lineno}"))
-            if len(batch) >= BATCH_ROWS:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def _pick_column(names: list[str], column: str | None, label: str) -> str:
-    if column is not None:
-        if column not in names:
-            raise UsageError(f"{label}: no column {column!r} (columns: {', '.join(names)})")
-        return column
-    for candidate in SOURCE_COLUMNS:
-        if candidate in names:
-            return candidate
-    raise UsageError(
-        f"{label}: no image column; name one with --column, or use one of "
-        f"{', '.join(SOURCE_COLUMNS)} (columns: {', '.join(names) or 'none'})"
-    )
-
-
-def _tabular_batches(
-    batches: Iterable[pa.RecordBatch],
-    path: str,
-    base: str,
-    column: str | None,
-    id_column: str | None,
-) -> Iterator[list[dict[str, Any]]]:
-    picked: str | None = None
-    seen = 0
-    for rb in batches:
-        if picked is None:
-            picked = _pick_column(rb.schema.names, column, path)
-            if id_column is not None and id_column not in rb.schema.names:
-                raise UsageError(
-                    f"{path}: no id column {id_column!r} (columns: {', '.join(rb.schema.names)})"
-                )
-        rows = rb.to_pylist()
-        out = []
-        for i, row in enumerate(rows, seen + 1):
-            value = row.pop(picked)
-            if value is None or not isinstance(value, str) or not value.strip():
-                raise UsageError(f"{path}: row {i}: column {picked!r} is empty or not text")
-            entry = _entry(value, base, path)
-            entry.update(row)
-            out.append(entry)
-        seen += len(rows)
-        yield out
-
-
-def _read_csv(
-    path: str, base: str, column: str | None, id_column: str | None, delimiter: str
-) -> Iterator[list[dict[str, Any]]]:
-    kind = "TSV" if delimiter == "\t" else "CSV"
-    try:
-        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-        yield from _tabular_batches(reader, path, base, column, id_column)
-    except pa.ArrowInvalid as exc:
-        raise UsageError(f"{path}: malformed {kind} ({exc})") from None
-
-
-def _is_str(*values: object) -> bool:
-    return all(type(v) is str for v in values)
-
-
-def record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Manifest dicts as a record batch. Rows may have different keys (`from_pylist` would
-    keep only the first row's); rows of just `id` and `source` skip pyarrow's inference."""
-    if all(
-        len(row) == 2 and _is_str(row.get(MANIFEST_ID), row.get(MANIFEST_SOURCE)) for row in rows
-    ):
-        return pa.RecordBatch.from_arrays(
-            [string_array([row[k] for row in rows]) for k in (MANIFEST_ID, MANIFEST_SOURCE)],
-            names=[MANIFEST_ID, MANIFEST_SOURCE],
-        )
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    return pa.RecordBatch.from_pydict({k: [row.get(k) for row in rows] for k in keys})
-
-
-def _read_jsonl(
-    path: str, base: str, column: str | None, id_column: str | None
-) -> Iterator[list[dict[str, Any]]]:
-    def batches() -> Iterator[pa.RecordBatch]:
-        rows: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise UsageError(f"{path}:{lineno}: each line must be a JSON object")
-                rows.append(obj)
-                if len(rows) >= BATCH_ROWS:
-                    yield record_batch(rows)
-                    rows = []
-        if rows:
-            yield record_batch(rows)
-
-    yield from _tabular_batches(batches(), path, base, column, id_column)
-
-
-def _read_parquet(
-    path: str, base: str, column: str | None, id_column: str | None
-) -> Iterator[list[dict[str, Any]]]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UsageError(f"{path}: not a readable Parquet file ({exc})") from None
-    yield from _tabular_batches(
-        pf.iter_batches(batch_size=BATCH_ROWS), path, base, column, id_column
-    )
 
 
 def _source_batches(
-    source: str, column: str | None, id_column: str | None
+    source: str, column: str | None, id_column: str | None, links: Links
 ) -> Iterator[list[dict[str, Any]]]:
     if is_url(source):
         yield [{"key": source, "source": source}]
         return
     if os.path.isdir(source):
-        yield from _walk_folder(source)
+        yield from _batched(walk(source, links))
         return
-    if os.path.isfile(source):
+    if os.path.exists(source):
         ext = os.path.splitext(source)[1].lower()
-        base = os.path.dirname(source)
+        if ext in IMAGE_EXTENSIONS:
+            yield [{"key": portable(source), "source": os.path.abspath(source)}]
+            return
+        if ext not in LIST_EXTENSIONS:
+            raise UsageError(
+                f"source {source!r}: unsupported file type {ext or '(none)'}; expected an "
+                f"image or a list file ({' '.join(sorted(LIST_EXTENSIONS))})"
+            )
         try:
-            if ext == ".txt":
-                yield from _read_txt(source, base)
-            elif ext in (".csv", ".tsv"):
-                yield from _read_csv(
-                    source, base, column, id_column, "\t" if ext == ".tsv" else ","
-                )
-            elif ext == ".jsonl":
-                yield from _read_jsonl(source, base, column, id_column)
-            elif ext == ".parquet":
-                yield from _read_parquet(source, base, column, id_column)
-            elif ext in IMAGE_EXTENSIONS:
-                yield [{"key": _portable(source), "source": os.path.abspath(source)}]
-            else:
-                raise UsageError(
-                    f"source {source!r}: unsupported file type {ext or '(none)'}; expected an "
-                    f"image or a list file ({' '.join(sorted(LIST_EXTENSIONS))})"
-                )
+            yield from read_list(source, column, id_column)
         except UnicodeDecodeError as exc:
             raise UsageError(
                 f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"
@@ -288,8 +136,8 @@ def _source_batches(
         except PermissionError:
             raise UsageError(f"{source}: permission denied") from None
         return
-    if _has_magic(source):
-        yield from _glob(source)
+    if has_magic(source):
+        yield from _batched(_glob_images(source, links))
         return
     raise UsageError(f"source {source!r}: no such file or folder")
 
@@ -310,16 +158,11 @@ def _rename_reserved(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_utf8(path: str, source: str) -> None:
-    """A file name that is not UTF-8 reaches Python with surrogate escapes; the manifest
-    holds paths as UTF-8 text, so it cannot be stored (and would crash the id hash)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError(
-            f"source {source!r}: {os.fsencode(path)!r} is not a UTF-8 file name; manifests "
-            "store paths as UTF-8 text, so rename the file (e.g. convmv -f latin1 -t utf8)"
-        ) from None
+def _not_utf8(path: str) -> str:
+    """A file name that is not UTF-8 reaches Python with surrogate escapes, which the
+    manifest's UTF-8 text cannot hold. It is kept as a percent-encoded `file:` URI: the
+    row exists, with its bytes visible, and the run makes it an error row."""
+    return NOT_UTF8_PREFIX + quote_from_bytes(os.fsencode(os.path.abspath(path)))
 
 
 def iter_manifest_rows(
@@ -327,20 +170,19 @@ def iter_manifest_rows(
     *,
     column: str | None = None,
     id_column: str | None = None,
-    counter: dict[str, int] | None = None,
+    counts: Counts | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """De-duplicated batches of manifest dicts (`id`, `source`, extras) in source order."""
     seen: set[int] = set()
-    counts = counter if counter is not None else {}
-    counts.setdefault("duplicates", 0)
+    counts = counts if counts is not None else Counts()
     for source in sources:
-        for batch in _source_batches(source, column, id_column):
+        for batch in _source_batches(source, column, id_column, counts.links):
             out = []
             for raw in batch:
                 key = raw.pop("key")
                 path = raw[MANIFEST_SOURCE]
-                if type(path) is str and not path.isascii():
-                    _check_utf8(path, source)
+                if type(path) is str and not path.isascii() and not _is_utf8(path):
+                    raw[MANIFEST_SOURCE] = key = _not_utf8(path)
                 if id_column is not None:
                     if id_column not in raw:
                         raise UsageError(
@@ -360,13 +202,21 @@ def iter_manifest_rows(
                     else int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest())
                 )
                 if fingerprint in seen:
-                    counts["duplicates"] += 1
+                    counts.duplicates += 1
                     continue
                 seen.add(fingerprint)
                 row = _rename_reserved(raw)
                 out.append({MANIFEST_ID: row_id, **row})
             if out:
                 yield out
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unify(schemas: list[pa.Schema], label: str) -> pa.Schema:
@@ -388,23 +238,83 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+WORKDIR_MARK = ".ingest-"
+
+
+def remove_stale_workdirs(output: Path) -> None:
+    """Remove work folders that a killed ingest into `output` left. A live ingest holds
+    a lock on its own, so only abandoned ones are removed."""
+    for workdir in Path(output).parent.glob(f".{Path(output).name}{WORKDIR_MARK}*"):
+        try:
+            fd = os.open(workdir / ".lock", os.O_RDONLY)
+        except OSError:
+            fd = None  # killed before it took the lock
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # in use
+        finally:
+            if fd is not None:
+                os.close(fd)
+        log.info("removing %s, left by an interrupted ingest", workdir.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def write_manifest(
     sources: list[str], output: Path, *, column: str | None = None, id_column: str | None = None
 ) -> IngestSummary:
     """Stream the sources into `output`. Written to a temporary name, then renamed, so a
-    failure never leaves a partial manifest (nor replaces a good one)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    counts: dict[str, int] = {}
+    failure never leaves a partial manifest (nor replaces a good one), and sources with
+    no image at all are refused before anything is replaced."""
+    # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
+    output = Path(os.path.abspath(output))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_workdirs(output)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}{WORKDIR_MARK}", dir=output.parent))
+    except OSError as exc:
+        raise storage_error(output.parent, exc) from None
+    lock = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    counts = Counts()
+    try:
+        rows, schema, parts = _write_parts(sources, workdir, column, id_column, counts)
+        if rows == 0:
+            raise UsageError(
+                f"no images found in {', '.join(sources)} (images are "
+                f"{' '.join(sorted(IMAGE_EXTENSIONS))}); nothing was written"
+            )
+        tmp = workdir / "manifest.parquet"
+        with pq.ParquetWriter(tmp, schema) as out:
+            for part in parts:
+                for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
+                    out.write_table(_conform(pa.Table.from_batches([rb]), schema))
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise storage_error(output.parent, exc) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        os.close(lock)
+    return IngestSummary(
+        rows=rows,
+        duplicates=counts.duplicates,
+        sources=len(sources),
+        path=output,
+        links_skipped=counts.links.skipped,
+    )
+
+
+def _write_parts(
+    sources: list[str], workdir: Path, column: str | None, id_column: str | None, counts: Counts
+) -> tuple[int, pa.Schema, list[Path]]:
+    """Batches to part files, a new part whenever the columns change; returns the row
+    count, the unified schema (`id` and `source` first, then the extras) and the parts."""
+    parts: list[tuple[Path, pa.Schema]] = []
+    writer: pq.ParquetWriter | None = None
     rows = 0
     try:
-        # Phase 1: batches to part files, a new part whenever the columns change.
-        parts: list[tuple[Path, pa.Schema]] = []
-        writer: pq.ParquetWriter | None = None
-        for batch in iter_manifest_rows(
-            sources, column=column, id_column=id_column, counter=counts
-        ):
+        for batch in iter_manifest_rows(sources, column=column, id_column=id_column, counts=counts):
             table = pa.Table.from_batches([record_batch(batch)])
             if writer is None or not table.schema.equals(parts[-1][1]):
                 if writer is not None:
@@ -414,32 +324,18 @@ def write_manifest(
                 writer = pq.ParquetWriter(part, table.schema)
             writer.write_table(table)
             rows += table.num_rows
+    finally:
         if writer is not None:
             writer.close()
-
-        # Phase 2: one file, one schema. `id` and `source` first, then the extras.
-        base = pa.schema(
-            [
-                pa.field(MANIFEST_ID, pa.string(), nullable=False),
-                pa.field(MANIFEST_SOURCE, pa.string(), nullable=False),
-            ]
-        )
-        extras = _unify([s for _, s in parts], " + ".join(sources)) if parts else pa.schema([])
-        schema = pa.schema([*base, *(f for f in extras if f.name not in base.names)])
-        tmp = workdir / "manifest.parquet"
-        with pq.ParquetWriter(tmp, schema) as out:
-            for part, _ in parts:
-                for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
-                    out.write_table(_conform(pa.Table.from_batches([rb]), schema))
-        os.replace(tmp, output)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    summary = IngestSummary(
-        rows=rows, duplicates=counts.get("duplicates", 0), sources=len(sources), path=output
+    base = pa.schema(
+        [
+            pa.field(MANIFEST_ID, pa.string(), nullable=False),
+            pa.field(MANIFEST_SOURCE, pa.string(), nullable=False),
+        ]
     )
-    if rows == 0:
-        log.warning("no images found in %s", ", ".join(sources))
-    return summary
+    extras = _unify([s for _, s in parts], " + ".join(sources)) if parts else pa.schema([])
+    schema = pa.schema([*base, *(f for f in extras if f.name not in base.names)])
+    return rows, schema, [p for p, _ in parts]
 
 
 def read_manifest(
@@ -447,7 +343,7 @@ def read_manifest(
 ) -> Iterator[ManifestRow]:
     """Stream a manifest as typed rows, leaving out the ids in `skip` (done rows)."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(os.path.abspath(path))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UsageError(f"manifest {path}: not a readable Parquet file ({exc})") from None
     names = pf.schema_arrow.names
@@ -488,7 +384,7 @@ def is_manifest(path: str) -> bool:
     if not path.lower().endswith(".parquet") or not os.path.isfile(path):
         return False
     try:
-        names = pq.read_schema(path).names
+        names = pq.read_schema(os.path.abspath(path)).names
     except (pa.ArrowInvalid, OSError):
         return False
     return MANIFEST_ID in names and MANIFEST_SOURCE in names

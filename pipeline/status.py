@@ -55,7 +55,7 @@ class Status:
         ]
         if self.running:
             out.append(
-                f"running      a run is writing this folder now ({self.journaled} rows so far)"
+                f"running      a run is writing this folder now ({self.journaled} journaled)"
             )
         elif self.journaled:
             out.append(

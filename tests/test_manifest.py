@@ -270,11 +270,96 @@ def test_json_reaches_lists(tmp_path: Path) -> None:
     assert rows[0]["tags"] == ["a", "b"]
 
 
-def test_a_file_name_that_is_not_utf8_is_named_not_a_crash(tmp_path: Path, tree: Path) -> None:
-    os.chdir(tmp_path)
-    ingest(tmp_path, tree)  # a good manifest that must survive the failed ingest
-    before = (tmp_path / "manifest.parquet").read_bytes()
-    shutil.copy(SAMPLES / "icon.gif", os.fsencode(tree) + b"/caf\xe9.gif")  # Latin-1 name
-    with pytest.raises(UsageError, match=r"b'.*/caf\\xe9\.gif' is not a UTF-8 file name"):
-        ingest(tmp_path, tree)
-    assert (tmp_path / "manifest.parquet").read_bytes() == before
+def test_a_file_name_that_is_not_utf8_is_kept_as_a_row_with_its_bytes(
+    tmp_path: Path, tree: Path
+) -> None:
+    """One Latin-1 name must not abort the folder: the run makes it an error row."""
+    shutil.copy(SAMPLES / "icon.gif", os.fsencode(tree) + b"/caf\xe9.gif")
+    rows, summary = ingest(tmp_path, tree)
+    assert summary.rows == 5
+    (odd,) = [r for r in rows if "caf" in r["source"]]
+    assert odd["source"] == "file://" + str(tree.resolve()) + "/caf%E9.gif"
+    assert odd["id"] == stable_id(odd["source"])
+    assert {Path(r["source"]).name for r in rows if r is not odd} == {
+        "a.JPG",
+        "c.gif",
+        "d.WebP",
+        "e.jpeg",
+    }
+
+
+@pytest.mark.timeout(20)
+def test_link_loops_end_and_each_file_is_ingested_once(tmp_path: Path) -> None:
+    root = tmp_path / "loop"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLES / "icon.gif", root / "a.gif")
+    shutil.copy(SAMPLES / "forest.webp", root / "sub" / "b.webp")
+    (root / "self").symlink_to(".")  # a self-loop
+    (root / "sub" / "up").symlink_to("..")  # a loop through the parent
+    for source in (root, f"{root}/**/*.gif", f"{root}/**/*.webp", f"{root}/**/*"):
+        rows, summary = ingest(tmp_path, source)
+        names = sorted(Path(r["source"]).name for r in rows)
+        expected = {"gif": ["a.gif"], "webp": ["b.webp"]}.get(str(source)[-4:].lstrip("."))
+        assert names == (expected or ["a.gif", "b.webp"]), source
+        assert summary.links_skipped == 2
+        assert "2 link(s) skipped" in summary.line()
+
+
+def test_links_to_folders_are_followed_and_links_to_files_count_once(tmp_path: Path) -> None:
+    root, other = tmp_path / "imgs", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    shutil.copy(SAMPLES / "icon.gif", root / "a.gif")
+    shutil.copy(SAMPLES / "forest.webp", other / "b.webp")
+    shutil.copy(SAMPLES / "sunset.jpg", other / "c.jpg")
+    (root / "ext").symlink_to(other)  # a folder outside: followed
+    (root / "z-alias.gif").symlink_to("a.gif")  # the same file again: skipped
+    (root / "sunset.jpg").symlink_to(other / "c.jpg")  # same as ext/c.jpg: skipped
+    (root / "gone.png").symlink_to(tmp_path / "nothing.png")  # broken: skipped
+    rows, summary = ingest(tmp_path, root)
+    assert sorted(r["source"].removeprefix(str(root) + "/") for r in rows) == [
+        "a.gif",
+        "ext/b.webp",
+        "ext/c.jpg",
+    ]
+    assert summary.links_skipped == 3
+
+
+def test_a_link_to_a_file_outside_the_walk_is_ingested(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "x.gif").symlink_to(SAMPLES / "icon.gif")
+    rows, summary = ingest(tmp_path, root)
+    assert [r["source"] for r in rows] == [str(root / "x.gif")]
+    assert summary.links_skipped == 0
+
+
+def test_a_glob_without_double_star_stays_at_its_depth(tmp_path: Path, tree: Path) -> None:
+    rows, _ = ingest(tmp_path, f"{tree}/*/*.gif")
+    assert [Path(r["source"]).relative_to(tree).as_posix() for r in rows] == ["b/c.gif"]
+    rows, _ = ingest(tmp_path, f"{tree}/**/*.[gW]*")  # case-sensitive, like glob
+    assert sorted(Path(r["source"]).relative_to(tree).as_posix() for r in rows) == [
+        "b/c.gif",
+        "b/deep/d.WebP",
+    ]
+
+
+def test_sources_without_images_are_refused_and_replace_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"id": ["keep"], "source": ["me"]}), out)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.txt").write_text("")
+    for source in (tmp_path / "empty", tmp_path / "empty.txt"):
+        with pytest.raises(UsageError, match=r"no images found in .*empty"):
+            write_manifest([str(source)], out)
+    assert pq.read_table(out).to_pylist() == [{"id": "keep", "source": "me"}]
+
+
+def test_a_killed_ingest_leaves_nothing_the_next_one_does_not_remove(tmp_path: Path) -> None:
+    out = tmp_path / "manifest.parquet"
+    stale = tmp_path / ".manifest.parquet.ingest-abc123"
+    stale.mkdir()
+    (stale / "part-00000.parquet").write_bytes(b"half")
+    (stale / ".lock").write_bytes(b"")
+    write_manifest([str(SAMPLES)], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.parquet"]
