@@ -63,8 +63,8 @@ class Endpoint:
 
 
 async def _chunks(resp: aiohttp.ClientResponse, cap: int) -> AsyncIterator[bytes]:
-    """The body as it arrives, stopped with ResponseTooLarge once it passes `cap` bytes:
-    a server that sends without end must not fill the memory."""
+    """The body as it arrives (decompressed), stopped with ResponseTooLarge once it passes
+    `cap` bytes: a server that sends without end must not fill the memory."""
     if resp.content_length is not None and resp.content_length > cap:
         raise _too_large(cap)
     total = 0
@@ -83,6 +83,12 @@ def _too_large(cap: int) -> ResponseTooLarge:
 
 
 async def _read(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    length = resp.content_length
+    if length is not None and length <= cap and "Content-Encoding" not in resp.headers:
+        # The usual answer: its length is declared and within the cap, and aiohttp reads
+        # no more than it. Chunk by chunk is for the rest: chunked, over the cap, or
+        # compressed (a small gzip body can inflate to gigabytes).
+        return await resp.read()
     parts = [chunk async for chunk in _chunks(resp, cap)]
     return parts[0] if len(parts) == 1 else b"".join(parts)
 

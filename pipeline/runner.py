@@ -5,8 +5,9 @@ The shape of a run:
 1. check the output folder: same job (fingerprint) or a new folder;
 2. (re)build the manifest from the sources, so a grown source adds rows;
 3. recover from a crash (fold journals) and compact, then scan what is done;
-4. stream the pending rows through `caption_rows`, the engine-agnostic unit of work:
-   rows in, result rows out through a journal-protected `ShardWriter`;
+4. stream the pending rows through an executor (`pipeline.executors.local`), which runs
+   the engine-agnostic unit of work (`pipeline.work.caption_rows`): rows in, result rows
+   out through a journal-protected `ShardWriter`;
 5. record the totals in run.json and report.
 """
 
@@ -15,19 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pyarrow as pa
 
-from pipeline.client import Endpoint
 from pipeline.config import JobConfig
 from pipeline.errors import (
     EXIT_BUDGET,
@@ -40,56 +36,17 @@ from pipeline.errors import (
     StorageError,
     UsageError,
 )
-from pipeline.limiter import AdaptiveLimiter
+from pipeline.executors.local import execute, open_captioner
 from pipeline.manifest import is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.worker import Budget, BudgetReached, Captioner, Stopping
-from pipeline.writer import ResultSink, ShardWriter
+from pipeline.work import StopReason, Tally, caption_rows
+from pipeline.worker import Budget
 
 log = logging.getLogger(__name__)
 
-INTERRUPT_GRACE_S = 10.0
 FAKE_API_KEY = "fake-key"
-
-
-@dataclass(slots=True)
-class Tally:
-    """What this run did."""
-
-    ok: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-    def add(self, row: ResultRow) -> None:
-        if row.status == "ok":
-            self.ok += 1
-        else:
-            self.errors += 1
-            kind = row.error_kind or "unknown"
-            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
-        if row.completion is not None:
-            self.prompt_tokens += row.completion.usage.prompt_tokens
-            self.completion_tokens += row.completion.usage.completion_tokens
-        self.cost_usd += row.cost_usd or 0.0
-
-    @property
-    def done(self) -> int:
-        return self.ok + self.errors
-
-
-@dataclass(slots=True)
-class StopReason:
-    kind: str = ""  # "", "fatal", "budget", "interrupted", "storage"
-    message: str = ""
-
-    def set(self, kind: str, message: str) -> None:
-        if not self.kind:
-            self.kind, self.message = kind, message
 
 
 @dataclass(slots=True)
@@ -104,65 +61,6 @@ class RunOutcome:
 EXIT_PILOT_OK = (EXIT_OK, EXIT_ROW_ERRORS)
 
 
-# ---------------------------------------------------------------------------------------
-# The unit of work: rows in, a journal-protected shard out. Engine-agnostic.
-
-
-async def caption_rows(
-    rows: Iterable[ManifestRow],
-    captioner: Captioner,
-    writer: ResultSink,
-    *,
-    workers: int,
-    stop: StopReason,
-    progress: Callable[[ResultRow, Tally], None] | None = None,
-    tally: Tally | None = None,
-) -> Tally:
-    """Caption `rows` with at most `workers` rows in hand at once and write every result.
-
-    A row is written once it has an outcome (`ok` or `error`). A row that has none when the
-    run stops (fatal answer, budget, interrupt) is not written: it stays pending.
-    """
-    tally = tally if tally is not None else Tally()
-    stopping = captioner.stopping
-    # One iterator shared by the workers: each row goes to exactly one of them, and a
-    # worker takes its next row only when it is free (no queue, no producer task).
-    pending = iter(rows)
-
-    async def work() -> None:
-        for row in pending:
-            if stopping.is_set():
-                return  # the row stays pending
-            try:
-                result = await captioner.caption(row)
-            except BudgetReached:
-                stop.set("budget", "budget cap reached")
-                stopping.set()
-                return
-            except Stopping:
-                return
-            except FatalApiError as exc:
-                stop.set("fatal", exc.message)
-                stopping.set()
-                return
-            try:
-                writer.write(result)
-            except StorageError as exc:
-                # The writer keeps the row and tries it again on close; stop sending.
-                stop.set("storage", str(exc))
-                stopping.set()
-                return
-            tally.add(result)
-            if progress is not None:
-                progress(result, tally)
-
-    await asyncio.gather(*(work() for _ in range(workers)))
-    return tally
-
-
-# ---------------------------------------------------------------------------------------
-
-
 def read_api_key(config: JobConfig) -> str:
     if config.endpoint.is_fake:
         return FAKE_API_KEY
@@ -173,145 +71,6 @@ def read_api_key(config: JobConfig) -> str:
             "([endpoint] api_key_env names it)"
         )
     return key
-
-
-@asynccontextmanager
-async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
-    if config.endpoint.is_fake:
-        from pipeline.fake_server import FakeEndpoint
-
-        async with FakeEndpoint() as fake:
-            yield fake.url
-    else:
-        yield config.endpoint.url
-
-
-@asynccontextmanager
-async def open_captioner(
-    config: JobConfig, api_key: str, stopping: asyncio.Event, budget: Budget
-) -> AsyncIterator[Captioner]:
-    """One session, one limiter and the endpoint (started here when it is the fake)."""
-    limits = config.limits
-    connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
-    async with (
-        endpoint_url(config) as url,
-        aiohttp.ClientSession(connector=connector) as session,
-    ):
-        endpoint = Endpoint.create(
-            url,
-            api_key,
-            config.endpoint.auth_scheme,
-            config.endpoint.timeout,
-            max_response_bytes=int(limits.max_response_mb * 1_000_000),
-        )
-        limiter = AdaptiveLimiter(
-            limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after
-        )
-        yield Captioner(session, endpoint, config, limiter, stopping, budget)
-
-
-class _Progress:
-    """A tqdm bar on stderr: rows, rate, errors so far and dollars spent."""
-
-    def __init__(self, total: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total,
-            file=sys.stderr,
-            unit="img",
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-        self._last = 0.0
-
-    def __call__(self, row: ResultRow, tally: Tally) -> None:
-        self.bar.update(1)
-        now = time.monotonic()
-        if now - self._last >= 0.5:
-            self._last = now
-            self.bar.set_postfix_str(f"errors={tally.errors} ${tally.cost_usd:.4f}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-async def _execute(
-    config: JobConfig,
-    out: OutputDir,
-    rows: Iterator[ManifestRow],
-    schema: pa.Schema,
-    api_key: str,
-    budget: Budget,
-    total: int,
-    show_progress: bool,
-) -> tuple[Tally, StopReason, int]:
-    """The local executor: one event loop, one session, one limiter, one writer.
-
-    Returns what the run did, why it stopped, and how many answered rows could not be
-    saved (the disk stayed full): those are sent again by the next run.
-    """
-    stop = StopReason()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
-    progress = _Progress(total) if show_progress else None
-    tally = Tally()
-    work: asyncio.Future[Tally] | None = None
-    interrupts = 0
-
-    def stop_now(why: str) -> None:
-        if work is not None and not work.done():
-            log.warning("%s; requests in flight stay pending", why)
-            work.cancel()
-
-    def on_signal(signame: str) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1:
-            stop_now(f"{signame} again: stopping now")
-            return
-        log.warning(
-            "%s: stopping; waiting up to %.0f s for requests in flight (again to stop now)",
-            signame,
-            INTERRUPT_GRACE_S,
-        )
-        stop.set("interrupted", f"interrupted by {signame}")
-        stopping.set()
-        loop.call_later(
-            INTERRUPT_GRACE_S, stop_now, f"still in flight after {INTERRUPT_GRACE_S:.0f} s"
-        )
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    try:
-        async with open_captioner(config, api_key, stopping, budget) as captioner:
-            work = asyncio.ensure_future(
-                caption_rows(
-                    rows,
-                    captioner,
-                    writer,
-                    workers=config.limits.concurrency,
-                    stop=stop,
-                    progress=progress,
-                    tally=tally,
-                )
-            )
-            # Fatal answers and the budget let requests in flight finish and be written;
-            # an interrupt gives them a grace period, a second one none (`stop_now`).
-            await asyncio.wait({work})
-            if not work.cancelled():
-                work.result()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if progress is not None:
-            progress.close()
-        try:
-            writer.close()
-        except StorageError as exc:
-            stop.set("storage", str(exc))
-    return tally, stop, len(writer.unsaved)
 
 
 class _Discard:
@@ -425,7 +184,7 @@ def _run_locked(
     tally, stop, unsaved = Tally(), StopReason(), 0
     if total:
         tally, stop, unsaved = asyncio.run(
-            _execute(
+            execute(
                 config,
                 out,
                 iter(rows),

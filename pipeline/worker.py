@@ -90,6 +90,18 @@ class Budget:
 
 
 @dataclass(slots=True)
+class Prepared:
+    """A row ready to send (`body`), or already decided (`rejected`: a bad image)."""
+
+    row: ManifestRow
+    started: float
+    body: bytes = b""
+    width: int | None = None
+    height: int | None = None
+    rejected: ResultRow | None = None
+
+
+@dataclass(slots=True)
 class _Tries:
     sent: int = 0
     failures: int = 0
@@ -195,31 +207,39 @@ class Captioner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    async def caption(self, row: ManifestRow) -> ResultRow:
-        """Caption one row. Raises `Stopping` (or `BudgetReached`) if the run stops before
-        the row is answered, and `FatalApiError` if the endpoint refuses the whole job."""
+    def prepare(self, row: ManifestRow) -> Prepared:
+        """Read and check the row's image and build its request body. Blocking: the
+        unit of work runs it in a thread, off the event loop, a few rows at a time."""
         started = time.perf_counter()
         try:
-            # In a thread: a slow disk, a network mount or a large file must not hold up
-            # the event loop, where every other request in flight is waiting.
-            image = await asyncio.to_thread(load_image, row.source, self.max_bytes)
+            image = load_image(row.source, self.max_bytes)
         except RequestRejected as exc:
-            return self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
+            error = self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
+            return Prepared(row, started, rejected=error)
         width = image.width or _as_int(row.extra.get("width"))
         height = image.height or _as_int(row.extra.get("height"))
-        prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
-        worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
-        self.budget.reserve(worst)
-        # Only the request body stays alive while the row is in flight: the base64 is
-        # dropped here, so a row holds about 1.4x its image's size, not 2.7x.
+        # Only the request body stays alive while the row waits and is in flight: the
+        # base64 is dropped here, so a row holds about 1.4x its image's size, not 2.7x.
         if image.url is not None:
             body = self.body.with_url(image.url)
         else:
             body = self.body.with_data(image.mime, image.base64)
-        del image
+        return Prepared(row, started, body=body, width=width, height=height)
+
+    async def caption(self, prepared: Prepared) -> ResultRow:
+        """Caption one prepared row. Raises `Stopping` (or `BudgetReached`) if the run
+        stops before the row is answered, and `FatalApiError` if the endpoint refuses the
+        whole job."""
+        if prepared.rejected is not None:
+            return prepared.rejected
+        width, height = prepared.width, prepared.height
+        prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
+        worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
+        self.budget.reserve(worst)
+        body, prepared.body = prepared.body, b""  # the row's only copy from here on
         result: ResultRow | None = None
         try:
-            result = await self._send(row, body, prompt_estimate, started)
+            result = await self._send(prepared.row, body, prompt_estimate, prepared.started)
             result.image_width, result.image_height = width, height
             return result
         finally:

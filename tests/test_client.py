@@ -190,3 +190,22 @@ def test_a_long_stream_event_is_read_whole() -> None:
     with serve_in_thread(app_with({"/chat/completions": long_event}, sent)) as base:
         answer = post(f"{base}/chat/completions", stream=True)
     assert answer.completion.choices[0].content == text
+
+
+def test_a_small_compressed_answer_that_inflates_past_the_cap_is_stopped() -> None:
+    import gzip
+
+    bomb = gzip.compress(b'{"id": "' + b"z" * 5_000_000 + b'"}')
+    assert len(bomb) < 100_000
+
+    async def gzipped(_request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    sent = Sent()
+    with (
+        serve_in_thread(app_with({"/chat/completions": gzipped}, sent)) as base,
+        pytest.raises(ResponseTooLarge),
+    ):
+        post(f"{base}/chat/completions", cap=2_000_000)

@@ -1,0 +1,170 @@
+"""The local executor: the unit of work on one event loop, with one HTTP session, one
+limiter and one writer. Signals stop it gracefully: the first Ctrl-C or SIGTERM stops
+dispatching and gives requests in flight a grace period, a second one ends it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pyarrow as pa
+
+from pipeline.client import Endpoint
+from pipeline.config import JobConfig
+from pipeline.errors import StorageError
+from pipeline.limiter import AdaptiveLimiter
+from pipeline.outdir import OutputDir
+from pipeline.records import ManifestRow, ResultRow
+from pipeline.work import StopReason, Tally, caption_rows
+from pipeline.worker import Budget, Captioner
+from pipeline.writer import ShardWriter
+
+log = logging.getLogger(__name__)
+
+INTERRUPT_GRACE_S = 10.0
+
+
+@asynccontextmanager
+async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
+    if config.endpoint.is_fake:
+        from pipeline.fake_server import FakeEndpoint
+
+        async with FakeEndpoint() as fake:
+            yield fake.url
+    else:
+        yield config.endpoint.url
+
+
+@asynccontextmanager
+async def open_captioner(
+    config: JobConfig, api_key: str, stopping: asyncio.Event, budget: Budget
+) -> AsyncIterator[Captioner]:
+    """One session, one limiter and the endpoint (started here when it is the fake)."""
+    limits = config.limits
+    connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
+    async with (
+        endpoint_url(config) as url,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
+        endpoint = Endpoint.create(
+            url,
+            api_key,
+            config.endpoint.auth_scheme,
+            config.endpoint.timeout,
+            max_response_bytes=int(limits.max_response_mb * 1_000_000),
+        )
+        limiter = AdaptiveLimiter(
+            limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after
+        )
+        yield Captioner(session, endpoint, config, limiter, stopping, budget)
+
+
+class _Progress:
+    """A tqdm bar on stderr: rows, rate, errors so far and dollars spent."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            file=sys.stderr,
+            unit="img",
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        self._last = 0.0
+
+    def __call__(self, row: ResultRow, tally: Tally) -> None:
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._last >= 0.5:
+            self._last = now
+            self.bar.set_postfix_str(f"errors={tally.errors} ${tally.cost_usd:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+async def execute(
+    config: JobConfig,
+    out: OutputDir,
+    rows: Iterator[ManifestRow],
+    schema: pa.Schema,
+    api_key: str,
+    budget: Budget,
+    total: int,
+    show_progress: bool,
+) -> tuple[Tally, StopReason, int]:
+    """The local executor: one event loop, one session, one limiter, one writer.
+
+    Returns what the run did, why it stopped, and how many answered rows could not be
+    saved (the disk stayed full): those are sent again by the next run.
+    """
+    stop = StopReason()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
+    progress = _Progress(total) if show_progress else None
+    tally = Tally()
+    work: asyncio.Future[Tally] | None = None
+    interrupts = 0
+
+    def stop_now(why: str) -> None:
+        if work is not None and not work.done():
+            log.warning("%s; requests in flight stay pending", why)
+            work.cancel()
+
+    def on_signal(signame: str) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            stop_now(f"{signame} again: stopping now")
+            return
+        log.warning(
+            "%s: stopping; waiting up to %.0f s for requests in flight (again to stop now)",
+            signame,
+            INTERRUPT_GRACE_S,
+        )
+        stop.set("interrupted", f"interrupted by {signame}")
+        stopping.set()
+        loop.call_later(
+            INTERRUPT_GRACE_S, stop_now, f"still in flight after {INTERRUPT_GRACE_S:.0f} s"
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        async with open_captioner(config, api_key, stopping, budget) as captioner:
+            work = asyncio.ensure_future(
+                caption_rows(
+                    rows,
+                    captioner,
+                    writer,
+                    workers=config.limits.concurrency,
+                    stop=stop,
+                    progress=progress,
+                    tally=tally,
+                )
+            )
+            # Fatal answers and the budget let requests in flight finish and be written;
+            # an interrupt gives them a grace period, a second one none (`stop_now`).
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.result()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if progress is not None:
+            progress.close()
+        try:
+            writer.close()
+        except StorageError as exc:
+            stop.set("storage", str(exc))
+    return tally, stop, len(writer.unsaved)
