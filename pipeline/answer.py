@@ -30,6 +30,8 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 REJECTED_STATUSES = frozenset({400, 404, 413, 415, 422})
 FATAL_STATUSES = frozenset({401, 402, 403})
 FATAL_CODES = frozenset({"insufficient_quota"})
+# Codes that say the job, not the row, is wrong (the circuit breaker's evidence).
+JOB_LEVEL_CODES = frozenset({"model_not_found"})
 MAX_ERROR_TEXT = 300
 
 
@@ -105,19 +107,69 @@ def parse_reset(value: str, now: float | None = None) -> float | None:
 
 
 def _error_fields(body: Any) -> tuple[str | None, str | None]:
-    """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`."""
+    """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`.
+
+    Of OpenAI-shaped errors the code is the most telling word: a string `code`, else a
+    string `type` (LiteLLM-style proxies put a bare number in `code` and the word in
+    `type`), else whatever `code` holds.
+    """
     if not isinstance(body, dict):
         return None, None
     err = body.get("error")
     if isinstance(err, dict):
-        code = err.get("code") or err.get("type")
-        return (str(code) if code is not None else None), err.get("message")
+        code, kind = err.get("code"), err.get("type")
+        words = [c for c in (code, kind) if isinstance(c, str) and c and not c.isdigit()]
+        best = words[0] if words else code if code is not None else kind
+        message = err.get("message")
+        return (str(best) if best is not None else None), (
+            message if isinstance(message, str) else None
+        )
     if isinstance(err, str):
         return None, err
     if "msg" in body or "message" in body:
         code = body.get("code")
         return (str(code) if code is not None else None), body.get("msg") or body.get("message")
     return None, None
+
+
+# memories.ai's older platform envelope: HTTP 200 and a four-digit string code.
+ENVELOPE_OK = frozenset({"0", "0000", "200"})
+ENVELOPE_FATAL = {
+    "0401": "the API key is invalid or expired",
+    "0402": "not enough credits",
+    "0403": "the account is disabled",
+    "9009": "permission denied",
+}
+ENVELOPE_REJECTED = {"0001": "bad parameters", "0003": "bad parameters"}
+ENVELOPE_RATE_LIMITED = {"0429": "too busy: rate limited"}
+_ENVELOPE_KEYS = frozenset({"msg", "data", "success", "failed"})
+
+
+def envelope_error(body: Any, status: int, endpoint: Redacts) -> ApiError | None:
+    """The error memories.ai's envelope (`{"code", "msg", "data"}`) carries, whatever the
+    HTTP status and whether its code is an integer or a string; None when it says success
+    or the body is not such an envelope. A four-digit code is the platform's own (0402
+    not enough credits, 0429 rate limited...); a three-digit one is an HTTP status."""
+    if not isinstance(body, dict) or "choices" in body or "code" not in body:
+        return None
+    if not _ENVELOPE_KEYS & body.keys() or isinstance(body.get("error"), dict):
+        return None
+    code = str(body["code"]).strip()
+    if code in ENVELOPE_OK:
+        return None
+    msg = body.get("msg") or body.get("message")
+    meaning = {**ENVELOPE_FATAL, **ENVELOPE_REJECTED, **ENVELOPE_RATE_LIMITED}.get(code)
+    detail = f"{msg} ({meaning})" if msg and meaning else msg or meaning or "(no message)"
+    text = endpoint.redact(f"HTTP {status} code {code}: {detail}")
+    if code in ENVELOPE_FATAL:
+        return FatalApiError(text, http_status=status)
+    if code in ENVELOPE_RATE_LIMITED:
+        return RateLimited(text, http_status=status)
+    if code in ENVELOPE_REJECTED:
+        return RequestRejected(text, http_status=status)
+    if len(code) == 3 and code.isdigit() and 100 <= int(code) <= 599:
+        return _by_status(int(code), None, text, None, {})
+    return TransientError(text, http_status=status)
 
 
 def loads(data: bytes) -> Any:
@@ -131,17 +183,27 @@ def loads(data: bytes) -> Any:
 
 
 def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Redacts) -> ApiError:
-    """Turn a non-200 answer into the error that says what to do about it."""
+    """Turn a non-2xx answer into the error that says what to do about it."""
     try:
         body = loads(raw)
     except ValueError:
         body = None
+    if (enveloped := envelope_error(body, status, endpoint)) is not None:
+        return enveloped
     code, message = _error_fields(body)
     if message is None:
         message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
     text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
-    retry_after = parse_retry_after(headers)
+    return _by_status(status, code, text, parse_retry_after(headers), headers)
 
+
+def _by_status(
+    status: int,
+    code: str | None,
+    text: str,
+    retry_after: float | None,
+    headers: Mapping[str, str],
+) -> ApiError:
     should_retry = headers.get("x-should-retry")
     if status == 429 and code in FATAL_CODES:
         return FatalApiError(text, http_status=status)
@@ -156,7 +218,11 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Reda
     if status in RETRYABLE_STATUSES or status >= 500:
         return TransientError(text, http_status=status, retry_after=retry_after)
     if status in REJECTED_STATUSES:
-        return RequestRejected(text, http_status=status)
+        error = RequestRejected(text, http_status=status)
+        # Wrong for every row, if every row gets it: the circuit breaker decides.
+        if code in JOB_LEVEL_CODES or status == 404:
+            error.job_level = code if code in JOB_LEVEL_CODES else f"HTTP {status}"
+        return error
     # 405 and other 4xx: the endpoint itself is wrong for every row, not this one.
     return FatalApiError(text, http_status=status)
 
@@ -214,9 +280,10 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
             endpoint.redact(f"HTTP {status} errored: {code or ''} {message or ''}".strip()),
             http_status=status,
         )
-    if isinstance(body.get("code"), int) and body["code"] not in (0, 200) and "choices" not in body:
-        # memories.ai's envelope inside a 200: classify by its own code.
-        raise classify(body["code"], json.dumps(body).encode(), {}, endpoint)
+    if (enveloped := envelope_error(body, status, endpoint)) is not None:
+        raise enveloped  # memories.ai's envelope inside a 200: its own code decides
+    if "choices" not in body and isinstance(body.get("data"), dict):
+        body = body["data"]  # a success envelope around the completion
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise TransientError(f"HTTP {status} without choices", http_status=status)
@@ -292,7 +359,9 @@ async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dic
                 refusal.setdefault(index, []).append(text)
             if ch.get("finish_reason"):
                 finish[index] = _text(ch["finish_reason"])
-    if not done:
+    # Some servers (llama-stack) end without `[DONE]`; a stream whose every choice said
+    # why it finished is complete all the same.
+    if not done and not (content and all(finish.get(i) for i in content)):
         raise TransientError("stream ended before [DONE]", http_status=200)
     choices = [
         {

@@ -56,6 +56,9 @@ class ApiError(CaptionError):
         self.http_status = http_status
         # The answer's headers, when there was an answer (rate-limit headers live there).
         self.headers: Mapping[str, str] = {}
+        # Set when the failure would be the same for every row (a wrong URL path, a
+        # model the server does not serve, a dead host): the circuit breaker's evidence.
+        self.job_level: str | None = None
 
 
 class TransientError(ApiError):

@@ -15,7 +15,13 @@ from pipeline.answer import (
     parse_retry_after,
 )
 from pipeline.client import Endpoint
-from pipeline.errors import FatalApiError, RateLimited, RequestRejected, TransientError
+from pipeline.errors import (
+    ApiError,
+    FatalApiError,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
 
@@ -64,12 +70,60 @@ def test_both_error_envelopes() -> None:
         "HTTP 400 invalid_value: bad"
     )
     assert err(402, {"code": 402, "msg": "Insufficient balance", "data": None}).message == (
-        "HTTP 402 402: Insufficient balance"
+        "HTTP 402 code 402: Insufficient balance"
     )
+    # LiteLLM-style: a bare number in `code`, the telling word in `type`.
+    litellm = {"error": {"message": "bad", "type": "invalid_request_error", "code": "400"}}
+    assert err(400, litellm).message == "HTTP 400 invalid_request_error: bad"
     assert (
         classify(502, b"<html>Bad Gateway</html>", {}, EP).message
         == "HTTP 502: <html>Bad Gateway</html>"
     )
+
+
+ENVELOPE = {"msg": "m", "data": None, "success": False, "failed": True}
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "meaning"),
+    [
+        ("0402", FatalApiError, "not enough credits"),
+        ("0401", FatalApiError, "the API key is invalid or expired"),
+        ("0403", FatalApiError, "the account is disabled"),
+        ("9009", FatalApiError, "permission denied"),
+        ("0429", RateLimited, "too busy: rate limited"),
+        ("0001", RequestRejected, "bad parameters"),
+        ("0003", RequestRejected, "bad parameters"),
+        ("0409", TransientError, None),
+        ("1234", TransientError, None),
+        (402, FatalApiError, None),
+        ("402", FatalApiError, None),
+        (429, RateLimited, None),
+        (400, RequestRejected, None),
+        (500, TransientError, None),
+    ],
+)
+@pytest.mark.parametrize("status", [200, 400, 500])
+def test_memories_envelope_codes_decide_whatever_the_status(
+    code: str | int, kind: type, meaning: str | None, status: int
+) -> None:
+    body = {**ENVELOPE, "code": code}
+    exc = err(status, body) if status != 200 else None
+    if exc is None:
+        with pytest.raises(ApiError) as info:
+            parse_completion(body, 200, EP)
+        exc = info.value
+    assert type(exc) is kind
+    assert exc.message.startswith(f"HTTP {status} code {code}: m")
+    if meaning:
+        assert f"({meaning})" in exc.message
+
+
+def test_a_success_envelope_is_not_an_error() -> None:
+    completion = {"choices": [{"index": 0, "message": {"content": "hi"}}], "usage": {}}
+    wrapped = {"code": "0000", "msg": "ok", "data": completion, "success": True}
+    assert parse_completion(wrapped, 200, EP).choices[0].content == "hi"
+    assert parse_completion({**completion, "code": 0}, 200, EP).choices[0].content == "hi"
 
 
 def test_x_should_retry_overrides() -> None:
@@ -193,3 +247,22 @@ def test_a_stream_with_odd_deltas_assembles_to_text() -> None:
     c = parse_completion(body, 200, EP)
     assert [(ch.content, ch.finish_reason) for ch in c.choices] == [("ab", "1")]
     assert (c.response_id, c.usage.prompt_tokens) == ("s1", 4)
+
+
+def stream_of(*events: object, done: bool) -> dict:
+    async def lines():  # type: ignore[no-untyped-def]
+        for e in events:
+            yield b"data: " + json.dumps(e).encode() + b"\n"
+        if done:
+            yield b"data: [DONE]\n"
+
+    return asyncio.run(assemble_stream(lines(), EP))
+
+
+def test_a_stream_without_done_is_complete_when_every_choice_finished() -> None:
+    first = {"id": "s", "choices": [{"index": 0, "delta": {"content": "a cat"}}]}
+    last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    body = stream_of(first, last, done=False)
+    assert parse_completion(body, 200, EP).choices[0].content == "a cat"
+    with pytest.raises(TransientError, match=r"ended before \[DONE\]"):
+        stream_of(first, done=False)  # cut off: no finish_reason, no [DONE]
