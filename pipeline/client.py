@@ -9,6 +9,7 @@ session is a parameter, so tests point it at a local server.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -162,13 +163,28 @@ async def post_completion(
         raise TransientError(f"timed out after {endpoint.timeout:g} s") from None
     except aiohttp.ClientPayloadError as exc:
         raise TransientError(f"response cut short ({type(exc).__name__})") from None
+    except aiohttp.ClientConnectorError as exc:
+        # No connection at all: transient on its own, job-level if it never works.
+        error = TransientError(f"{_connect_failure(exc)} ({exc.host}:{exc.port})")
+        error.job_level = _connect_failure(exc)
+        raise error from None
     except aiohttp.ClientConnectionError as exc:
-        # Connection refused or reset, server disconnected: the way to the server failed.
+        # Reset, server disconnected: the way to the server failed.
         raise TransientError(f"connection failed ({type(exc).__name__})") from None
     except aiohttp.ClientError as exc:
         # Anything else the HTTP client raises (a malformed answer): retried like any
         # transient failure, bounded by max_attempts, never a crash.
         raise TransientError(f"HTTP client error ({type(exc).__name__})") from None
+
+
+def _connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS failure"
+    if isinstance(exc.os_error, socket.gaierror):
+        return "DNS failure: no such host"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "connection refused"
+    return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
 
 
 async def _answer(resp: aiohttp.ClientResponse, endpoint: Endpoint, stream: bool) -> Answer:

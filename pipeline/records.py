@@ -128,6 +128,8 @@ class ResultRow:
     image_width: int | None = None
     image_height: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Not stored: the failure may say only that the job is wrong (the circuit breaker).
+    job_level: str | None = None
 
     def core_dict(self) -> dict[str, Any]:
         """The `RESULT_SCHEMA` columns as plain JSON types, for the journal. The manifest's

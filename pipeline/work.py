@@ -103,6 +103,20 @@ async def caption_rows(
         for _ in range(workers):
             await ready.put(None)  # no more rows
 
+    def record(row: ResultRow) -> bool:
+        """Write a row with its outcome; False (and stop) when the disk refuses it."""
+        try:
+            writer.write(row)
+        except StorageError as exc:
+            # The writer keeps the row and tries it again on close; stop sending.
+            stop.set("storage", str(exc))
+            stopping.set()
+            return False
+        tally.add(row)
+        if progress is not None:
+            progress(row, tally)
+        return True
+
     async def work() -> None:
         while (item := await ready.get()) is not None:
             if stopping.is_set():
@@ -119,16 +133,11 @@ async def caption_rows(
                 stop.set("fatal", exc.message)
                 stopping.set()
                 return
-            try:
-                writer.write(result)
-            except StorageError as exc:
-                # The writer keeps the row and tries it again on close; stop sending.
-                stop.set("storage", str(exc))
-                stopping.set()
-                return
-            tally.add(result)
-            if progress is not None:
-                progress(result, tally)
+            if captioner.breaker.hold(result):
+                continue  # it may only say the job is wrong: decided later
+            saved = [record(row) for row in (*captioner.breaker.release(), result)]
+            if not all(saved):
+                return  # every row was handed to the writer, which keeps what it could not save
 
     producer = asyncio.ensure_future(prepare())
     try:
@@ -138,4 +147,8 @@ async def caption_rows(
         await asyncio.gather(producer, return_exceptions=True)
     if failed:
         raise failed[0]
+    for row in captioner.breaker.release():  # held, then shown ordinary by a later answer
+        record(row)
+    if (wrong := captioner.breaker.verdict()) is not None:
+        stop.set("fatal", wrong.message)
     return tally

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from pipeline.breaker import CircuitBreaker
 from pipeline.client import Answer, Endpoint, post_completion
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -123,6 +124,7 @@ class Captioner:
         limiter: AdaptiveLimiter,
         stopping: asyncio.Event,
         budget: Budget | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.session = session
         self.endpoint = endpoint
@@ -130,6 +132,7 @@ class Captioner:
         self.limiter = limiter
         self.stopping = stopping
         self.budget = budget or Budget(None)
+        self.breaker = breaker or CircuitBreaker(endpoint.url)
         self.price: ModelPrice = config.prices[config.request.model]
         req = config.request
         self.max_completion = worst_case_completion_tokens(req)
@@ -300,7 +303,9 @@ class Captioner:
                 raise
             except ApiError as exc:
                 self.limiter.observe_headers(exc.headers)
+                self.breaker.failure(exc)  # raises FatalApiError when the job is wrong
                 raise
+            self.breaker.success()
             self.limiter.on_success()
             self.limiter.observe_headers(answer.headers)
             return answer
@@ -320,6 +325,7 @@ class Captioner:
             error=exc.message,
             error_kind=kind,
             extra=row.extra,
+            job_level=exc.job_level,
         )
 
 
