@@ -337,7 +337,35 @@ def status(output: Path, as_json: bool) -> None:
     help="Fraction of requests answered 500 or 429.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def fake_endpoint(port: int, latency: float, error_rate: float, seed: int) -> None:
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=1),
+    help="Allow at most this many requests per sliding second; answer 429 past it, with "
+    "x-ratelimit-* headers (per minute, as OpenAI sends them).",
+)
+@click.option(
+    "--rate-limit-form",
+    type=click.Choice(["openai", "memories"]),
+    default="openai",
+    show_default=True,
+    help="openai: HTTP 429; memories: HTTP 200 with memories.ai's code 0429 envelope.",
+)
+@click.option(
+    "--flaky-429",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests refused with a one-off 429 (Retry-After: 1, no real cap).",
+)
+def fake_endpoint(
+    port: int,
+    latency: float,
+    error_rate: float,
+    seed: int,
+    rate_limit: int | None,
+    rate_limit_form: str,
+    flaky_429: float,
+) -> None:
     """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
     usage, for trying jobs without a key: caption run ... --endpoint URL."""
     from aiohttp import web
@@ -345,8 +373,15 @@ def fake_endpoint(port: int, latency: float, error_rate: float, seed: int) -> No
     from pipeline.fake_server import FakeOptions, make_app
 
     click.echo(f"fake endpoint: http://127.0.0.1:{port}/chat/completions", err=True)
-    app = make_app(FakeOptions(latency=latency, error_rate=error_rate, seed=seed))
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    options = FakeOptions(
+        latency=latency,
+        error_rate=error_rate,
+        seed=seed,
+        rate_limit=rate_limit,
+        rate_limit_form=rate_limit_form,
+        flaky_429=flaky_429,
+    )
+    web.run_app(make_app(options), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 def main() -> None:

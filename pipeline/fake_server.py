@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +180,47 @@ class FakeOptions:
     latency: float = 0.0
     error_rate: float = 0.0
     seed: int = 0
+    # A server-side cap: at most this many requests in any sliding one-second window;
+    # past it, 429 (or memories.ai's 0429 envelope in a 200, `rate_limit_form="memories"`).
+    rate_limit: int | None = None
+    rate_limit_form: str = "openai"
+    # A fraction of requests refused with a one-off 429 (Retry-After: 1, no real cap).
+    flaky_429: float = 0.0
+
+
+class RateWindow:
+    """A sliding one-second window of admitted requests, answering the way OpenAI does:
+    `x-ratelimit-limit-requests` per minute, what remains of it, and when it resets."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self.admitted: deque[float] = deque()
+
+    def admit(self, now: float) -> tuple[bool, dict[str, str]]:
+        while self.admitted and self.admitted[0] <= now - 1.0:
+            self.admitted.popleft()
+        ok = len(self.admitted) < self.per_second
+        if ok:
+            self.admitted.append(now)
+        remaining = self.per_second - len(self.admitted)
+        reset = self.admitted[0] + 1.0 - now if remaining == 0 else 0.0
+        headers = {
+            "x-ratelimit-limit-requests": str(self.per_second * 60),
+            "x-ratelimit-remaining-requests": str(remaining * 60),
+            "x-ratelimit-reset-requests": f"{max(reset, 0.0) * 1000:.0f}ms",
+        }
+        return ok, headers
+
+
+def _rate_limited(form: str, headers: dict[str, str]) -> web.Response:
+    if form == "memories":
+        body = {"code": "0429", "msg": "too many requests", "data": None, "failed": True}
+        return web.json_response(body, status=200, headers=headers)
+    return web.json_response(
+        error_body(429, "Rate limit reached for requests", "rate_limit_exceeded"),
+        status=429,
+        headers={**headers, "Retry-After": "1"},
+    )
 
 
 def make_app(
@@ -187,10 +229,22 @@ def make_app(
     opts = options or FakeOptions()
     table = prices or load_price_table()
     rng = random.Random(opts.seed)
+    window = RateWindow(opts.rate_limit) if opts.rate_limit else None
+    counts = {"requests": 0, "refused": 0}
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        counts["requests"] += 1
+        headers: dict[str, str] = {}
+        if window is not None:
+            ok, headers = window.admit(time.monotonic())
+            if not ok:
+                counts["refused"] += 1
+                return _rate_limited(opts.rate_limit_form, headers)
         if opts.latency:
             await asyncio.sleep(opts.latency)
+        if opts.flaky_429 and rng.random() < opts.flaky_429:
+            counts["refused"] += 1
+            return _rate_limited(opts.rate_limit_form, {})
         if opts.error_rate and rng.random() < opts.error_rate:
             if rng.random() < 0.5:
                 return web.json_response(error_body(500, "injected server error"), status=500)
@@ -204,11 +258,16 @@ def make_app(
             answer = completion_for(body, table)
         except (ValueError, BadRequest) as exc:
             return web.json_response(error_body(400, str(exc)), status=400)
-        return await respond(request, answer, bool(body.get("stream")))
+        return await respond(request, answer, bool(body.get("stream")), headers)
+
+    async def stats(_request: web.Request) -> web.Response:
+        """What the server was sent and what it refused (for benchmarks)."""
+        return web.json_response(counts)
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/chat/completions", chat)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/stats", stats)
     return app
 
 

@@ -1,12 +1,17 @@
-"""The one place where concurrency and request rates are bounded, and adapt to 429s.
+"""The one place where concurrency and request rates are bounded, and adapt to the server.
 
-- An in-flight window of at most `concurrency` requests. A rate-limit answer halves it
-  (at most once a second, so a burst of 429s from one moment counts once) and pauses every
-  dispatch for the server's Retry-After; each success grows it back by about one slot per
-  window of successes (additive increase, multiplicative decrease).
-- Optional requests-per-minute and tokens-per-minute buckets. A 429 also halves their
-  rates; successes restore them gradually.
-- `x-ratelimit-remaining-*` = 0 pauses dispatch until the matching `x-ratelimit-reset-*`.
+- An in-flight window of at most `concurrency` requests. A rate-limit answer halves it (at
+  most once a second, so a burst of 429s from one moment counts once); each success grows
+  it back by about one slot per window of successes (additive increase, multiplicative
+  decrease). The refused request alone waits its Retry-After (in the worker): one 429 no
+  longer holds up every other request.
+- A requests-per-minute limit, given (`--rpm`) or learned from `x-ratelimit-limit-requests`
+  (per minute, OpenAI's convention), is paced evenly at 98.5% of it, one request at a
+  time: a burst would spill over a server's sliding window. Likewise tokens per minute
+  (`--tpm`, `x-ratelimit-limit-tokens`), with a second's worth of burst. A 429 trims the
+  pace by 10%; successes restore it.
+- Dispatch pauses for everyone only when the server says its budget is empty:
+  `x-ratelimit-remaining-*` = 0, until the matching `x-ratelimit-reset-*`.
 
 Every wait a server asks for is capped at `max_pause` (`[limits] max_retry_after`): a
 reset of `99999`, an epoch time or `1h` must not freeze the run in silence. A pause of
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,19 +37,27 @@ log = logging.getLogger(__name__)
 SHRINK_COOLDOWN_S = 1.0
 LOG_PAUSES_OVER_S = 5.0
 DEFAULT_MAX_PAUSE_S = 120.0
-DEFAULT_RATE_LIMIT_PAUSE_S = 1.0
+PACE = 0.985  # of a known requests-per-minute limit
+RATE_DECREASE = 0.9
+RATE_RECOVERY_STEP = 0.01
 MIN_RATE_FACTOR = 1 / 64
-RATE_RECOVERY_STEP = 0.02
 
 
 class _Bucket:
     """Tokens refill at `rate` per second up to `capacity`; a take may go into debt, which
-    delays the next taker, so long-run throughput is exactly the rate."""
+    delays the next taker, so long-run throughput is exactly the rate. Requests are paced
+    with a capacity of one: no burst, and a timer that wakes late loses no time."""
 
-    def __init__(self, per_minute: float, now: float) -> None:
+    def __init__(
+        self,
+        per_minute: float,
+        now: float,
+        capacity: float | None = None,
+        level: float | None = None,
+    ) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(self.rate, 1.0)  # one second's worth of burst
-        self.level = self.capacity
+        self.capacity = capacity if capacity is not None else max(self.rate, 1.0)
+        self.level = self.capacity if level is None else level
         self.stamp = now
 
     def _refill(self, now: float, factor: float) -> None:
@@ -57,6 +71,14 @@ class _Bucket:
 
     def take(self, amount: float) -> None:
         self.level -= amount
+
+    def set_rate(self, per_minute: float, now: float, factor: float) -> None:
+        self._refill(now, factor)
+        self.rate = per_minute / 60.0
+
+
+def _requests_bucket(per_minute: float, now: float, debt: int = 0) -> _Bucket:
+    return _Bucket(per_minute * PACE, now, capacity=1.0, level=-float(debt))
 
 
 class _Slot:
@@ -94,11 +116,18 @@ class AdaptiveLimiter:
         self.paused_until = 0.0
         self.max_pause = max_pause
         self.shrinks = 0
+        self.rate_limited = 0  # 429s seen
         self._last_shrink = float("-inf")
         self._clock = clock
         self._sleep = sleep
-        self._rpm = _Bucket(rpm, now) if rpm else None
+        # Limits per minute: what the user set, and what the server said.
+        self._limits = {"requests": rpm, "tokens": tpm}
+        self._learned: dict[str, int] = {}
+        self._rpm = _requests_bucket(rpm, now) if rpm else None
         self._tpm = _Bucket(tpm, now) if tpm else None
+        # Dispatch times of the last second, until a request rate is known: a learned
+        # limit starts in debt for them, so the first second is not counted twice.
+        self._recent: deque[float] | None = None if rpm else deque()
         self._queue: deque[asyncio.Event] = deque()
 
     # -- acquiring -------------------------------------------------------------------
@@ -118,6 +147,11 @@ class AdaptiveLimiter:
         self.in_flight += 1
         if self._rpm is not None:
             self._rpm.take(1)
+        elif self._recent is not None:
+            now = self._clock()
+            self._recent.append(now)
+            while self._recent[0] <= now - 1.0:
+                self._recent.popleft()
         if self._tpm is not None:
             self._tpm.take(cost)
 
@@ -156,6 +190,17 @@ class AdaptiveLimiter:
         """`async with limiter.slot(tokens):` holds one in-flight slot for the block."""
         return _Slot(self, cost)
 
+    def held_back(self) -> str:
+        """Why dispatch waits right now, for the progress bar ('' when it does not)."""
+        now = self._clock()
+        if self.paused_until > now:
+            return "paused by the server"
+        if self._queue and not self._has_slot():
+            return "window full"
+        if self._queue:
+            return "paced"
+        return ""
+
     # -- feedback --------------------------------------------------------------------
 
     def on_success(self) -> None:
@@ -165,18 +210,24 @@ class AdaptiveLimiter:
         if self.rate_factor < 1.0:
             self.rate_factor = min(1.0, self.rate_factor + RATE_RECOVERY_STEP)
 
-    def on_rate_limited(self, retry_after: float | None) -> None:
+    def on_rate_limited(self) -> None:
+        """A 429: slow down (once per burst of them). No pause for everyone: that is for
+        a server that says its budget is empty (`observe_headers`)."""
+        self.rate_limited += 1
         now = self._clock()
-        self._pause(now, DEFAULT_RATE_LIMIT_PAUSE_S if retry_after is None else retry_after, "429")
         if now - self._last_shrink >= SHRINK_COOLDOWN_S:
             self._last_shrink = now
             self.shrinks += 1
             self.window = max(1.0, self.window / 2)
-            self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor / 2)
+            self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor * RATE_DECREASE)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Honour `x-ratelimit-remaining-{requests,tokens}` = 0 until the matching reset."""
+        """Learn `x-ratelimit-limit-*`, and honour `x-ratelimit-remaining-*` = 0 until the
+        matching reset."""
         for kind in ("requests", "tokens"):
+            limit = headers.get(f"x-ratelimit-limit-{kind}")
+            if limit is not None:
+                self._learn(kind, limit)
             remaining = headers.get(f"x-ratelimit-remaining-{kind}")
             reset = headers.get(f"x-ratelimit-reset-{kind}")
             if remaining is None or reset is None:
@@ -187,6 +238,29 @@ class AdaptiveLimiter:
                 continue
             if exhausted and (wait := parse_reset(reset)) is not None:
                 self._pause(self._clock(), wait, f"x-ratelimit-remaining-{kind}: 0")
+
+    def _learn(self, kind: str, value: str) -> None:
+        try:
+            per_minute = float(value)
+        except ValueError:
+            return
+        if not math.isfinite(per_minute) or per_minute < 1 or self._learned.get(kind) == per_minute:
+            return
+        self._learned[kind] = int(per_minute)
+        given = self._limits[kind]
+        limit = min(given, per_minute) if given else per_minute
+        now = self._clock()
+        if kind == "requests":
+            if self._rpm is None:
+                # In debt for what was sent in the last second, before the limit was known.
+                self._rpm = _requests_bucket(limit, now, debt=len(self._recent or ()))
+                self._recent = None
+            else:
+                self._rpm.set_rate(limit * PACE, now, self.rate_factor)
+        elif self._tpm is None:
+            self._tpm = _Bucket(limit, now)
+        else:
+            self._tpm.set_rate(limit, now, self.rate_factor)
 
     def _pause(self, now: float, seconds: float, why: str) -> None:
         """Hold all dispatch for `seconds`, at most `max_pause`."""

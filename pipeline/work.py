@@ -76,7 +76,8 @@ async def caption_rows(
     progress: Callable[[ResultRow, Tally], None] | None = None,
     tally: Tally | None = None,
 ) -> Tally:
-    """Caption `rows` with at most `workers` rows in flight at once and write every result.
+    """Caption `rows` with at most `workers` rows being sent at once (and as many more
+    waiting out a Retry-After or a backoff) and write every result.
 
     A row is written once it has an outcome (`ok` or `error`). A row that has none when the
     run stops (fatal answer, budget, interrupt, a full disk) is not written: it stays
@@ -100,7 +101,7 @@ async def caption_rows(
         except Exception as exc:  # the manifest could not be read: stop, then raise it
             failed.append(exc)
             stopping.set()
-        for _ in range(workers):
+        for _ in range(2 * workers):
             await ready.put(None)  # no more rows
 
     def record(row: ResultRow) -> bool:
@@ -118,30 +119,37 @@ async def caption_rows(
         return True
 
     async def work() -> None:
-        while (item := await ready.get()) is not None:
-            if stopping.is_set():
-                return  # the row stays pending
-            try:
-                result = await captioner.caption(item)
-            except BudgetReached:
-                stop.set("budget", "budget cap reached")
-                stopping.set()
-                return
-            except Stopping:
-                return
-            except FatalApiError as exc:
-                stop.set("fatal", exc.message)
-                stopping.set()
-                return
-            if captioner.breaker.hold(result):
-                continue  # it may only say the job is wrong: decided later
-            saved = [record(row) for row in (*captioner.breaker.release(), result)]
-            if not all(saved):
-                return  # every row was handed to the writer, which keeps what it could not save
+        while True:
+            async with captioner.hand:
+                if not await take_and_caption():
+                    return
+
+    async def take_and_caption() -> bool:
+        """One row from taken to written; False when this worker is done."""
+        item = await ready.get()
+        if item is None or stopping.is_set():
+            return False  # no more rows, or the run stops: the row stays pending
+        try:
+            result = await captioner.caption(item)
+        except BudgetReached:
+            stop.set("budget", "budget cap reached")
+            stopping.set()
+            return False
+        except Stopping:
+            return False
+        except FatalApiError as exc:
+            stop.set("fatal", exc.message)
+            stopping.set()
+            return False
+        if captioner.breaker.hold(result):
+            return True  # it may only say the job is wrong: decided later
+        # Every row goes to the writer, which keeps what the disk refused.
+        saved = [record(row) for row in (*captioner.breaker.release(), result)]
+        return all(saved)
 
     producer = asyncio.ensure_future(prepare())
     try:
-        await asyncio.gather(*(work() for _ in range(workers)))
+        await asyncio.gather(*(work() for _ in range(2 * workers)))
     finally:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import limiter, worker
+from pipeline import worker
 from tests.fakes import ScriptedServer, scripted_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,11 +21,9 @@ def samples() -> Path:
 
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoff without a Retry-After takes milliseconds, not seconds, in tests; so does the
-    pause after a 429 that gives no (usable) Retry-After."""
+    """Backoff without a Retry-After takes milliseconds, not seconds, in tests."""
     monkeypatch.setattr(worker, "BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr(worker, "BACKOFF_MAX_S", 0.02)
-    monkeypatch.setattr(limiter, "DEFAULT_RATE_LIMIT_PAUSE_S", 0.01)
 
 
 @pytest.fixture

@@ -25,28 +25,28 @@ class Clock:
 def test_window_halves_once_per_burst_and_grows_back() -> None:
     clock = Clock()
     lim = AdaptiveLimiter(16, clock=clock)
-    lim.on_rate_limited(None)
-    lim.on_rate_limited(None)  # same moment: one congestion event, one halving
+    lim.on_rate_limited()
+    lim.on_rate_limited()  # same moment: one congestion event, one halving
     assert lim.window == 8
-    assert lim.shrinks == 1
+    assert (lim.shrinks, lim.rate_limited) == (1, 2)
     clock.t += 2
-    lim.on_rate_limited(2.0)
+    lim.on_rate_limited()
     assert lim.window == 4
-    assert lim.paused_until == clock.t + 2.0
+    assert lim.paused_until == 0.0  # a 429 alone pauses nobody but its own request
     for _ in range(200):
         lim.on_success()
     assert lim.window == 16
 
 
-def test_window_never_below_one_and_rate_factor_recovers() -> None:
+def test_window_never_below_one_and_the_pace_recovers() -> None:
     clock = Clock()
     lim = AdaptiveLimiter(2, rpm=60, clock=clock)
     for _ in range(10):
         clock.t += 5
-        lim.on_rate_limited(0)
+        lim.on_rate_limited()
     assert lim.window == 1
-    assert lim.rate_factor == pytest.approx(1 / 64)
-    for _ in range(60):
+    assert lim.rate_factor == pytest.approx(0.9**10)
+    for _ in range(100):
         lim.on_success()
     assert lim.rate_factor == 1.0
 
@@ -78,8 +78,9 @@ def test_in_flight_never_exceeds_the_window() -> None:
     assert asyncio.run(main()) == 3
 
 
-def test_rpm_paces_requests() -> None:
-    """600 rpm = 10/s with one second of burst: 11 go at once, then one every 0.1 s."""
+def test_rpm_paces_requests_evenly_just_under_the_cap() -> None:
+    """600 rpm: no burst (a sliding-window server would count it), then one request
+    every 0.1 s / 0.985."""
     clock = Clock()
 
     async def main() -> list[float]:
@@ -91,9 +92,38 @@ def test_rpm_paces_requests() -> None:
         return times
 
     times = asyncio.run(main())
-    assert times[:11] == [0.0] * 11
-    assert times[-1] == pytest.approx(1.9)
-    assert all(b - a == pytest.approx(0.1) for a, b in itertools.pairwise(times[11:]))
+    assert times[:2] == [0.0, pytest.approx(0.1 / 0.985)]
+    assert all(b - a == pytest.approx(0.1 / 0.985) for a, b in itertools.pairwise(times))
+
+
+def test_a_limit_from_the_headers_is_learned_and_paced() -> None:
+    """Told nothing: the first answers say the limit; what was already sent in the last
+    second counts against it."""
+    clock = Clock()
+
+    async def main() -> list[float]:
+        lim = AdaptiveLimiter(100, clock=clock, sleep=clock.sleep)
+        times = []
+        for i in range(20):
+            async with lim.slot():
+                times.append(clock.t - 1000.0)
+            if i == 9:  # ten went out at once, then an answer said: 600 per minute
+                lim.observe_headers({"x-ratelimit-limit-requests": "600"})
+        return times
+
+    times = asyncio.run(main())
+    gap = 0.1 / 0.985
+    assert times[:10] == [0.0] * 10
+    assert times[10] == pytest.approx(10 * gap)  # the debt of the ten already sent
+    assert all(b - a == pytest.approx(gap) for a, b in itertools.pairwise(times[10:]))
+
+
+def test_a_given_rpm_below_the_learned_limit_wins() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(10, rpm=60, clock=clock)
+    lim.observe_headers({"x-ratelimit-limit-requests": "6000"})
+    assert lim._rpm is not None
+    assert lim._rpm.rate == pytest.approx(0.985)
 
 
 def test_tpm_counts_tokens() -> None:
@@ -112,12 +142,16 @@ def test_tpm_counts_tokens() -> None:
     assert asyncio.run(main()) == pytest.approx([0.0, 0.0, 0.0, 0.5, 1.0])
 
 
-def test_a_429_pauses_every_dispatch() -> None:
+def test_a_429_with_an_empty_budget_pauses_every_dispatch() -> None:
     clock = Clock()
 
     async def main() -> float:
         lim = AdaptiveLimiter(4, clock=clock, sleep=clock.sleep)
-        lim.on_rate_limited(7.0)
+        lim.on_rate_limited()
+        lim.observe_headers(
+            {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "7s"}
+        )
+        assert lim.held_back() == "paused by the server"
         async with lim.slot():
             return clock.t - 1000.0
 
@@ -159,15 +193,14 @@ def test_an_epoch_reset_in_the_near_future_is_honoured(monkeypatch: pytest.Monke
     assert lim.paused_until - clock.t == pytest.approx(30.0)
 
 
-def test_a_retry_after_is_capped_and_a_long_pause_logged_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_a_long_pause_is_capped_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     lim = AdaptiveLimiter(4, clock=clock, max_pause=20.0)
-    lim.on_rate_limited(3600.0)
+    empty = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3600"}
+    lim.observe_headers(empty)
     assert lim.paused_until - clock.t == 20.0
-    lim.on_rate_limited(3600.0)
+    lim.observe_headers(empty)
     clock.t += 1
-    lim.on_rate_limited(3600.0)  # extends the same pause: not logged again
+    lim.observe_headers(empty)  # extends the same pause: not logged again
     assert lim.paused_until - clock.t == 20.0
     assert caplog.text.count("pausing all requests for 20 s") == 1

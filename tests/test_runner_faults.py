@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +20,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.fake_server import caption_for
+from pipeline.fake_server import FakeOptions, caption_for, make_app
 from tests.conftest import SAMPLES
-from tests.fakes import ENDLESS, Reply, ScriptedServer, digest_of_file
+from tests.fakes import ENDLESS, Reply, ScriptedServer, digest_of_file, serve_in_thread
 from tests.test_runner import by_name, results
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
@@ -317,3 +319,53 @@ def test_a_read_only_output_is_one_line_and_keeps_what_it_holds(
 def test_errno_of_a_full_disk_is_what_the_tests_expect() -> None:
     assert os.strerror(errno.ENOSPC).lower() == "no space left on device"
     assert os.strerror(errno.EROFS).lower() == "read-only file system"
+
+
+# -- rate limits -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("form", ["openai", "memories"])
+def test_a_server_rate_cap_is_learned_and_hardly_ever_hit(
+    tmp_path: Path, key: str, form: str
+) -> None:
+    """20 requests in any sliding second; told nothing, the run learns the limit from the
+    headers of the first answers and paces under it."""
+    src = distinct_images(tmp_path / "imgs", 60)
+    app = make_app(FakeOptions(rate_limit=20, rate_limit_form=form, latency=0.02))
+    out = tmp_path / "out"
+    with serve_in_thread(app) as base:
+        started = time.monotonic()
+        result = run(str(src), "-o", str(out), "--endpoint", f"{base}/chat/completions")
+        elapsed = time.monotonic() - started
+        with urllib.request.urlopen(f"{base}/stats") as answer:
+            stats = json.loads(answer.read())
+    assert result.exit_code == 0, result.output
+    assert {r["status"] for r in results(out)} == {"ok"}
+    assert len(results(out)) == 60
+    assert stats["refused"] <= 2  # at most the edge of the first second
+    assert elapsed > 2.0  # 60 requests at 20/s cannot take less than 2 s: it was paced
+
+
+@pytest.mark.timeout(60)
+def test_one_off_429s_slow_only_their_own_rows(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """A 429 with Retry-After: 1 and no empty budget: only that row waits its second."""
+    src = distinct_images(tmp_path / "imgs", 40)
+    limited = Reply(
+        status=429,
+        body={"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
+        headers={"Retry-After": "1"},
+    )
+    for path in sorted(src.iterdir())[:4]:
+        server.plan(digest_of_file(path), limited)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = run(str(src), "-o", str(out), "--endpoint", server.url, "--concurrency", "4")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert len(results(out)) == 40
+    assert server.count() == 44
+    # Before, each 429 paused every request for its second: at least 4 s in all.
+    assert elapsed < 3.5
