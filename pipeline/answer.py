@@ -254,7 +254,7 @@ def _text(value: Any) -> str | None:
 
 def parse_usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
-        return Usage()
+        return Usage(reported=False)
     prompt_details = raw.get("prompt_tokens_details") or {}
     completion_details = raw.get("completion_tokens_details") or {}
     prompt = _int(raw.get("prompt_tokens"))
@@ -266,6 +266,14 @@ def parse_usage(raw: Any) -> Usage:
         cached_tokens=_int(prompt_details.get("cached_tokens")),
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
     )
+
+
+def _unusable(message: str, status: int, usage: Any) -> TransientError:
+    """An answer that cannot be used, with the usage it reported: it was billed."""
+    error = TransientError(message, http_status=status)
+    if isinstance(usage, dict):
+        error.usage = parse_usage(usage)
+    return error
 
 
 def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
@@ -286,11 +294,11 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
         body = body["data"]  # a success envelope around the completion
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise TransientError(f"HTTP {status} without choices", http_status=status)
+        raise _unusable(f"HTTP {status} without choices", status, body.get("usage"))
     parsed = []
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
-            raise TransientError(f"HTTP {status} with a malformed choice", http_status=status)
+            raise _unusable(f"HTTP {status} with a malformed choice", status, body.get("usage"))
         message = ch.get("message")
         message = message if isinstance(message, dict) else {}
         index = _fitting(ch.get("index"), 2**31)
@@ -362,7 +370,7 @@ async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dic
     # Some servers (llama-stack) end without `[DONE]`; a stream whose every choice said
     # why it finished is complete all the same.
     if not done and not (content and all(finish.get(i) for i in content)):
-        raise TransientError("stream ended before [DONE]", http_status=200)
+        raise _unusable("stream ended before [DONE]", 200, meta.get("usage"))
     choices = [
         {
             "index": i,

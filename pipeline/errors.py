@@ -19,6 +19,10 @@ error code, never by matching message text.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.records import Usage
 
 EXIT_OK = 0
 EXIT_ROW_ERRORS = 1
@@ -59,6 +63,9 @@ class ApiError(CaptionError):
         # Set when the failure would be the same for every row (a wrong URL path, a
         # model the server does not serve, a dead host): the circuit breaker's evidence.
         self.job_level: str | None = None
+        # The usage an answer reported although it was unusable (a 200 without choices, a
+        # stream cut off after its usage): it was billed, so the row's cost counts it.
+        self.usage: Usage | None = None
 
 
 class TransientError(ApiError):

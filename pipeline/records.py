@@ -49,6 +49,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("total_tokens", pa.int64()),
         pa.field("cached_tokens", pa.int64()),
         pa.field("reasoning_tokens", pa.int64()),
+        pa.field("usage_source", pa.string()),
         pa.field("cost_usd", pa.float64()),
         # the image as sent (from its header, or the manifest's width/height for URLs)
         pa.field("image_width", pa.int32()),
@@ -95,6 +96,8 @@ class Usage:
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # False when the server sent no usage block and these are our own counts.
+    reported: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class ResultRow:
             "total_tokens": usage.total_tokens if usage else None,
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "usage_source": None if not usage else "server" if usage.reported else "estimated",
             "cost_usd": self.cost_usd,
             "image_width": self.image_width,
             "image_height": self.image_height,

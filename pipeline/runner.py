@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
     EXIT_BUDGET,
@@ -42,7 +43,6 @@ from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.work import StopReason, Tally, caption_rows
-from pipeline.worker import Budget
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,17 @@ def _run_locked(
         f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
-    message = _stop_message(stop, out, remaining, budget, unsaved)
+    if tally.usage_estimated:
+        summary += (
+            f"; the server sent no usage for {tally.usage_estimated} rows: their tokens are "
+            "our own count (usage_source = estimated)"
+        )
+    if final.errors:
+        summary += (
+            f"\n{final.errors} error rows in {out.path}: `caption status {out.path}` shows "
+            "them by kind; rerun with --retry-errors to send them again"
+        )
+    message = _stop_message(stop, out, remaining, budget, unsaved, config)
     return RunOutcome(exit_code, summary, message, tally)
 
 
@@ -277,15 +287,26 @@ def _exit_code(stop: StopReason, errors_in_folder: int) -> int:
 
 
 def _stop_message(
-    stop: StopReason, out: OutputDir, remaining: int, budget: Budget, unsaved: int
+    stop: StopReason,
+    out: OutputDir,
+    remaining: int,
+    budget: Budget,
+    unsaved: int,
+    config: JobConfig,
 ) -> str | None:
     resume = f"rerun the same command to resume ({remaining} rows pending in {out.path})"
     if stop.kind == "fatal":
         return f"stopped: the endpoint refused the job: {stop.message}; fix it and {resume}"
     if stop.kind == "budget":
+        req = config.request
+        price = config.prices[req.model]
         return (
             f"stopped: budget cap ${budget.cap_usd:g} reached with ${budget.spent_usd:.4f} "
-            f"spent; {remaining} rows remain; raise --max-cost and {resume}"
+            f"spent; the next row reserves up to ${budget.refused_usd:.4f}, its worst case: "
+            f"{req.n} x max_tokens {req.max_tokens} at ${price.output_per_1m:g}/1M output "
+            f"plus its prompt (x{budget.prompt_ratio:.2f}, what the server billed against "
+            f"the estimate); raise --max-cost, or lower max_tokens to reserve less, and "
+            f"{resume}"
         )
     if stop.kind == "interrupted":
         return f"stopped: {stop.message}; {resume}"

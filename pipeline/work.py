@@ -3,23 +3,28 @@ an executor (`pipeline.executors`) decides where it runs and with which captione
 
 Images are read and request bodies built in a thread, a chunk of rows at a time, so the
 event loop never reads a file and pays for one hand-off per chunk rather than per row
-(one per row cost 180 us of CPU an image). At most `workers` rows are in flight, plus
-one chunk waiting and one being prepared: memory is flat in the number of rows.
+(one per row cost 180 us of CPU an image). A chunk is 64 rows or 32 MB of bodies,
+whichever comes first. At most `workers` rows are being sent (and as many more may wait
+out a Retry-After), plus one chunk waiting and one being prepared: memory is flat in the
+number of rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from pipeline.budget import BudgetReached, Stopping
 from pipeline.errors import FatalApiError, StorageError
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.worker import BudgetReached, Captioner, Prepared, Stopping
+from pipeline.worker import Captioner, Prepared
 from pipeline.writer import ResultSink
 
-CHUNK_ROWS = 32
+CHUNK_ROWS = 64
+CHUNK_BYTES = 32_000_000  # large images: fewer rows per chunk, memory stays bounded
 
 
 @dataclass(slots=True)
@@ -32,6 +37,7 @@ class Tally:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    usage_estimated: int = 0  # rows whose answer came without usage
 
     def add(self, row: ResultRow) -> None:
         if row.status == "ok":
@@ -41,8 +47,10 @@ class Tally:
             kind = row.error_kind or "unknown"
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
         if row.completion is not None:
-            self.prompt_tokens += row.completion.usage.prompt_tokens
-            self.completion_tokens += row.completion.usage.completion_tokens
+            usage = row.completion.usage
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+            self.usage_estimated += not usage.reported
         self.cost_usd += row.cost_usd or 0.0
 
     @property
@@ -61,9 +69,53 @@ class StopReason:
 
 
 def _prepare_chunk(rows: Iterator[ManifestRow], captioner: Captioner, size: int) -> list[Prepared]:
-    """The next `size` rows, prepared (in a worker thread: reading the manifest and the
-    images both block)."""
-    return [captioner.prepare(row) for row in itertools.islice(rows, size)]
+    """The next `size` rows, prepared, or fewer once their bodies reach CHUNK_BYTES (run
+    in a worker thread: reading the manifest and the images both block). Empty at the
+    end of the rows."""
+    chunk: list[Prepared] = []
+    held = 0
+    for row in itertools.islice(rows, size):
+        prepared = captioner.prepare(row)
+        chunk.append(prepared)
+        held += len(prepared.body)
+        if held >= CHUNK_BYTES:
+            break
+    return chunk
+
+
+class _Ahead:
+    """Prepared rows waiting for a worker: a deque, cheaper per row than asyncio.Queue.
+    `put` waits while `size` rows are waiting; `get` returns None once `close`d and
+    empty."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rows: deque[Prepared] = deque()
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._closed = False
+
+    async def put(self, rows: list[Prepared]) -> None:
+        while len(self._rows) >= self.size:
+            self._room.clear()
+            await self._room.wait()
+        self._rows.extend(rows)
+        self._more.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._more.set()
+
+    async def get(self) -> Prepared | None:
+        while not self._rows:
+            if self._closed:
+                return None
+            self._more.clear()
+            await self._more.wait()
+        row = self._rows.popleft()
+        if len(self._rows) < self.size:
+            self._room.set()
+        return row
 
 
 async def caption_rows(
@@ -76,7 +128,7 @@ async def caption_rows(
     progress: Callable[[ResultRow, Tally], None] | None = None,
     tally: Tally | None = None,
 ) -> Tally:
-    """Caption `rows` with at most `workers` rows being sent at once (and as many more
+    """Caption `rows` with `workers` rows being sent at once (and up to as many more
     waiting out a Retry-After or a backoff) and write every result.
 
     A row is written once it has an outcome (`ok` or `error`). A row that has none when the
@@ -85,24 +137,25 @@ async def caption_rows(
     """
     tally = tally if tally is not None else Tally()
     stopping = captioner.stopping
+    hand = captioner.hand
     source = iter(rows)
     chunk = min(CHUNK_ROWS, workers)
-    ready: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=chunk)
+    ahead = _Ahead(chunk)
     failed: list[Exception] = []
+    tasks: set[asyncio.Future[None]] = set()
+    live = 0  # workers running
 
     async def prepare() -> None:
         try:
             while not stopping.is_set():
                 prepared = await asyncio.to_thread(_prepare_chunk, source, captioner, chunk)
-                for item in prepared:
-                    await ready.put(item)
-                if len(prepared) < chunk:
-                    break
+                if not prepared:
+                    break  # the end of the rows
+                await ahead.put(prepared)
         except Exception as exc:  # the manifest could not be read: stop, then raise it
             failed.append(exc)
             stopping.set()
-        for _ in range(2 * workers):
-            await ready.put(None)  # no more rows
+        ahead.close()
 
     def record(row: ResultRow) -> bool:
         """Write a row with its outcome; False (and stop) when the disk refuses it."""
@@ -119,14 +172,29 @@ async def caption_rows(
         return True
 
     async def work() -> None:
-        while True:
-            async with captioner.hand:
+        nonlocal live
+        try:
+            # A substitute leaves once the row it stood in for is back at work.
+            while live - hand.lending <= workers:
                 if not await take_and_caption():
                     return
+        finally:
+            live -= 1
+
+    def start_worker() -> None:
+        nonlocal live
+        live += 1
+        task = asyncio.ensure_future(work())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def stand_in() -> None:
+        if live - hand.lending < workers and live < 2 * workers:
+            start_worker()
 
     async def take_and_caption() -> bool:
         """One row from taken to written; False when this worker is done."""
-        item = await ready.get()
+        item = await ahead.get()
         if item is None or stopping.is_set():
             return False  # no more rows, or the run stops: the row stays pending
         try:
@@ -148,11 +216,16 @@ async def caption_rows(
         return all(saved)
 
     producer = asyncio.ensure_future(prepare())
+    hand.on_lend = stand_in
     try:
-        await asyncio.gather(*(work() for _ in range(2 * workers)))
+        for _ in range(workers):
+            start_worker()
+        while tasks:
+            await asyncio.gather(*tasks)
     finally:
-        producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
+        for task in (producer, *tasks):
+            task.cancel()
+        await asyncio.gather(producer, *tasks, return_exceptions=True)
     if failed:
         raise failed[0]
     for row in captioner.breaker.release():  # held, then shown ordinary by a later answer

@@ -20,13 +20,14 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import aiohttp
 
 from pipeline.breaker import CircuitBreaker
+from pipeline.budget import Budget, Stopping
 from pipeline.client import Answer, Endpoint, post_completion
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -39,7 +40,7 @@ from pipeline.errors import (
 from pipeline.images import load_image
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.prices import ModelPrice, cost_usd
-from pipeline.records import ManifestRow, ResultRow
+from pipeline.records import Completion, ManifestRow, ResultRow, Usage
 from pipeline.request import BodyTemplate, worst_case_completion_tokens
 from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
 
@@ -57,61 +58,26 @@ def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
     return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S) * (1 - 0.25 * rand())
 
 
-class Stopping(Exception):
-    """The run stopped dispatching; this row stays pending for the next run."""
-
-
-class BudgetReached(Stopping):
-    """Sending this row could take the output folder's spend past the cap."""
-
-
-class Budget:
-    """Spend so far plus the worst case of everything in flight never passes the cap.
-
-    A row reserves its worst-case cost (estimated prompt tokens plus n * max_tokens at the
-    model's prices) before its first attempt, and settles to its real cost when done.
-    """
-
-    def __init__(self, cap_usd: float | None, spent_usd: float = 0.0) -> None:
-        self.cap_usd = cap_usd
-        self.spent_usd = spent_usd
-        self.reserved_usd = 0.0
-
-    def reserve(self, worst_usd: float) -> None:
-        if (
-            self.cap_usd is not None
-            and self.spent_usd + self.reserved_usd + worst_usd > self.cap_usd
-        ):
-            raise BudgetReached
-        self.reserved_usd += worst_usd
-
-    def settle(self, worst_usd: float, actual_usd: float) -> None:
-        self.reserved_usd -= worst_usd
-        self.spent_usd += actual_usd
-
-
 class Hand:
-    """The rows being sent: at most `size` at once. A row that waits out a Retry-After or
-    a backoff lends its place to the next row meanwhile, so that one 429 in ten does not
-    idle a tenth of the pool for a second each (the unit of work keeps twice as many rows
-    in hand as places)."""
+    """How many rows are being worked on: the unit of work keeps `size` workers busy. A
+    row that waits out a Retry-After or a backoff lends its place meanwhile (`lent`): the
+    unit of work starts a substitute, which stops again once the lender is back. So one
+    429 in ten does not idle a tenth of the pool for a second each, and at most twice
+    `size` rows are ever in hand."""
 
     def __init__(self, size: int) -> None:
-        self._places = asyncio.Semaphore(size)
+        self.size = size
+        self.lending = 0
+        self.on_lend: Callable[[], None] = lambda: None
 
-    async def __aenter__(self) -> None:
-        await self._places.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._places.release()
-
-    @contextlib.asynccontextmanager
-    async def lent(self) -> AsyncIterator[None]:
-        self._places.release()
+    @contextlib.contextmanager
+    def lent(self) -> Iterator[None]:
+        self.lending += 1
+        self.on_lend()
         try:
             yield
         finally:
-            await asyncio.shield(self._places.acquire())
+            self.lending -= 1
 
 
 @dataclass(slots=True)
@@ -131,6 +97,7 @@ class _Tries:
     sent: int = 0
     failures: int = 0
     rate_limited: int = 0
+    billed_usd: float = 0.0  # attempts answered and billed, but unusable
 
 
 def _now_ms() -> int:
@@ -158,6 +125,7 @@ class Captioner:
         self.budget = budget or Budget(None)
         self.breaker = breaker or CircuitBreaker(endpoint.url)
         self.hand = Hand(config.limits.concurrency)
+        self.retries = 0  # attempts after a row's first, for the progress bar
         self.price: ModelPrice = config.prices[config.request.model]
         req = config.request
         self.max_completion = worst_case_completion_tokens(req)
@@ -184,8 +152,14 @@ class Captioner:
             return self.text_tokens + image_tokens(rule, width, height, detail)
         return self.text_tokens + max_image_tokens(rule, detail)
 
-    def worst_case_cost(self, prompt_tokens: int) -> float:
-        return cost_usd(self.price, prompt_tokens, self.max_completion)
+    @functools.cached_property
+    def worst_completion_usd(self) -> float:
+        """`n * max_tokens` of completion at the model's price."""
+        return cost_usd(self.price, 0, self.max_completion)
+
+    @functools.cached_property
+    def usd_per_prompt_token(self) -> float:
+        return cost_usd(self.price, 1_000_000, 0) / 1_000_000
 
     # -- one row ----------------------------------------------------------------------
 
@@ -233,9 +207,8 @@ class Captioner:
     async def _sleep(self, seconds: float) -> None:
         """Back off, but wake at once when the run stops: the row then stays pending.
         Meanwhile its place in hand goes to another row (`hand`)."""
-        async with self.hand.lent():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        with self.hand.lent(), contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def prepare(self, row: ManifestRow) -> Prepared:
         """Read and check the row's image and build its request body. Blocking: the
@@ -244,7 +217,7 @@ class Captioner:
         try:
             image = load_image(row.source, self.max_bytes)
         except RequestRejected as exc:
-            error = self._error_row(row, exc, attempts=0, started=started, kind="invalid_image")
+            error = self._rejected_row(row, exc, started, kind="invalid_image")
             return Prepared(row, started, rejected=error)
         width = image.width or _as_int(row.extra.get("width"))
         height = image.height or _as_int(row.extra.get("height"))
@@ -264,21 +237,22 @@ class Captioner:
             return prepared.rejected
         width, height = prepared.width, prepared.height
         prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
-        worst = self.worst_case_cost(prompt_estimate) if self.budget.cap_usd is not None else 0.0
-        self.budget.reserve(worst)
+        fixed = 0.0
+        if self.budget.cap_usd is not None:
+            await self.budget.first_answer()
+            fixed = self.worst_completion_usd
+        self.budget.reserve(prompt_estimate, fixed, self.usd_per_prompt_token)
         body, prepared.body = prepared.body, b""  # the row's only copy from here on
         result: ResultRow | None = None
         try:
-            result = await self._send(prepared.row, body, prompt_estimate, prepared.started)
-            result.image_width, result.image_height = width, height
+            result = await self._send(prepared, body, prompt_estimate)
             return result
         finally:
             actual = result.cost_usd if result is not None and result.cost_usd else 0.0
-            self.budget.settle(worst, actual)
+            self.budget.settle(prompt_estimate, fixed, actual)
 
-    async def _send(
-        self, row: ManifestRow, body: bytes, prompt_estimate: int, started: float
-    ) -> ResultRow:
+    async def _send(self, prepared: Prepared, body: bytes, prompt_estimate: int) -> ResultRow:
+        row, started = prepared.row, prepared.started
         tries = _Tries()
         tokens = prompt_estimate + self.max_completion
 
@@ -286,7 +260,13 @@ class Captioner:
             if self.stopping.is_set():
                 raise Stopping
             tries.sent += 1
-            return await self._attempt(body, tokens)
+            self.retries += tries.sent > 1
+            try:
+                return await self._attempt(body, tokens)
+            except ApiError as exc:
+                if exc.usage is not None:
+                    tries.billed_usd += self._cost(exc.usage)  # unusable, but billed
+                raise
 
         try:
             try:
@@ -295,14 +275,21 @@ class Captioner:
             except TransientError as first:
                 answer = await self._retry(once, tries, first)
         except ResponseTooLarge as exc:
-            kind = "response_too_large"
-            return self._error_row(row, exc, attempts=tries.sent, started=started, kind=kind)
+            return self._error_row(prepared, exc, tries, kind="response_too_large")
         except RequestRejected as exc:
-            return self._error_row(row, exc, attempts=tries.sent, started=started, kind="rejected")
+            return self._error_row(prepared, exc, tries, kind="rejected")
         except TransientError as exc:
             kind = "rate_limited" if isinstance(exc, RateLimited) else "transient"
-            return self._error_row(row, exc, attempts=tries.sent, started=started, kind=kind)
-        usage = answer.completion.usage
+            return self._error_row(prepared, exc, tries, kind=kind)
+        completion = answer.completion
+        if completion.usage.reported:
+            self.budget.observe(prompt_estimate, completion.usage.prompt_tokens)
+        else:
+            # No usage from the server: count it ourselves, or the budget would be blind.
+            estimate = prompt_estimate or self.prompt_tokens_estimate(
+                prepared.width, prepared.height
+            )
+            completion = replace(completion, usage=estimated_usage(completion, estimate))
         return ResultRow(
             id=row.id,
             source=row.source,
@@ -311,11 +298,16 @@ class Captioner:
             latency_s=time.perf_counter() - started,
             finished_at_ms=_now_ms(),
             http_status=answer.http_status,
-            completion=answer.completion,
-            cost_usd=cost_usd(
-                self.price, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
-            ),
+            completion=completion,
+            cost_usd=self._cost(completion.usage) + tries.billed_usd,
+            image_width=prepared.width,
+            image_height=prepared.height,
             extra=row.extra,
+        )
+
+    def _cost(self, usage: Usage) -> float:
+        return cost_usd(
+            self.price, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
         )
 
     async def _attempt(self, body: bytes, tokens: int) -> Answer:
@@ -337,15 +329,22 @@ class Captioner:
             self.limiter.observe_headers(answer.headers)
             return answer
 
-    def _error_row(
-        self, row: ManifestRow, exc: ApiError, *, attempts: int, started: float, kind: str
+    def _error_row(self, prepared: Prepared, exc: ApiError, tries: _Tries, kind: str) -> ResultRow:
+        row = self._rejected_row(prepared.row, exc, prepared.started, kind)
+        row.attempts = tries.sent
+        row.cost_usd = tries.billed_usd or None  # answers that were billed but unusable
+        row.image_width, row.image_height = prepared.width, prepared.height
+        return row
+
+    def _rejected_row(
+        self, row: ManifestRow, exc: ApiError, started: float, kind: str
     ) -> ResultRow:
         log.debug("row %s failed: %s", row.id, exc.message)
         return ResultRow(
             id=row.id,
             source=row.source,
             status="error",
-            attempts=attempts,
+            attempts=0,
             latency_s=time.perf_counter() - started,
             finished_at_ms=_now_ms(),
             http_status=exc.http_status,
@@ -354,6 +353,23 @@ class Captioner:
             extra=row.extra,
             job_level=exc.job_level,
         )
+
+
+def estimated_usage(completion: Completion, prompt_tokens: int) -> Usage:
+    """Our own count for an answer without usage: the prompt by the estimate's exact rules,
+    the completion with o200k over the text of every choice."""
+    from pipeline.tokens import text_tokens
+
+    generated = sum(
+        text_tokens(choice.content or "") + text_tokens(choice.refusal or "")
+        for choice in completion.choices
+    )
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=generated,
+        total_tokens=prompt_tokens + generated,
+        reported=False,
+    )
 
 
 def _as_int(value: object) -> int | None:

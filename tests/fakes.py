@@ -33,6 +33,7 @@ class Reply:
     body: Any = None
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"  # of a raw body
 
 
 OK = Reply()
@@ -126,7 +127,7 @@ class ScriptedServer:
                 body=action.raw,
                 status=action.status,
                 headers=action.headers,
-                content_type="application/json",
+                content_type=action.content_type,
             )
         if action.body is not None:
             return web.json_response(action.body, status=action.status, headers=action.headers)

@@ -232,6 +232,8 @@ def test_retry_errors_replaces_error_rows(tmp_path: Path, server: ScriptedServer
     code, output = run_cli(str(imgs), "-o", str(out), "--endpoint", server.url)
     assert code == 1
     assert server.count() == 6
+    assert f"2 error rows in {out}: `caption status {out}` shows them" in output
+    assert "rerun with --retry-errors to send them again" in output
     # ...--retry-errors does, and the new rows replace the old ones.
     code, output = run_cli(str(imgs), "-o", str(out), "--endpoint", server.url, "--retry-errors")
     assert code == 0, output
@@ -285,7 +287,10 @@ def test_budget_cap_stops_before_the_cap_and_a_higher_cap_finishes(
     spent = sum(r["cost_usd"] for r in rows)
     assert 0 < len(rows) < 6
     assert spent <= 0.008
-    assert f"with ${spent:.4f} spent; {6 - len(rows)} rows remain" in result.output
+    assert f"with ${spent:.4f} spent; the next row reserves up to $" in result.output
+    assert "1 x max_tokens 100 at $10/1M output" in result.output
+    assert "raise --max-cost, or lower max_tokens" in result.output
+    assert f"({6 - len(rows)} rows pending in {out})" in result.output
     assert server.count() == len(rows)
 
     code, output = run_cli(*args, "--max-cost", "1")

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pyarrow as pa
 
+from pipeline.budget import Budget
 from pipeline.client import Endpoint
 from pipeline.config import JobConfig
 from pipeline.errors import StorageError
@@ -23,7 +24,7 @@ from pipeline.limiter import AdaptiveLimiter
 from pipeline.outdir import OutputDir
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.work import StopReason, Tally, caption_rows
-from pipeline.worker import Budget, Captioner
+from pipeline.worker import Captioner
 from pipeline.writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,11 @@ async def open_captioner(
         yield Captioner(session, endpoint, config, limiter, stopping, budget)
 
 
-class _Progress:
-    """A tqdm bar on stderr: rows, rate, errors so far and dollars spent."""
+class Progress:
+    """A tqdm bar on stderr: rows, rate, errors and dollars so far, and what holds the run
+    back: requests in flight against the limiter's window, a server pause or pacing, and
+    retries. It is redrawn every second even when no row finishes (a long pause), and its
+    last frame shows the run's final figures."""
 
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
@@ -79,16 +83,37 @@ class _Progress:
             dynamic_ncols=True,
             mininterval=0.5,
         )
+        self.tally = Tally()
+        self.captioner: Captioner | None = None
         self._last = 0.0
 
     def __call__(self, row: ResultRow, tally: Tally) -> None:
+        self.tally = tally
         self.bar.update(1)
         now = time.monotonic()
         if now - self._last >= 0.5:
             self._last = now
-            self.bar.set_postfix_str(f"errors={tally.errors} ${tally.cost_usd:.4f}", refresh=False)
+            self.bar.set_postfix_str(self.describe(), refresh=False)
+
+    def describe(self) -> str:
+        tally = self.tally
+        text = f"errors={tally.errors} ${tally.cost_usd:.4f}"
+        if self.captioner is not None:
+            limiter = self.captioner.limiter
+            text += f" in-flight={limiter.in_flight}/{int(limiter.window)}"
+            if held := limiter.held_back():
+                text += f" ({held})"
+            if self.captioner.retries:
+                text += f" retries={self.captioner.retries}"
+        return text
+
+    async def redraw_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.bar.set_postfix_str(self.describe(), refresh=True)
 
     def close(self) -> None:
+        self.bar.set_postfix_str(self.describe(), refresh=True)
         self.bar.close()
 
 
@@ -111,9 +136,10 @@ async def execute(
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
-    progress = _Progress(total) if show_progress else None
+    progress = Progress(total) if show_progress else None
     tally = Tally()
     work: asyncio.Future[Tally] | None = None
+    redraw: asyncio.Future[None] | None = None
     interrupts = 0
 
     def stop_now(why: str) -> None:
@@ -142,6 +168,9 @@ async def execute(
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         async with open_captioner(config, api_key, stopping, budget) as captioner:
+            if progress is not None:
+                progress.captioner = captioner
+                redraw = asyncio.ensure_future(progress.redraw_every_second())
             work = asyncio.ensure_future(
                 caption_rows(
                     rows,
@@ -159,6 +188,8 @@ async def execute(
             if not work.cancelled():
                 work.result()
     finally:
+        if redraw is not None:
+            redraw.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if progress is not None:
