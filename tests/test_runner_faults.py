@@ -369,3 +369,38 @@ def test_one_off_429s_slow_only_their_own_rows(
     assert server.count() == 44
     # Before, each 429 paused every request for its second: at least 4 s in all.
     assert elapsed < 3.5
+
+
+# -- memories.ai's envelope in a 200 ---------------------------------------------------
+
+
+def envelope(code: str, msg: str) -> Reply:
+    return Reply(body={"code": code, "msg": msg, "data": None, "success": False, "failed": True})
+
+
+def test_0402_in_a_200_stops_the_job_with_rows_pending(
+    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
+) -> None:
+    server.default = envelope("0402", "Insufficient balance")
+    out = tmp_path / "out"
+    result = run(str(imgs), "-o", str(out), "--endpoint", server.url, "--concurrency", "2")
+    assert result.exit_code == 3, result.output
+    assert "not enough credits" in one_line(result)
+    assert results(out) == []  # pending, not failed
+    assert server.count() <= 2  # what was in flight; nothing retried
+
+
+def test_0429_in_a_200_is_a_rate_limit_and_0001_rejects_the_row(
+    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
+) -> None:
+    server.plan(digest_of_file(imgs / "icon.gif"), envelope("0429", "too busy"))
+    server.plan(digest_of_file(imgs / "sunset.jpg"), envelope("0001", "bad parameter"))
+    out = tmp_path / "out"
+    result = run(str(imgs), "-o", str(out), "--endpoint", server.url)
+    assert result.exit_code == 1, result.output
+    rows = by_name(results(out))
+    assert (rows["icon.gif"]["status"], rows["icon.gif"]["attempts"]) == ("ok", 2)
+    bad = rows["sunset.jpg"]
+    assert (bad["status"], bad["error_kind"], bad["attempts"]) == ("error", "rejected", 1)
+    assert "code 0001: bad parameter (bad parameters)" in bad["error"]
+    assert server.count() == 7
