@@ -12,7 +12,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -106,7 +106,7 @@ def parse_reset(value: str, now: float | None = None) -> float | None:
     return seconds
 
 
-def _error_fields(body: Any) -> tuple[str | None, str | None]:
+def error_fields(body: Any) -> tuple[str | None, str | None]:
     """(code, message) from OpenAI's `{"error": {...}}` or memories.ai's `{"code", "msg"}`.
 
     Of OpenAI-shaped errors the code is the most telling word: a string `code`, else a
@@ -190,7 +190,7 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Reda
         body = None
     if (enveloped := envelope_error(body, status, endpoint)) is not None:
         return enveloped
-    code, message = _error_fields(body)
+    code, message = error_fields(body)
     if message is None:
         message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
     text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
@@ -237,12 +237,12 @@ def _fitting(value: Any, limit: int = 2**63) -> int | None:
     return value if ok else None
 
 
-def _int(value: Any, limit: int = 2**63) -> int:
+def as_count(value: Any, limit: int = 2**63) -> int:
     """A count that fits its column, or 0."""
     return _fitting(value, limit) or 0
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     """A string column's value. Content given as a list of parts (some OpenAI-compatible
     servers answer that way) is their text joined; anything else odd is kept as JSON."""
     if value is None or isinstance(value, str):
@@ -257,18 +257,18 @@ def parse_usage(raw: Any) -> Usage:
         return Usage(reported=False)
     prompt_details = raw.get("prompt_tokens_details") or {}
     completion_details = raw.get("completion_tokens_details") or {}
-    prompt = _int(raw.get("prompt_tokens"))
-    completion = _int(raw.get("completion_tokens"))
+    prompt = as_count(raw.get("prompt_tokens"))
+    completion = as_count(raw.get("completion_tokens"))
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
-        cached_tokens=_int(prompt_details.get("cached_tokens")),
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        total_tokens=as_count(raw.get("total_tokens")) or prompt + completion,
+        cached_tokens=as_count(prompt_details.get("cached_tokens")),
+        reasoning_tokens=as_count(completion_details.get("reasoning_tokens")),
     )
 
 
-def _unusable(message: str, status: int, usage: Any) -> TransientError:
+def unusable(message: str, status: int, usage: Any) -> TransientError:
     """An answer that cannot be used, with the usage it reported: it was billed."""
     error = TransientError(message, http_status=status)
     if isinstance(usage, dict):
@@ -283,7 +283,7 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
             f"HTTP {status} with a body that is not a JSON object", http_status=status
         )
     if body.get("status") == "errored" or "error" in body:
-        code, message = _error_fields(body)
+        code, message = error_fields(body)
         raise TransientError(
             endpoint.redact(f"HTTP {status} errored: {code or ''} {message or ''}".strip()),
             http_status=status,
@@ -294,93 +294,28 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
         body = body["data"]  # a success envelope around the completion
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise _unusable(f"HTTP {status} without choices", status, body.get("usage"))
+        raise unusable(f"HTTP {status} without choices", status, body.get("usage"))
     parsed = []
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
-            raise _unusable(f"HTTP {status} with a malformed choice", status, body.get("usage"))
+            raise unusable(f"HTTP {status} with a malformed choice", status, body.get("usage"))
         message = ch.get("message")
         message = message if isinstance(message, dict) else {}
         index = _fitting(ch.get("index"), 2**31)
         parsed.append(
             Choice(
                 index=i if index is None else index,
-                content=_text(message.get("content")),
-                refusal=_text(message.get("refusal")),
-                finish_reason=_text(ch.get("finish_reason")),
+                content=as_text(message.get("content")),
+                refusal=as_text(message.get("refusal")),
+                finish_reason=as_text(ch.get("finish_reason")),
             )
         )
     return Completion(
         choices=tuple(parsed),
         usage=parse_usage(body.get("usage")),
-        response_id=_text(body.get("id")),
-        model=_text(body.get("model")),
+        response_id=as_text(body.get("id")),
+        model=as_text(body.get("model")),
         created=_fitting(body.get("created")),
-        service_tier=_text(body.get("service_tier")),
-        system_fingerprint=_text(body.get("system_fingerprint")),
+        service_tier=as_text(body.get("service_tier")),
+        system_fingerprint=as_text(body.get("system_fingerprint")),
     )
-
-
-async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dict[str, Any]:
-    """Assemble server-sent `chat.completion.chunk` events into one completion body."""
-    content: dict[int, list[str]] = {}
-    refusal: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
-    meta: dict[str, Any] = {}
-    done = False
-    async for raw_line in lines:
-        line = raw_line.strip()
-        if not line or not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            break
-        try:
-            chunk = loads(data)
-        except ValueError:
-            raise TransientError("stream sent an event that is not JSON", http_status=200) from None
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk or chunk.get("status") == "errored":
-            code, message = _error_fields(chunk)
-            raise TransientError(
-                endpoint.redact(f"stream errored: {code or ''} {message or ''}".strip()),
-                http_status=200,
-            )
-        for key in ("id", "model", "created", "service_tier", "system_fingerprint"):
-            if chunk.get(key) is not None:
-                meta[key] = chunk[key]
-        if chunk.get("usage"):
-            meta["usage"] = chunk["usage"]
-        choices = chunk.get("choices")
-        for ch in choices if isinstance(choices, list) else []:
-            if not isinstance(ch, dict):
-                continue
-            index = _int(ch.get("index"), 2**31)
-            delta = ch.get("delta")
-            delta = delta if isinstance(delta, dict) else {}
-            content.setdefault(index, [])
-            if text := _text(delta.get("content")):
-                content[index].append(text)
-            if text := _text(delta.get("refusal")):
-                refusal.setdefault(index, []).append(text)
-            if ch.get("finish_reason"):
-                finish[index] = _text(ch["finish_reason"])
-    # Some servers (llama-stack) end without `[DONE]`; a stream whose every choice said
-    # why it finished is complete all the same.
-    if not done and not (content and all(finish.get(i) for i in content)):
-        raise _unusable("stream ended before [DONE]", 200, meta.get("usage"))
-    choices = [
-        {
-            "index": i,
-            "message": {
-                "role": "assistant",
-                "content": "".join(content[i]),
-                "refusal": "".join(refusal[i]) if i in refusal else None,
-            },
-            "finish_reason": finish.get(i),
-        }
-        for i in sorted(content)
-    ]
-    return {**meta, "choices": choices}

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from pipeline.answer import assemble_stream, classify, loads, parse_completion
+from pipeline.answer import classify, loads, parse_completion
 from pipeline.errors import (
     ApiError,
     FatalApiError,
@@ -25,6 +25,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.records import Completion
+from pipeline.stream import assemble_stream
 
 DEFAULT_MAX_RESPONSE_BYTES = 32_000_000
 MAX_REDIRECTS = 5

@@ -26,9 +26,8 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 
 @dataclass(slots=True)
 class Links:
-    """Symbolic links met while walking."""
+    """Symbolic links met while walking that led nowhere new."""
 
-    followed: int = 0
     skipped: int = 0  # loops, second ways to a folder or file already walked, broken
 
 
@@ -103,7 +102,6 @@ def walk(
                     links.skipped += 1  # a loop, or a second way into a folder
                     continue
                 seen[ident] = rel
-                links.followed += is_link
                 subdirs.append((_join(key_dir, entry.name), entry.path, rel))
             elif keep(rel):
                 if not is_link:
@@ -141,7 +139,6 @@ def _linked_files(
             links.skipped += 1
             continue
         taken.add(real)
-        links.followed += 1
         yield key, source
 
 

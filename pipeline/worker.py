@@ -40,9 +40,9 @@ from pipeline.errors import (
 from pipeline.images import load_image
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.prices import ModelPrice, cost_usd
-from pipeline.records import Completion, ManifestRow, ResultRow, Usage
+from pipeline.records import ManifestRow, ResultRow, Usage
 from pipeline.request import BodyTemplate, worst_case_completion_tokens
-from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+from pipeline.tokens import estimated_usage, image_tokens, max_image_tokens, prompt_text_tokens
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -353,23 +353,6 @@ class Captioner:
             extra=row.extra,
             job_level=exc.job_level,
         )
-
-
-def estimated_usage(completion: Completion, prompt_tokens: int) -> Usage:
-    """Our own count for an answer without usage: the prompt by the estimate's exact rules,
-    the completion with o200k over the text of every choice."""
-    from pipeline.tokens import text_tokens
-
-    generated = sum(
-        text_tokens(choice.content or "") + text_tokens(choice.refusal or "")
-        for choice in completion.choices
-    )
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=generated,
-        total_tokens=prompt_tokens + generated,
-        reported=False,
-    )
 
 
 def _as_int(value: object) -> int | None:

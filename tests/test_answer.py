@@ -8,7 +8,6 @@ from email.utils import format_datetime
 import pytest
 
 from pipeline.answer import (
-    assemble_stream,
     classify,
     parse_completion,
     parse_duration,
@@ -22,6 +21,7 @@ from pipeline.errors import (
     RequestRejected,
     TransientError,
 )
+from pipeline.stream import assemble_stream
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
 
