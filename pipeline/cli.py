@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,13 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    """Warnings only by default (the bar and the summary say the rest); -v adds what the
+    run does on the way (recovery, compaction, ingest), -vv debug detail."""
+    level = (
+        logging.WARNING
+        if quiet or not verbose
+        else (logging.INFO if verbose == 1 else logging.DEBUG)
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("pipeline")
@@ -60,7 +67,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="caption")
-@click.option("-v", "--verbose", count=True, help="More log output (debug).")
+@click.option("-v", "--verbose", count=True, help="More log output: -v what a run does, -vv debug.")
 def cli(verbose: int) -> None:
     """Caption image datasets with an OpenAI-compatible vision endpoint: resumable,
     rate-limited, and priced before and after every run."""
@@ -108,17 +115,42 @@ def prices(config_path: Path | None, as_json: bool) -> None:
     from pipeline.prices import load_price_table
 
     table = load_config(config_path).prices if config_path else load_price_table()
-    rows = [
-        {"model": p.model, "input_per_1m": p.input_per_1m, "output_per_1m": p.output_per_1m}
-        for p in table.values()
-    ]
+    rows = [price_entry_row(p) for p in table.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["model"]) for r in rows)
-    click.echo(f"{'model':<{width}}  {'input $/1M':>10}  {'output $/1M':>11}")
+    click.echo(
+        f"{'model':<{width}}  {'input $/1M':>10}  {'cached $/1M':>11}  {'output $/1M':>11}  image rule"
+    )
     for r in rows:
-        click.echo(f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {r['output_per_1m']:>11g}")
+        cached = "" if r["cached_input_per_1m"] is None else f"{r['cached_input_per_1m']:g}"
+        click.echo(
+            f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {cached:>11}  "
+            f"{r['output_per_1m']:>11g}  {describe_rule(r['image'])}"
+        )
+
+
+def price_entry_row(price: Any) -> dict[str, Any]:
+    """A price as `caption prices` shows it: per-1M prices and the image rule."""
+    from pipeline.prices import price_entry
+
+    entry = price_entry(price)
+    return {
+        "model": price.model,
+        "input_per_1m": price.input_per_1m,
+        "cached_input_per_1m": entry.get("cached_input_per_1m"),
+        "output_per_1m": price.output_per_1m,
+        "image": entry.get("image"),
+    }
+
+
+def describe_rule(rule: dict[str, Any] | None) -> str:
+    if rule is None:
+        return "none (images not counted)"
+    if rule.get("rule") == "tile":
+        return f"tile: {rule['base']} + {rule['per_tile']} per 512-px tile"
+    return f"patch: 32-px patches x {rule['multiplier']:g}, at most {rule['budget']}"
 
 
 def _job_options(*, many_models: bool = False) -> Any:
@@ -367,12 +399,13 @@ def fake_endpoint(
     flaky_429: float,
 ) -> None:
     """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
-    usage, for trying jobs without a key: caption run ... --endpoint URL."""
+    usage, for trying jobs without a real key: it accepts any key
+    (MEMORIES_API_KEY=any caption run ... --endpoint URL)."""
     from aiohttp import web
 
     from pipeline.fake_server import FakeOptions, make_app
 
-    click.echo(f"fake endpoint: http://127.0.0.1:{port}/chat/completions", err=True)
+    url = f"http://127.0.0.1:{port}/chat/completions"
     options = FakeOptions(
         latency=latency,
         error_rate=error_rate,
@@ -381,7 +414,19 @@ def fake_endpoint(
         rate_limit_form=rate_limit_form,
         flaky_429=flaky_429,
     )
-    web.run_app(make_app(options), host="127.0.0.1", port=port, print=None, access_log=None)
+
+    def started(_message: str) -> None:
+        click.echo(
+            f"fake endpoint: {url} (it accepts any key); try:\n"
+            f"  MEMORIES_API_KEY=any caption run data/samples -o out/try --endpoint {url}",
+            err=True,
+        )
+
+    try:
+        web.run_app(make_app(options), host="127.0.0.1", port=port, print=started, access_log=None)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({reason})") from None
 
 
 def main() -> None:

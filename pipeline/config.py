@@ -229,6 +229,16 @@ class OutputConfig:
         _validate("output", self)
 
 
+def closest_model(name: str, known: list[str]) -> str | None:
+    """The known model whose name after its provider prefix is closest to `name`'s, so
+    `gpt4o` suggests `gpt:gpt-4o`, not `gpt:o3` (whole names share the `gpt:` prefix)."""
+    by_suffix: dict[str, str] = {}
+    for model in known:
+        by_suffix.setdefault(model.split(":", 1)[-1], model)
+    near = difflib.get_close_matches(name.split(":", 1)[-1], list(by_suffix), n=1)
+    return by_suffix[near[0]] if near else None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
@@ -239,8 +249,8 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         if self.request.model not in self.prices:
-            near = difflib.get_close_matches(self.request.model, list(self.prices), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            near = closest_model(self.request.model, list(self.prices))
+            hint = f" (did you mean {near!r}?)" if near else ""
             raise UsageError(
                 f"[request] model = {self.request.model!r}: no price for this model{hint}; "
                 'use one listed by `caption prices`, or add a [prices."<model>"] table '

@@ -38,7 +38,7 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.executors.local import execute, open_captioner
-from pipeline.manifest import is_manifest, read_manifest, sample_rows, write_manifest
+from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
@@ -98,12 +98,17 @@ def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
 
 def _prepare_manifest(
     out: OutputDir, sources: list[str], column: str | None, id_column: str | None
-) -> None:
+) -> IngestSummary | None:
     if len(sources) == 1 and is_manifest(sources[0]):
         out.adopt_manifest(Path(sources[0]))
-        return
+        return None
     summary = write_manifest(sources, out.manifest, column=column, id_column=id_column)
     log.info("%s", summary.line())
+    return summary
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def run_job(
@@ -159,7 +164,7 @@ def _run_locked(
     started: float,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
-    _prepare_manifest(out, sources, column, id_column)
+    ingest = _prepare_manifest(out, sources, column, id_column)
     out.recover()
     out.compact()
     done = out.scan()
@@ -167,6 +172,11 @@ def _run_locked(
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
     already = out.manifest_count() - pending
+    retried = (
+        pending - out.pending_count(pa.concat_arrays([done.ok_ids, done.error_ids]))
+        if retry_errors
+        else 0
+    )
     total = pending  # rows this run sends: all pending ones, or a pilot's sample of them
     if sample:
         rows = sample_rows(rows, sample)
@@ -220,20 +230,26 @@ def _run_locked(
         final = out.scan(include_journals=True)
         exit_code = EXIT_STORAGE
 
+    sent = f"{total - retried} new, {retried} retried" if retried else f"{total} new"
     summary = (
-        f"{tally.ok} ok, {tally.errors} errors of {total} new "
+        f"{tally.ok} ok, {_count(tally.errors, 'error')} of {sent} "
         f"({already} already done, {remaining} pending); "
         f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
+    if ingest is not None and (ingest.duplicates or ingest.links_skipped):
+        summary += (
+            f"; ingest dropped {_count(ingest.duplicates, 'duplicate')} and skipped "
+            f"{_count(ingest.links_skipped, 'link')} (loops, second ways to a file, broken)"
+        )
     if tally.usage_estimated:
         summary += (
-            f"; the server sent no usage for {tally.usage_estimated} rows: their tokens are "
-            "our own count (usage_source = estimated)"
+            f"; the server sent no usage for {_count(tally.usage_estimated, 'row')}: their "
+            "tokens are our own count (usage_source = estimated)"
         )
     if final.errors:
         summary += (
-            f"\n{final.errors} error rows in {out.path}: `caption status {out.path}` shows "
+            f"\n{_count(final.errors, 'error row')} in {out.path}: `caption status {out.path}` shows "
             "them by kind; rerun with --retry-errors to send them again"
         )
     message = _stop_message(stop, out, remaining, budget, unsaved, config)

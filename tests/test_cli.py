@@ -67,15 +67,29 @@ def test_prices_json() -> None:
     assert result.exit_code == 0
     rows = json.loads(result.output)
     assert len(rows) == 33
-    assert {"model": "gpt:gpt-4o", "input_per_1m": 2.5, "output_per_1m": 10.0} in rows
+    assert {
+        "model": "gpt:gpt-4o",
+        "input_per_1m": 2.5,
+        "cached_input_per_1m": None,
+        "output_per_1m": 10.0,
+        "image": {"rule": "tile", "base": 85, "per_tile": 170},
+    } in rows
 
 
 def test_prices_table_includes_job_overrides(tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
-    job.write_text("[prices.'gpt:gpt-6']\ninput_per_1m = 3\noutput_per_1m = 12\n")
+    job.write_text(
+        "[prices.'gpt:gpt-6']\ninput_per_1m = 3\noutput_per_1m = 12\ncached_input_per_1m = 1.5\n"
+    )
     result = CliRunner().invoke(cli, ["prices", "--config", str(job)])
     assert result.exit_code == 0
-    assert any(line.split() == ["gpt:gpt-6", "3", "12"] for line in result.output.splitlines())
+    lines = result.output.splitlines()
+    assert "cached $/1M" in lines[0]
+    assert any(
+        line.split() == ["gpt:gpt-6", "3", "1.5", "12", "none", "(images", "not", "counted)"]
+        for line in lines
+    )
+    assert any("gpt:gpt-4o " in line and "tile: 85 + 170 per 512-px tile" in line for line in lines)
 
 
 def test_ingest_samples(tmp_path: Path) -> None:

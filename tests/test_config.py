@@ -171,3 +171,13 @@ def test_config_is_frozen() -> None:
     cfg = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.limits.concurrency = 3  # type: ignore[misc]
+
+
+def test_a_misspelt_model_is_matched_by_the_name_after_its_prefix() -> None:
+    from pipeline.config import closest_model
+
+    known = ["gpt:o3", "gpt:gpt-4o", "gpt:gpt-4o-mini", "gpt:gpt-5-mini"]
+    assert closest_model("gpt4o", known) == "gpt:gpt-4o"
+    assert closest_model("gpt:gpt4o", known) == "gpt:gpt-4o"
+    assert closest_model("gpt-5-mimi", known) == "gpt:gpt-5-mini"
+    assert closest_model("llama", known) is None

@@ -131,3 +131,43 @@ def test_fake_endpoint_command_serves_on_loopback() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_busy_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", "fake-endpoint", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"caption: error: --port {port}: cannot listen on 127.0.0.1:{port} (address already in use)"
+    ]
+
+
+def test_the_start_up_line_says_any_key_works_and_how_to_run() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "fake-endpoint", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        second = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    url = f"http://127.0.0.1:{port}/chat/completions"
+    assert first.strip() == f"fake endpoint: {url} (it accepts any key); try:"
+    assert (
+        second.strip()
+        == f"MEMORIES_API_KEY=any caption run data/samples -o out/try --endpoint {url}"
+    )

@@ -382,10 +382,10 @@ def test_key_never_written_anywhere(
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
-        ["-v", "run", str(imgs), "-o", str(out), "--endpoint", server.url, "--max-attempts", "3"],
+        ["-vv", "run", str(imgs), "-o", str(out), "--endpoint", server.url, "--max-attempts", "3"],
     )
     assert result.exit_code == 1
-    # -v logs every failed row at debug level to stderr, which the runner captures.
+    # -vv logs every failed row at debug level to stderr, which the runner captures.
     assert "failed: HTTP 400 api_error: bad request from key [redacted]" in result.output
     assert KEY not in result.output
     for path in out.rglob("*"):
@@ -490,3 +490,19 @@ def test_an_answer_with_odd_types_is_a_row_and_the_folder_stays_usable(
     ]
     status = CliRunner().invoke(cli, ["status", str(out), "--json"])
     assert status.exit_code == 0, status.output
+
+
+def test_a_normal_run_says_only_the_summary(
+    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
+) -> None:
+    """No INFO lines (ingest, compaction) without -v; counts in the right number."""
+    server.plan(digest_of_file(imgs / "icon.gif"), json_error(400, "bad"))
+    out = tmp_path / "out"
+    result = caption(str(imgs), "-o", str(out), "--endpoint", server.url)
+    assert result.exit_code == 1
+    assert "INFO" not in result.output
+    assert result.output.startswith("5 ok, 1 error of 6 new (0 already done, 0 pending)")
+    assert f"1 error row in {out}:" in result.output
+    result = caption(str(imgs), "-o", str(out), "--endpoint", server.url, "--retry-errors")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("1 ok, 0 errors of 0 new, 1 retried (5 already done")
