@@ -264,6 +264,11 @@ def run(
         _print_estimate(report, as_json=False)
         for problem in problems:
             click.echo(f"caption: dry run: {problem}", err=True)
+        if exit_code == 0:
+            click.echo(
+                "ready: the config, the key, the output folder and every local file check "
+                "out; nothing was sent"
+            )
         sys.exit(exit_code)
 
     from pipeline.runner import run_job

@@ -175,8 +175,27 @@ def test_dry_run_sends_nothing_and_writes_nothing(
     )
     assert result.exit_code == 0, result.output
     assert "gpt:gpt-4o" in result.output
+    assert result.output.rstrip().endswith(
+        "ready: the config, the key, the output folder and every local file check out; "
+        "nothing was sent"
+    )
     assert server.count() == 0
     assert not out.exists()
+
+
+def test_dry_run_into_a_folder_of_another_job_is_that_error_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEMORIES_API_KEY", KEY)
+    out = tmp_path / "out"
+    icon = str(SAMPLES / "icon.gif")
+    run = ["run", icon, "-o", str(out), "--endpoint", "fake", "--quiet"]
+    assert CliRunner().invoke(cli, run).exit_code == 0
+    result = CliRunner().invoke(cli, [*run, "--prompt", "other", "--dry-run"])
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()  # no $0 table before it
+    assert line.startswith("caption: error: ")
+    assert "holds results of a different job" in line
 
 
 def test_dry_run_reports_missing_key_and_bad_files(
