@@ -112,6 +112,7 @@ class Estimate:
             "expected_output_tokens_per_image": self.expected_output_per_image,
             "expected_basis": self.expected_basis,
             "pilot": self.pilot,
+            "notes": self.notes,
         }
 
     def lines(self) -> list[str]:
@@ -280,8 +281,9 @@ class _Accumulator:
             return
         w, h = np.asarray(widths, dtype=np.int64), np.asarray(heights, dtype=np.int64)
         for i, price in enumerate(self.prices):
-            assert price.image is not None
-            self.image_tokens[i] += int(image_tokens_array(price.image, w, h, self.detail).sum())
+            if price.image is not None:  # a custom model without a rule: text only
+                rule = price.image
+                self.image_tokens[i] += int(image_tokens_array(rule, w, h, self.detail).sum())
 
 
 def estimate(
@@ -353,9 +355,17 @@ def estimate(
         "worst case: n x max_tokens (no pilot and no earlier output)",
     )
     results = []
+    notes = []
     for i, price in enumerate(prices):
-        assert price.image is not None
-        worst_images = acc.worst_case_images * max_image_tokens(price.image, req.detail)
+        worst_images = 0
+        if price.image is None:
+            notes.append(
+                f"{price.model}: the price table has no image rule for it, so its image "
+                "tokens are not counted (text only); add image = { rule = ... } to its "
+                "[prices] entry to count them"
+            )
+        else:
+            worst_images = acc.worst_case_images * max_image_tokens(price.image, req.detail)
         results.append(
             _model_estimate(
                 price,
@@ -377,6 +387,7 @@ def estimate(
         expected_output_per_image=expected,
         expected_basis=basis,
         assumed_size=assumed,
+        notes=notes,
     )
 
 
@@ -400,13 +411,7 @@ def _prices(config: JobConfig, models: list[str]) -> list[ModelPrice]:
     for name in models or [config.request.model]:
         if name not in config.prices:
             raise UsageError(f"--model {name!r}: no price for this model (see `caption prices`)")
-        price = config.prices[name]
-        if price.image is None:
-            raise UsageError(
-                f"--model {name!r}: the price table has no image rule for it; add "
-                "image = { rule = ... } to its [prices] entry"
-            )
-        out.append(price)
+        out.append(config.prices[name])
     return out
 
 

@@ -310,3 +310,18 @@ def test_a_pilot_sample_is_random_but_repeatable(tmp_path: Path) -> None:
     assert len(set(first)) == 10
     assert first != [str(i) for i in range(10)]  # not simply the first rows
     assert len(sample_rows(iter(rows[:3]), 10)) == 3
+
+
+def test_a_custom_model_without_an_image_rule_is_estimated_on_text(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[request]\nmodel = "vllm:llava"\n'
+        '[prices."vllm:llava"]\ninput_per_1m = 0.5\noutput_per_1m = 1.5\n'
+    )
+    result = CliRunner().invoke(cli, ["estimate", str(SAMPLES), "--config", str(job), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    (model,) = report["models"]
+    assert (model["model"], model["images"], model["image_tokens"]) == ("vllm:llava", 6, 0)
+    assert model["text_tokens"] > 0
+    assert any("image tokens are not counted" in note for note in report["notes"])
