@@ -153,9 +153,11 @@ def describe_rule(rule: dict[str, Any] | None) -> str:
     return f"patch: 32-px patches x {rule['multiplier']:g}, at most {rule['budget']}"
 
 
-def _job_options(*, many_models: bool = False) -> Any:
-    """Flags that override the job config: flag > file > default."""
-    if many_models:
+def _job_options(*, for_estimate: bool = False) -> Any:
+    """Flags that override the job config: flag > file > default. An estimate sends
+    nothing unless asked for a pilot, so the flags that only shape sending say so."""
+    pilot = " (--pilot only)" if for_estimate else ""
+    if for_estimate:
         model = click.option(
             "--model",
             "models",
@@ -172,32 +174,42 @@ def _job_options(*, many_models: bool = False) -> Any:
             help="Job config (TOML); see configs/default.toml.",
         ),
         model,
-        click.option("--endpoint", help="Endpoint URL, or 'fake' for the built-in fake."),
-        click.option("--api-key-env", help="Environment variable holding the API key."),
-        click.option(
-            "--auth-scheme",
-            type=click.Choice(["raw", "bearer"]),
-            help="raw: Authorization: <key> (memories.ai); bearer: Bearer <key>.",
-        ),
         click.option("--prompt", help="Prompt sent with every image."),
         click.option("--system-prompt", help="System message ('' for none)."),
         click.option(
             "--detail", type=click.Choice(["auto", "low", "high"]), help="Image detail level."
         ),
         click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
-        click.option("--temperature", type=float, help="Sampling temperature, 0 to 2."),
-        click.option("--concurrency", type=int, help="Requests in flight at once."),
-        click.option("--rpm", type=int, help="Requests-per-minute cap."),
-        click.option("--tpm", type=int, help="Tokens-per-minute cap."),
-        click.option("--max-attempts", type=int, help="Tries per row for transient failures."),
-        click.option("--timeout", type=float, help="Seconds per request."),
-        click.option(
-            "--max-cost", type=float, help="Budget cap in USD for the output folder's total spend."
-        ),
-        click.option("--rows-per-shard", type=int, help="Result rows per Parquet shard."),
         click.option("--column", help="Image column of tabular list files."),
         click.option("--id-column", help="Use this column of the list files as the row id."),
+        click.option("--endpoint", help=f"Endpoint URL, or 'fake' for the built-in fake{pilot}."),
+        click.option("--api-key-env", help=f"Environment variable holding the API key{pilot}."),
+        click.option(
+            "--auth-scheme",
+            type=click.Choice(["raw", "bearer"]),
+            help=f"raw: Authorization: <key> (memories.ai); bearer: Bearer <key>{pilot}.",
+        ),
+        click.option("--temperature", type=float, help=f"Sampling temperature, 0 to 2{pilot}."),
+        click.option(
+            "--concurrency",
+            type=int,
+            help="Requests in flight at once"
+            + (" (--pilot, and --probe-urls' reads)." if for_estimate else "."),
+        ),
+        click.option("--timeout", type=float, help=f"Seconds per request{pilot}."),
     ]
+    if not for_estimate:
+        options += [
+            click.option("--rpm", type=int, help="Requests-per-minute cap."),
+            click.option("--tpm", type=int, help="Tokens-per-minute cap."),
+            click.option("--max-attempts", type=int, help="Tries per row for transient failures."),
+            click.option(
+                "--max-cost",
+                type=float,
+                help="Budget cap in USD for the output folder's total spend.",
+            ),
+            click.option("--rows-per-shard", type=int, help="Result rows per Parquet shard."),
+        ]
 
     def decorate(fn: Any) -> Any:
         for option in reversed(options):
@@ -290,7 +302,7 @@ def run(
 
 @cli.command(short_help="Estimate tokens and cost per model, before anything is sent.")
 @click.argument("sources", nargs=-1, required=True)
-@_job_options(many_models=True)
+@_job_options(for_estimate=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--assume-size",

@@ -127,3 +127,15 @@ def test_numpy_starts_no_blas_threads() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "SAME-NAMED THREADS 1" in out.stdout, out.stdout + out.stderr
+
+
+def test_estimate_help_shows_only_what_an_estimate_uses() -> None:
+    text = CliRunner().invoke(cli, ["estimate", "--help"]).output
+    for flag in ("--rpm", "--tpm", "--max-attempts", "--max-cost", "--rows-per-shard"):
+        assert flag not in text
+    assert "--endpoint TEXT" in text
+    assert "(--pilot only)" in text
+    run_text = CliRunner().invoke(cli, ["run", "--help"]).output
+    for flag in ("--rpm", "--tpm", "--max-attempts", "--max-cost", "--rows-per-shard"):
+        assert flag in run_text
+    assert "--pilot" not in run_text
