@@ -197,6 +197,11 @@ def test_an_empty_folder_is_one_line_and_leaves_no_folder(
         assert result.exit_code == 2, result.output
         assert "no images found" in one_line(result)
         assert not out.exists()
+    out = tmp_path / "out-missing"  # a source that does not exist: no folder either
+    result = run(str(tmp_path / "nowhere"), "-o", str(out), "--endpoint", server.url)
+    assert result.exit_code == 2, result.output
+    assert "no such file or folder" in one_line(result)
+    assert not out.exists()
 
 
 def test_an_output_folder_whose_name_has_a_colon(
