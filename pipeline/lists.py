@@ -1,8 +1,9 @@
 """List files: .txt, .csv, .tsv, .jsonl and .parquet lists of image paths or URLs.
 
 Each reader streams batches of plain dicts: `key` (what the id is hashed from, not stored),
-`source` (an absolute path or a URL), then the list's other columns. Relative paths
-resolve against the list file's folder.
+`source` (an absolute path or a URL) and, for tabular lists, `columns`: the list's other
+columns, kept apart so that a user's `source` or `key` can never stand in for ours.
+Relative paths resolve against the list file's folder.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _tabular_batches(
             if value is None or not isinstance(value, str) or not value.strip():
                 raise UsageError(f"{path}: row {i}: column {picked!r} is empty or not text")
             entry = _entry(value, base, path)
-            entry.update(row)
+            entry["columns"] = row  # the user's, kept apart: never in place of ours
             out.append(entry)
         seen += len(rows)
         yield out

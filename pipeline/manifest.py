@@ -145,17 +145,10 @@ def _source_batches(
 # ---------------------------------------------------------------------------------------
 
 
-def _rename_reserved(row: dict[str, Any]) -> dict[str, Any]:
-    """User columns may not shadow ours: `id` becomes `input_id`, `status` `input_status`..."""
-    out: dict[str, Any] = {}
-    for name, value in row.items():
-        if name in ("key", MANIFEST_SOURCE):
-            out[name] = value
-        elif name in RESULT_COLUMNS:
-            out[f"input_{name}"] = value
-        else:
-            out[name] = value
-    return out
+def _renamed(columns: dict[str, Any]) -> dict[str, Any]:
+    """User columns may not shadow ours: `id` becomes `input_id`, `source` `input_source`,
+    `status` `input_status`..."""
+    return {(f"input_{k}" if k in RESULT_COLUMNS else k): v for k, v in columns.items()}
 
 
 def _not_utf8(path: str) -> str:
@@ -179,17 +172,18 @@ def iter_manifest_rows(
         for batch in _source_batches(source, column, id_column, counts.links):
             out = []
             for raw in batch:
-                key = raw.pop("key")
+                key = raw["key"]
                 path = raw[MANIFEST_SOURCE]
+                columns = raw.get("columns", {})
                 if type(path) is str and not path.isascii() and not _is_utf8(path):
-                    raw[MANIFEST_SOURCE] = key = _not_utf8(path)
+                    path = key = _not_utf8(path)
                 if id_column is not None:
-                    if id_column not in raw:
+                    if id_column not in columns:
                         raise UsageError(
                             f"source {source!r}: --id-column {id_column!r} needs a list file "
                             "with that column (.csv .tsv .jsonl .parquet)"
                         )
-                    user_id = raw.pop(id_column)
+                    user_id = columns.pop(id_column)
                     if user_id is None or str(user_id).strip() == "":
                         raise UsageError(f"{source}: id column {id_column!r} is empty for {key!r}")
                     row_id = str(user_id)
@@ -205,8 +199,7 @@ def iter_manifest_rows(
                     counts.duplicates += 1
                     continue
                 seen.add(fingerprint)
-                row = _rename_reserved(raw)
-                out.append({MANIFEST_ID: row_id, **row})
+                out.append({MANIFEST_ID: row_id, MANIFEST_SOURCE: path, **_renamed(columns)})
             if out:
                 yield out
 

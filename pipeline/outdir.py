@@ -32,6 +32,7 @@ from pipeline.arrow import combined, equals, read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
 from pipeline.manifest import remove_stale_workdirs
+from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
 from pipeline.writer import (
     JOURNAL_SUFFIX,
@@ -59,7 +60,7 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
     req = config.request
     return {
         "endpoint": config.endpoint.url,
-        "model": req.model,
+        "model": canonical_model(req.model),  # gpt-4o and gpt:gpt-4o are one model
         "system_prompt": req.system_prompt,
         "prompt": req.prompt,
         "detail": req.detail,
@@ -190,9 +191,9 @@ class OutputDir:
         if previous is None:
             return None
         definition = job_definition(config)
-        if previous.get("fingerprint") == fingerprint(definition):
-            return previous
         old = previous.get("job", {})
+        if previous.get("fingerprint") == fingerprint(definition) or _same_job(old, definition):
+            return previous
         changed = [k for k in sorted(set(old) | set(definition)) if old.get(k) != definition.get(k)]
         described = "; ".join(
             f"{k}: {_short(old.get(k))} -> {_short(definition.get(k))}" for k in changed
@@ -350,6 +351,13 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
             f"{path}: corrupt result shard ({exc}); move it out of the folder to send its "
             "rows again, or restore it from a backup"
         ) from None
+
+
+def _same_job(old: dict[str, Any], definition: dict[str, Any]) -> bool:
+    """A folder fingerprinted before model names were made canonical (`gpt-4o`)."""
+    if not isinstance(old.get("model"), str):
+        return False
+    return fingerprint({**old, "model": canonical_model(old["model"])}) == fingerprint(definition)
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -363,3 +363,27 @@ def test_a_killed_ingest_leaves_nothing_the_next_one_does_not_remove(tmp_path: P
     (stale / ".lock").write_bytes(b"")
     write_manifest([str(SAMPLES)], out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.parquet"]
+
+
+def test_user_columns_never_replace_ours(tmp_path: Path) -> None:
+    """A `source` column replaced the image path and a `key` column what the id was
+    hashed from: `a.gif,flickr,zzz` was captioned as 'flickr' under the id of 'zzz'."""
+    shutil.copy(SAMPLES / "icon.gif", tmp_path / "a.gif")
+    (tmp_path / "l.csv").write_text(
+        "image,source,key,id,status,caption,cost_usd,label\na.gif,flickr,zzz,7,done,x,1.5,cat\n"
+    )
+    (row,), _ = ingest(tmp_path, tmp_path / "l.csv")
+    assert row["source"] == str(tmp_path / "a.gif")
+    assert row["id"] == stable_id(str(tmp_path / "a.gif"))
+    assert {k: row[k] for k in row if k not in ("id", "source")} == {
+        "input_source": "flickr",
+        "key": "zzz",
+        "input_id": 7,
+        "input_status": "done",
+        "input_caption": "x",
+        "input_cost_usd": 1.5,
+        "label": "cat",
+    }
+    # A user's own column still serves as the id when asked for.
+    (row,), _ = ingest(tmp_path, tmp_path / "l.csv", id_column="key")
+    assert (row["id"], row["source"]) == ("zzz", str(tmp_path / "a.gif"))

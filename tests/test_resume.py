@@ -385,3 +385,21 @@ def test_a_second_run_on_the_same_folder_is_refused(
     assert server.count() == 0
     # Released: the run goes ahead.
     assert run_cli(str(SAMPLES), "-o", str(out), "--endpoint", server.url)[0] == 0
+
+
+def test_the_short_and_the_prefixed_model_name_are_one_job(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    out = tmp_path / "out"
+    src = str(SAMPLES / "icon.gif")
+    assert run_cli(src, "-o", str(out), "--endpoint", server.url, "--model", "gpt-4o")[0] == 0
+    code, output = run_cli(src, "-o", str(out), "--endpoint", server.url, "--model", "gpt:gpt-4o")
+    assert code == 0, output
+    assert json.loads((out / "run.json").read_text())["job"]["model"] == "gpt:gpt-4o"
+    # A folder written before names were made canonical resumes too.
+    meta = json.loads((out / "run.json").read_text())
+    meta["job"]["model"] = "gpt-4o"
+    meta["fingerprint"] = "0123456789abcdef"  # what the old code computed, in effect
+    (out / "run.json").write_text(json.dumps(meta))
+    assert run_cli(src, "-o", str(out), "--endpoint", server.url)[0] == 0
+    assert server.count() == 1
