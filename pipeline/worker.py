@@ -59,14 +59,12 @@ def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
 
 
 class Hand:
-    """How many rows are being worked on: the unit of work keeps `size` workers busy. A
-    row that waits out a Retry-After or a backoff lends its place meanwhile (`lent`): the
-    unit of work starts a substitute, which stops again once the lender is back. So one
-    429 in ten does not idle a tenth of the pool for a second each, and at most twice
-    `size` rows are ever in hand."""
+    """Rows waiting out a Retry-After or a backoff. Such a row lends its place meanwhile
+    (`lent`): the unit of work starts a substitute worker, which stops again once the
+    lender is back. So one 429 in ten does not idle a tenth of the pool for a second
+    each, and at most twice the concurrency of rows are ever in hand."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self) -> None:
         self.lending = 0
         self.on_lend: Callable[[], None] = lambda: None
 
@@ -124,7 +122,7 @@ class Captioner:
         self.stopping = stopping
         self.budget = budget or Budget(None)
         self.breaker = breaker or CircuitBreaker(endpoint.url)
-        self.hand = Hand(config.limits.concurrency)
+        self.hand = Hand()
         self.retries = 0  # attempts after a row's first, for the progress bar
         self.price: ModelPrice = config.prices[config.request.model]
         req = config.request
