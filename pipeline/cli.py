@@ -270,7 +270,7 @@ def run(
         _setup_logging(0, quiet=True)
     config = _load_job(config_path, flags)
     if dry_run:
-        from pipeline.estimate import dry_run as check
+        from pipeline.dryrun import dry_run as check
 
         report, problems, exit_code = check(list(sources), output, config, column, id_column)
         _print_estimate(report, as_json=False)
@@ -341,7 +341,8 @@ def estimate(
 ) -> None:
     """Exact prompt tokens (image tokens by each model's published rule, text tokens with
     o200k_base) and the expected and worst-case cost of captioning SOURCES, per model."""
-    from pipeline.estimate import estimate_sources, parse_size
+    from pipeline.dryrun import estimate_sources
+    from pipeline.sizes import parse_size
 
     config = _load_job(config_path, flags)
     report = estimate_sources(

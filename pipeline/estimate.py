@@ -1,4 +1,4 @@
-"""Dry run: exact prompt tokens and cost per model, before anything is sent.
+"""The estimate: exact prompt tokens and cost per model, before anything is sent.
 
 Image tokens come from each image's pixel size and the model's published rule (vectorised,
 so a million rows take seconds); text tokens are counted once per job with o200k_base;
@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.config import JobConfig
-from pipeline.errors import RequestRejected, UsageError
-from pipeline.images import HEADER_BYTES, header_size, is_url, local_size
-from pipeline.manifest import sample_rows, without_done
-from pipeline.outdir import OutputDir, fingerprint, job_definition, read_shard
+from pipeline.errors import UsageError
+from pipeline.images import is_url
 from pipeline.prices import ModelPrice, cost_usd
-from pipeline.records import MANIFEST_SOURCE, ManifestRow
+from pipeline.records import MANIFEST_SOURCE
 from pipeline.request import worst_case_completion_tokens
+from pipeline.sizes import HeaderReader, column_ints, probe_sizes
 from pipeline.tokens import image_tokens_array, max_image_tokens, prompt_text_tokens
 
 log = logging.getLogger(__name__)
@@ -184,89 +180,6 @@ class Estimate:
 # Sizes
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--assume-size {text!r}: must be WIDTHxHEIGHT, e.g. 1024x768") from None
-    if w <= 0 or h <= 0:
-        raise UsageError(f"--assume-size {text!r}: width and height must be positive")
-    return w, h
-
-
-def _column_ints(batch: pa.RecordBatch, name: str) -> list[int | None]:
-    if name not in batch.schema.names:
-        return [None] * batch.num_rows
-    out = []
-    for v in batch.column(name).to_pylist():
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-            out.append(None)
-        else:
-            out.append(int(v))
-    return out
-
-
-async def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int] | None]:
-    """Each URL's pixel size from its first bytes (an HTTP Range request), or None."""
-    import aiohttp
-
-    sem = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-
-    async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, int] | None:
-        async with sem:
-            try:
-                async with session.get(
-                    url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"}, timeout=timeout
-                ) as resp:
-                    if resp.status not in (200, 206):
-                        return None
-                    data = await resp.content.read(HEADER_BYTES)
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-            return header_size(data)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        return await asyncio.gather(*(one(session, u) for u in urls))
-
-
-def _sizes_of(paths: list[str], max_bytes: int) -> list[tuple[int, int] | str]:
-    """Each local image's size from its header, or why it cannot be sent."""
-    out: list[tuple[int, int] | str] = []
-    for path in paths:
-        try:
-            out.append(local_size(path, max_bytes))
-        except RequestRejected as exc:
-            out.append(exc.message.removeprefix(f"{path}: "))
-    return out
-
-
-class _HeaderReader:
-    """Reads local image headers, on every core once there are enough of them."""
-
-    CHUNK = 2048
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._pool: ProcessPoolExecutor | None = None
-
-    def sizes(self, paths: list[str]) -> Iterator[tuple[int, int] | str]:
-        workers = os.cpu_count() or 1
-        if len(paths) < 2 * self.CHUNK or workers == 1:
-            yield from _sizes_of(paths, self.max_bytes)
-            return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=workers)
-        chunks = [paths[i : i + self.CHUNK] for i in range(0, len(paths), self.CHUNK)]
-        for result in self._pool.map(_sizes_of, chunks, [self.max_bytes] * len(chunks)):
-            yield from result
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-
 @dataclass(slots=True)
 class _Accumulator:
     """Per-model image-token sums, fed batch by batch: memory stays flat in the row count."""
@@ -307,13 +220,13 @@ def estimate(
     skipped: list[dict[str, str]] = []
     skipped_count = 0
     max_bytes = int(config.limits.max_image_mb * 1_000_000)
-    headers = _HeaderReader(max_bytes)
+    headers = HeaderReader(max_bytes)
     try:
         for batch in batches:
             widths: list[int] = []
             heights: list[int] = []
             sources = batch.column(MANIFEST_SOURCE).to_pylist()
-            col_w, col_h = _column_ints(batch, "width"), _column_ints(batch, "height")
+            col_w, col_h = column_ints(batch, "width"), column_ints(batch, "height")
             to_probe: list[str] = []
             local = headers.sizes([s for s in sources if not is_url(s)])
             for i, source in enumerate(sources):
@@ -419,142 +332,6 @@ def _prices(config: JobConfig, models: list[str]) -> list[ModelPrice]:
 # From sources (or a manifest, or an output folder) to an estimate
 
 
-def source_batches(
-    sources: list[str], column: str | None = None, id_column: str | None = None
-) -> Iterator[pa.RecordBatch]:
-    """The manifest rows of `sources` as record batches, without writing anything."""
-    import pyarrow.parquet as pq
-
-    from pipeline.lists import record_batch
-    from pipeline.manifest import is_manifest, iter_manifest_rows
-
-    if len(sources) == 1 and is_manifest(sources[0]):
-        yield from pq.ParquetFile(os.path.abspath(sources[0])).iter_batches(batch_size=65_536)
-        return
-    for rows in iter_manifest_rows(sources, column=column, id_column=id_column):
-        yield record_batch(rows)
-
-
-def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | None:
-    """Mean completion tokens per ok row in an output folder of the same job, if any."""
-    import pyarrow.compute as pc
-
-    meta = out.read_run_json() if out.exists() else None
-    if not meta or meta.get("fingerprint") != fingerprint(job_definition(config)):
-        return None
-    tables = [read_shard(s, columns=["status", "completion_tokens"]) for s in out.shards()]
-    if not tables:
-        return None
-    table = pa.concat_tables(tables)
-    ok = table.filter(pc.equal(table["status"], "ok"))
-    if ok.num_rows == 0:
-        return None
-    return pc.mean(ok["completion_tokens"]).as_py(), ok.num_rows
-
-
-def estimate_sources(
-    sources: list[str],
-    config: JobConfig,
-    models: list[str],
-    *,
-    output: Path | None = None,
-    assume_size: tuple[int, int] | None = None,
-    probe_urls: bool = False,
-    pilot: int = 0,
-    column: str | None = None,
-    id_column: str | None = None,
-) -> Estimate:
-    """Estimate a job over `sources`; with `output`, only the rows it does not hold yet,
-    and the expected output length from what it already holds.
-
-    A pilot sends `pilot` real requests on a random sample first. With `output` it is the
-    first slice of the real job, written there like any run, so the run never pays for
-    those rows again; without, its answers are kept only long enough to be measured.
-    """
-    pilot_report: dict[str, Any] | None = None
-    pilot_expected: tuple[float, str] | None = None
-    if pilot:
-        pilot_report, mean = _run_pilot(sources, config, pilot, output, column, id_column)
-        if mean is not None:
-            pilot_expected = (
-                mean,
-                f"mean of a pilot of {pilot_report['ok']} requests on {config.request.model}",
-            )
-    batches: Iterable[pa.RecordBatch] = source_batches(sources, column, id_column)
-    observed: tuple[float, str] | None = None
-    notes: list[str] = []
-    if output is not None:
-        out = OutputDir(output)
-        if out.exists() and out.read_run_json() is not None:
-            done = out.scan(include_journals=True)
-            if done.ok + done.errors:
-                batches = without_done(batches, pa.concat_arrays([done.ok_ids, done.error_ids]))
-                notes.append(
-                    f"{done.ok + done.errors} rows already done in {output} are not counted"
-                )
-            seen = observed_output(out, config)
-            if seen is not None:
-                observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
-    result = estimate(
-        batches,
-        config,
-        models,
-        assume_size=assume_size,
-        probe_urls=probe_urls,
-        expected_output=pilot_expected or observed,
-    )
-    result.pilot = pilot_report
-    result.notes.extend(notes)
-    return result
-
-
-def _run_pilot(
-    sources: list[str],
-    config: JobConfig,
-    n: int,
-    output: Path | None,
-    column: str | None,
-    id_column: str | None,
-) -> tuple[dict[str, Any], float | None]:
-    """Send `n` real requests on a random sample; (report, mean completion tokens)."""
-    from pipeline.runner import EXIT_PILOT_OK, run_job, run_pilot
-
-    if output is not None:
-        outcome = run_job(
-            sources,
-            output,
-            config,
-            sample=n,
-            show_progress=False,
-            column=column,
-            id_column=id_column,
-        )
-        if outcome.exit_code not in EXIT_PILOT_OK:
-            raise UsageError(f"the pilot stopped: {outcome.message or outcome.summary}")
-        tally = outcome.tally
-    else:
-        rows = sample_rows(
-            (
-                ManifestRow.from_dict(r)
-                for b in source_batches(sources, column, id_column)
-                for r in b.to_pylist()
-            ),
-            n,
-        )
-        tally = run_pilot(config, rows)
-    mean = tally.completion_tokens / tally.ok if tally.ok else None
-    report = {
-        "model": config.request.model,
-        "requests": tally.done,
-        "ok": tally.ok,
-        "completion_tokens_mean": mean or 0.0,
-        "prompt_tokens": tally.prompt_tokens,
-        "cost_usd": tally.cost_usd,
-        "written_to": str(output) if output is not None else None,
-    }
-    return report, mean
-
-
 def _model_estimate(
     price: ModelPrice,
     images: int,
@@ -581,36 +358,3 @@ def _model_estimate(
         cost_expected_usd=cost_usd(price, prompt, out_expected),
         cost_max_usd=cost_usd(price, prompt, out_max),
     )
-
-
-def dry_run(
-    sources: list[str],
-    output: Path,
-    config: JobConfig,
-    column: str | None = None,
-    id_column: str | None = None,
-) -> tuple[Estimate, list[str], int]:
-    """Everything a real run would check, and its estimate, with nothing sent or written.
-
-    Returns the estimate, the problems found, and the exit code: 0 ready; 1 some rows would
-    be error rows (unreadable files); 2 the run could not start (key, output folder).
-    """
-    from pipeline.runner import read_api_key
-
-    problems: list[str] = []
-    exit_code = 0
-    out = OutputDir(output)
-    if out.exists():
-        out.check_fingerprint(config)  # a different job: that error alone, no estimate
-    try:
-        read_api_key(config)
-    except UsageError as exc:
-        problems.append(str(exc))
-        exit_code = 2
-    report = estimate_sources(
-        sources, config, [], output=output, column=column, id_column=id_column
-    )
-    if report.skipped_count:
-        problems.append(f"{report.skipped_count} file(s) would be error rows (listed above)")
-        exit_code = max(exit_code, 1)
-    return report, problems, exit_code

@@ -1,0 +1,100 @@
+"""Image sizes for the estimate, without decoding pixels: local headers (on every core once
+there are enough files), the manifest's `width`/`height` columns, or the first bytes of a
+URL (`--probe-urls`, an HTTP Range request)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import pyarrow as pa
+
+from pipeline.errors import RequestRejected, UsageError
+from pipeline.images import HEADER_BYTES, header_size, local_size
+
+PROBE_TIMEOUT_S = 20.0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--assume-size {text!r}: must be WIDTHxHEIGHT, e.g. 1024x768") from None
+    if w <= 0 or h <= 0:
+        raise UsageError(f"--assume-size {text!r}: width and height must be positive")
+    return w, h
+
+
+def column_ints(batch: pa.RecordBatch, name: str) -> list[int | None]:
+    if name not in batch.schema.names:
+        return [None] * batch.num_rows
+    out = []
+    for v in batch.column(name).to_pylist():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            out.append(None)
+        else:
+            out.append(int(v))
+    return out
+
+
+async def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int] | None]:
+    """Each URL's pixel size from its first bytes (an HTTP Range request), or None."""
+    import aiohttp
+
+    sem = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+
+    async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, int] | None:
+        async with sem:
+            try:
+                async with session.get(
+                    url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"}, timeout=timeout
+                ) as resp:
+                    if resp.status not in (200, 206):
+                        return None
+                    data = await resp.content.read(HEADER_BYTES)
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+            return header_size(data)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        return await asyncio.gather(*(one(session, u) for u in urls))
+
+
+def _sizes_of(paths: list[str], max_bytes: int) -> list[tuple[int, int] | str]:
+    """Each local image's size from its header, or why it cannot be sent."""
+    out: list[tuple[int, int] | str] = []
+    for path in paths:
+        try:
+            out.append(local_size(path, max_bytes))
+        except RequestRejected as exc:
+            out.append(exc.message.removeprefix(f"{path}: "))
+    return out
+
+
+class HeaderReader:
+    """Reads local image headers, on every core once there are enough of them."""
+
+    CHUNK = 2048
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def sizes(self, paths: list[str]) -> Iterator[tuple[int, int] | str]:
+        workers = os.cpu_count() or 1
+        if len(paths) < 2 * self.CHUNK or workers == 1:
+            yield from _sizes_of(paths, self.max_bytes)
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=workers)
+        chunks = [paths[i : i + self.CHUNK] for i in range(0, len(paths), self.CHUNK)]
+        for result in self._pool.map(_sizes_of, chunks, [self.max_bytes] * len(chunks)):
+            yield from result
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
