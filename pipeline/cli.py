@@ -245,6 +245,12 @@ def _print_estimate(report: Any, as_json: bool) -> None:
 )
 @_job_options()
 @click.option("--retry-errors", is_flag=True, help="Send the rows that ended as errors again.")
+@click.option(
+    "--accept-new-source",
+    is_flag=True,
+    help="Add rows to a folder whose results share no id with SOURCES (refused by default: "
+    "usually another dataset, or the same files named another way).",
+)
 @click.option("--dry-run", is_flag=True, help="Estimate the cost and check the job; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
 def run(
@@ -252,6 +258,7 @@ def run(
     output: Path,
     config_path: Path | None,
     retry_errors: bool,
+    accept_new_source: bool,
     dry_run: bool,
     column: str | None,
     id_column: str | None,
@@ -293,6 +300,7 @@ def run(
         show_progress=not quiet and sys.stderr.isatty(),
         column=column,
         id_column=id_column,
+        accept_new_source=accept_new_source,
     )
     click.echo(outcome.summary)
     if outcome.message:

@@ -205,17 +205,30 @@ class OutputDir:
 
     # -- manifest ---------------------------------------------------------------------
 
-    def adopt_manifest(self, path: Path) -> None:
-        """Use an existing manifest file as this job's manifest (copied, then renamed)."""
-        if path.resolve() == self.manifest.resolve():
-            return
-        tmp = self.manifest.with_name(MANIFEST_NAME + TMP_SUFFIX)
+    def staged_manifest(self) -> Path:
+        """Where a new manifest is built before it replaces the old one (a leftover of
+        a killed run is removed by `recover` with the other temporary files)."""
+        return self.manifest.with_name(MANIFEST_NAME + ".new" + TMP_SUFFIX)
+
+    def copy_in(self, source: Path, target: Path) -> None:
         try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, self.manifest)
+            shutil.copyfile(source, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
             raise storage_error(self.path, exc) from None
+
+    def adopt_manifest(self, staged: Path) -> None:
+        """Make a staged manifest this job's manifest (renamed over the old one)."""
+        try:
+            os.replace(staged, self.manifest)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
+
+    def shares_ids(self, manifest: Path, ids: pa.Array) -> bool:
+        """Whether the manifest at `manifest` holds any of `ids`."""
+        column = read_parquet(manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+        return bool(pc.any(pc.is_in(column, value_set=ids)).as_py())
 
     # -- crash recovery and compaction ------------------------------------------------
 

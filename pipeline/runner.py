@@ -39,7 +39,7 @@ from pipeline.errors import (
 )
 from pipeline.executors.local import execute, open_captioner
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
-from pipeline.outdir import OutputDir, fingerprint, job_definition, utc_now
+from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.work import StopReason, Tally, caption_rows
@@ -97,13 +97,40 @@ def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
 
 
 def _prepare_manifest(
-    out: OutputDir, sources: list[str], column: str | None, id_column: str | None
+    out: OutputDir,
+    sources: list[str],
+    column: str | None,
+    id_column: str | None,
+    done: Done,
+    accept_new_source: bool,
+    before: list[str] | None,
 ) -> IngestSummary | None:
-    if len(sources) == 1 and is_manifest(sources[0]):
-        out.adopt_manifest(Path(sources[0]))
+    """Build the manifest beside the old one and swap it in, unless the folder holds
+    results and the new manifest shares no id with them: that is another dataset, or the
+    same files named another way (ids are hashed from the path as given), and sending it
+    would pay for every row again."""
+    given_manifest = len(sources) == 1 and is_manifest(sources[0])
+    if given_manifest and Path(sources[0]).resolve() == out.manifest.resolve():
         return None
-    summary = write_manifest(sources, out.manifest, column=column, id_column=id_column)
-    log.info("%s", summary.line())
+    staged = out.staged_manifest()
+    summary = None
+    if given_manifest:
+        out.copy_in(Path(sources[0]), staged)
+    else:
+        summary = write_manifest(sources, staged, column=column, id_column=id_column)
+        log.info("%s", summary.line())
+    done_ids = pa.concat_arrays([done.ok_ids, done.error_ids])
+    if done.rows and not accept_new_source and not out.shares_ids(staged, done_ids):
+        staged.unlink()
+        earlier = " ".join(before) if before else "its earlier sources"
+        raise UsageError(
+            f"{out.path} holds {done.rows} results of {earlier}, and none of their ids is "
+            f"among the rows of {' '.join(sources)}: another dataset, or the same files "
+            "named another way (ids are hashed from the path as given). Use a new output "
+            "folder, name the sources as before, or add --accept-new-source to add these "
+            "rows to this folder anyway"
+        )
+    out.adopt_manifest(staged)
     return summary
 
 
@@ -121,8 +148,11 @@ def run_job(
     column: str | None = None,
     id_column: str | None = None,
     sample: int = 0,
+    accept_new_source: bool = False,
 ) -> RunOutcome:
-    """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot)."""
+    """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
+    With `accept_new_source`, sources that share no id with the folder's results are
+    added to it rather than refused."""
     started = time.perf_counter()
     out = OutputDir(out_path)
     if out.exists():
@@ -142,6 +172,7 @@ def run_job(
                 column=column,
                 id_column=id_column,
                 sample=sample,
+                accept_new_source=accept_new_source,
                 started=started,
             )
     except UsageError:
@@ -161,13 +192,15 @@ def _run_locked(
     column: str | None,
     id_column: str | None,
     sample: int,
+    accept_new_source: bool,
     started: float,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
-    ingest = _prepare_manifest(out, sources, column, id_column)
-    out.recover()
+    out.recover()  # journals are folded with the manifest they were written against
     out.compact()
     done = out.scan()
+    before = (previous or {}).get("sources")
+    ingest = _prepare_manifest(out, sources, column, id_column, done, accept_new_source, before)
     skip = done.ok_ids if retry_errors else pa.concat_arrays([done.ok_ids, done.error_ids])
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
@@ -185,6 +218,7 @@ def _run_locked(
     definition = job_definition(config)
     meta = previous or {"version": 1, "created_at": utc_now(), "runs": []}
     meta.update({"fingerprint": fingerprint(definition), "job": definition})
+    meta["sources"] = sources  # as given: the guard above names them
     # The price the rows are costed at, kept for `caption status` and for audits.
     meta["price"] = price_entry(config.prices[config.request.model])
     out.write_run_json(meta)

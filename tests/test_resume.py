@@ -403,3 +403,26 @@ def test_the_short_and_the_prefixed_model_name_are_one_job(
     (out / "run.json").write_text(json.dumps(meta))
     assert run_cli(src, "-o", str(out), "--endpoint", server.url)[0] == 0
     assert server.count() == 1
+
+
+def test_sources_that_share_no_id_with_the_folder_are_refused(
+    tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same folder named another way has other ids: it would be paid for again."""
+    shutil.copytree(SAMPLES, tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("imgs", "-o", str(out), "--endpoint", server.url)[0] == 0
+    manifest = (out / "manifest.parquet").read_bytes()
+    code, output = run_cli(str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url)
+    assert code == 2
+    assert f"{out} holds 6 results of imgs, and none of their ids is among the rows of" in output
+    assert "--accept-new-source" in output
+    assert server.count() == 6  # nothing was sent
+    assert (out / "manifest.parquet").read_bytes() == manifest  # nor replaced
+    assert not list(out.glob("*.tmp"))
+    code, output = run_cli(
+        str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url, "--accept-new-source"
+    )
+    assert code == 0, output
+    assert server.count() == 12
