@@ -1,9 +1,13 @@
 """The output folder: the only place where a job's state lives.
 
-    OUT_DIR/manifest.parquet            the manifest the job runs over
-    OUT_DIR/run.json                    the job's definition, fingerprint and totals
-    OUT_DIR/part-N.parquet              complete result shards
-    OUT_DIR/part-N.journal.arrows       the shard being written (folded on restart)
+    OUT_DIR/part-N.parquet              complete result shards: all a reader sees
+    OUT_DIR/_manifest.parquet           the manifest the job runs over
+    OUT_DIR/_run.json                   the job's definition, fingerprint and totals
+    OUT_DIR/_part-N.journal.jsonl       the shard being written (folded on restart)
+
+Everything but the shards starts with `_` or `.`, so `pd.read_parquet(OUT_DIR)` and the
+other Hive-style readers read exactly the results. Folders of older versions, with
+`manifest.parquet` and `run.json`, are read as they are and renamed by the next run.
 
 `recover` puts a folder left by a crash back in order; `scan` reads only the columns it
 needs to tell what is done; `compact` leaves exactly one row per id.
@@ -35,7 +39,7 @@ from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
 from pipeline.writer import (
-    JOURNAL_SUFFIX,
+    JOURNAL_GLOBS,
     SHARD_GLOB,
     TMP_SUFFIX,
     fold_journal,
@@ -45,8 +49,10 @@ from pipeline.writer import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.parquet"
-RUN_JSON = "run.json"
+MANIFEST_NAME = "_manifest.parquet"
+RUN_JSON = "_run.json"
+# The names of folders written before everything but the results was hidden.
+LEGACY_NAMES = {MANIFEST_NAME: "manifest.parquet", RUN_JSON: "run.json"}
 LOCK_NAME = ".lock"
 RUN_JSON_VERSION = 1
 
@@ -108,6 +114,25 @@ class OutputDir:
     def __init__(self, path: Path) -> None:
         # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
         self.path = Path(os.path.abspath(path))
+        self.manifest = self._named(MANIFEST_NAME)
+        self.run_json = self._named(RUN_JSON)
+
+    def _named(self, name: str) -> Path:
+        """A file of the folder, by its legacy name in a folder written before it was
+        hidden (until `migrate`), read-only commands included."""
+        current, legacy = self.path / name, self.path / LEGACY_NAMES[name]
+        return legacy if legacy.exists() and not current.exists() else current
+
+    def migrate(self) -> None:
+        """Give a folder written by an older version today's names (under the lock)."""
+        for name in (MANIFEST_NAME, RUN_JSON):
+            legacy, current = self.path / LEGACY_NAMES[name], self.path / name
+            if legacy.exists() and not current.exists():
+                try:
+                    os.replace(legacy, current)
+                except OSError as exc:
+                    raise storage_error(self.path, exc) from None
+                log.info("renamed %s to %s", legacy.name, current.name)
         self.manifest = self.path / MANIFEST_NAME
         self.run_json = self.path / RUN_JSON
 
@@ -163,6 +188,9 @@ class OutputDir:
             os.close(fd)
         return False
 
+    def journals(self) -> list[Path]:
+        return sorted(p for pattern in JOURNAL_GLOBS for p in self.path.glob(pattern))
+
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
 
@@ -177,7 +205,7 @@ class OutputDir:
             raise UsageError(f"{self.run_json}: unreadable ({exc})") from None
 
     def write_run_json(self, data: dict[str, Any]) -> None:
-        tmp = self.run_json.with_name(RUN_JSON + TMP_SUFFIX)
+        tmp = self.run_json.with_name(self.run_json.name + TMP_SUFFIX)
         try:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
             os.replace(tmp, self.run_json)
@@ -204,6 +232,12 @@ class OutputDir:
         )
 
     # -- manifest ---------------------------------------------------------------------
+
+    def is_own_manifest(self, path: Path) -> bool:
+        """Whether `path` is this folder's manifest, by today's name or the legacy one
+        (which `migrate` may just have renamed)."""
+        names = (self.manifest, self.path / LEGACY_NAMES[MANIFEST_NAME])
+        return os.path.abspath(path) in {str(p) for p in names}
 
     def staged_manifest(self) -> Path:
         """Where a new manifest is built before it replaces the old one (a leftover of
@@ -258,7 +292,7 @@ class OutputDir:
     def recover(self) -> None:
         """Remove temporary files of interrupted writes and fold journals into shards."""
         self.remove_temporaries()
-        journals = sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}"))
+        journals = self.journals()
         if not journals:
             return
         schema = self.result_schema()
@@ -322,7 +356,7 @@ class OutputDir:
         tables = [read_shard(s, columns=columns) for s in self.shards()]
         journaled = 0
         if include_journals:
-            for journal in sorted(self.path.glob(f"part-*{JOURNAL_SUFFIX}")):
+            for journal in self.journals():
                 core = read_journal(journal)
                 journaled += core.num_rows
                 tables.append(core.select(columns))

@@ -109,9 +109,9 @@ def _prepare_manifest(
     results and the new manifest shares no id with them: that is another dataset, or the
     same files named another way (ids are hashed from the path as given), and sending it
     would pay for every row again."""
+    if len(sources) == 1 and out.is_own_manifest(Path(sources[0])):
+        return None  # rerun over its own manifest (by its legacy name too, now renamed)
     given_manifest = len(sources) == 1 and is_manifest(sources[0])
-    if given_manifest and Path(sources[0]).resolve() == out.manifest.resolve():
-        return None
     staged = out.staged_manifest()
     summary = None
     if given_manifest:
@@ -196,6 +196,7 @@ def _run_locked(
     started: float,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
+    out.migrate()
     out.recover()  # journals are folded with the manifest they were written against
     out.compact()
     done = out.scan()

@@ -1,6 +1,6 @@
 """Writer: result rows -> a crash-safe journal -> complete Parquet shards.
 
-Every result is appended to the current shard's journal (`part-N.journal.jsonl`, one JSON
+Every result is appended to the current shard's journal (`_part-N.journal.jsonl`, one JSON
 line per row, written with a single unbuffered `write`) before the next row is taken, so
 a `kill -9` loses no answer that arrived. When the shard is full, or the run ends, the
 journal is folded into `part-N.parquet`: parsed by Arrow's JSON reader, written under a
@@ -37,8 +37,14 @@ log = logging.getLogger(__name__)
 
 SHARD_GLOB = "part-*.parquet"
 JOURNAL_SUFFIX = ".journal.jsonl"
+# Journals of folders written before they were hidden are still read (`JOURNAL_GLOBS`).
+JOURNAL_GLOBS = (f"_part-*{JOURNAL_SUFFIX}", f"part-*{JOURNAL_SUFFIX}")
 TMP_SUFFIX = ".tmp"
-_SEQ = re.compile(r"^part-(\d+)")
+# Everything but the result shards starts with `_` (or `.`): the Hive convention that
+# pandas, pyarrow.dataset, duckdb and polars share, so that reading the folder gives the
+# results and nothing else.
+HIDDEN = "_"
+_SEQ = re.compile(r"^_?part-(\d+)")
 
 # Given the ids of a shard, the manifest's extra columns for them (any order, with `id`).
 ExtrasLookup = Callable[[pa.Array], pa.Table]
@@ -49,12 +55,12 @@ def shard_path(out_dir: Path, name: str) -> Path:
 
 
 def journal_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f"{name}{JOURNAL_SUFFIX}"
+    return out_dir / f"{HIDDEN}{name}{JOURNAL_SUFFIX}"
 
 
 def next_sequence(out_dir: Path) -> int:
     """One past the highest `part-N` number in the folder (shards and journals alike)."""
-    numbers = [int(m[1]) for p in out_dir.glob("part-*") if (m := _SEQ.match(p.name))]
+    numbers = [int(m[1]) for p in out_dir.glob("*part-*") if (m := _SEQ.match(p.name))]
     return max(numbers, default=-1) + 1
 
 
@@ -145,7 +151,7 @@ def read_journal(path: Path) -> pa.Table:
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write under a temporary name, fsync, rename: visible only complete. A failure
     (no space left, say) leaves nothing behind and raises StorageError."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = path.with_name(HIDDEN + path.name + TMP_SUFFIX)
     try:
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
@@ -178,7 +184,8 @@ def fold_journal(
     journal: Path, schema: pa.Schema = RESULT_SCHEMA, lookup: ExtrasLookup | None = None
 ) -> Path | None:
     """Turn a journal into its Parquet shard (None if it held no whole row)."""
-    shard = journal.with_name(journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet")
+    name = journal.name.removesuffix(JOURNAL_SUFFIX).removeprefix(HIDDEN)
+    shard = journal.with_name(name + ".parquet")
     if shard.exists():
         # Killed after the rename but before the unlink: the shard is already complete.
         journal.unlink()
