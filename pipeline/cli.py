@@ -382,6 +382,26 @@ def status(output: Path, as_json: bool) -> None:
         click.echo("\n".join(report.lines()))
 
 
+@cli.command(short_help="Write the results as one file, with the sources' own columns.")
+@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "target",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write: .parquet, .jsonl or .csv.",
+)
+def export(output_dir: Path, target: Path) -> None:
+    """Join the results in OUTPUT_DIR with the manifest's own columns (your labels,
+    splits, ids) into one file, one row per answered image. Nested columns such as
+    `choices` become JSON text in a CSV. Reads the folder only."""
+    from pipeline.export import export as write
+
+    rows = write(output_dir, target)
+    click.echo(f"exported {rows} rows to {target}")
+
+
 @cli.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
 @click.option("--port", type=int, default=8099, show_default=True)
 @click.option(

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError, storage_error
 from pipeline.images import NOT_UTF8_PREFIX, is_url
 from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
 from pipeline.walk import (
     IMAGE_EXTENSIONS,
     Links,
@@ -221,16 +221,6 @@ def _unify(schemas: list[pa.Schema], label: str) -> pa.Schema:
         ) from None
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    columns = [
-        table.column(f.name).cast(f.type)
-        if f.name in table.column_names
-        else pa.nulls(table.num_rows, f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 WORKDIR_MARK = ".ingest-"
 
 
@@ -282,7 +272,7 @@ def write_manifest(
         with pq.ParquetWriter(tmp, schema) as out:
             for part in parts:
                 for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
-                    out.write_table(_conform(pa.Table.from_batches([rb]), schema))
+                    out.write_table(conform(pa.Table.from_batches([rb]), schema))
         os.replace(tmp, output)
     except OSError as exc:
         raise storage_error(output.parent, exc) from None

@@ -37,7 +37,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
 from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, result_schema
+from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, conform
 from pipeline.writer import (
     JOURNAL_GLOBS,
     SHARD_GLOB,
@@ -124,7 +124,8 @@ class OutputDir:
         return legacy if legacy.exists() and not current.exists() else current
 
     def migrate(self) -> None:
-        """Give a folder written by an older version today's names (under the lock)."""
+        """Give a folder written by an older version today's names (under the lock);
+        `unify_shards` then gives its shards today's schema."""
         for name in (MANIFEST_NAME, RUN_JSON):
             legacy, current = self.path / LEGACY_NAMES[name], self.path / name
             if legacy.exists() and not current.exists():
@@ -266,21 +267,39 @@ class OutputDir:
 
     # -- crash recovery and compaction ------------------------------------------------
 
-    def result_schema(self) -> pa.Schema:
-        """The shards' schema: the result columns, then the manifest's extra columns."""
-        manifest = pq.read_schema(self.manifest)
-        return result_schema(
-            pa.schema([f for f in manifest if f.name not in (MANIFEST_ID, MANIFEST_SOURCE)])
-        )
-
-    def manifest_extras(self, ids: pa.Array) -> pa.Table:
-        """The manifest rows (all columns) whose id is in `ids`, streamed batch by batch."""
-        pf = pq.ParquetFile(self.manifest)
-        parts = [
-            rb.filter(pc.is_in(rb.column(MANIFEST_ID), value_set=ids))
-            for rb in pf.iter_batches(batch_size=65_536)
-        ]
-        return pa.Table.from_batches(parts, schema=pf.schema_arrow)
+    def unify_shards(self) -> int:
+        """Give shards of an older version the one schema: result columns only (the
+        sources' own columns are in the manifest), newer columns as nulls. A shard whose
+        rows the manifest does not hold keeps its columns, and a warning says so.
+        Reads only each shard's footer unless it needs rewriting."""
+        rewritten = 0
+        manifest_ids: pa.Array | None = None
+        for shard in self.shards():
+            try:
+                schema = pq.read_schema(shard)
+            except (pa.ArrowInvalid, OSError):
+                continue  # named by the scan that follows
+            if schema.equals(RESULT_SCHEMA):
+                continue
+            table = read_shard(shard)
+            extras = [n for n in table.column_names if n not in RESULT_SCHEMA.names]
+            if extras:
+                if manifest_ids is None:
+                    manifest_ids = combined(
+                        read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+                    )
+                if not pc.all(pc.is_in(table[MANIFEST_ID], value_set=manifest_ids)).as_py():
+                    log.warning(
+                        "%s keeps its columns %s: the manifest no longer holds all its rows",
+                        shard.name,
+                        ", ".join(extras),
+                    )
+                    continue
+            write_parquet_atomic(conform(table, RESULT_SCHEMA), shard)
+            rewritten += 1
+        if rewritten:
+            log.info("gave %d shard(s) of an older version the result schema", rewritten)
+        return rewritten
 
     def remove_temporaries(self) -> None:
         """Remove what interrupted writes left: `*.tmp` files and ingest work folders."""
@@ -292,12 +311,8 @@ class OutputDir:
     def recover(self) -> None:
         """Remove temporary files of interrupted writes and fold journals into shards."""
         self.remove_temporaries()
-        journals = self.journals()
-        if not journals:
-            return
-        schema = self.result_schema()
-        for journal in journals:
-            shard = fold_journal(journal, schema, self.manifest_extras)
+        for journal in self.journals():
+            shard = fold_journal(journal)
             if shard is not None:
                 log.info("recovered %s from the journal of an interrupted run", shard.name)
 

@@ -1,8 +1,8 @@
 """The typed records that flow reader -> worker -> writer, and the one result schema.
 
 A manifest row becomes exactly one `ResultRow`; failures are rows too (`status="error"`).
-`RESULT_SCHEMA` is the only definition of the result columns; shards append the manifest's
-extra columns after them.
+`RESULT_SCHEMA` is the only definition of the result columns, and every shard's schema: the
+manifest's own columns stay in the manifest.
 """
 
 from __future__ import annotations
@@ -130,13 +130,11 @@ class ResultRow:
     error_kind: str | None = None
     image_width: int | None = None
     image_height: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     # Not stored: the failure may say only that the job is wrong (the circuit breaker).
     job_level: str | None = None
 
     def core_dict(self) -> dict[str, Any]:
-        """The `RESULT_SCHEMA` columns as plain JSON types, for the journal. The manifest's
-        extra columns (`extra`) are joined when the journal is folded into a shard."""
+        """The `RESULT_SCHEMA` columns as plain JSON types, for the journal."""
         c = self.completion
         first = c.choices[0] if c and c.choices else None
         usage = c.usage if c else None
@@ -181,8 +179,13 @@ class ResultRow:
         }
 
 
-def result_schema(extra: pa.Schema | None = None) -> pa.Schema:
-    """`RESULT_SCHEMA` followed by the manifest's extra columns."""
-    if extra is None or len(extra) == 0:
-        return RESULT_SCHEMA
-    return pa.schema([*RESULT_SCHEMA, *extra])
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in its order: missing ones as nulls,
+    others cast (an older shard, a manifest batch with fewer columns)."""
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

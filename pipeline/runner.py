@@ -197,7 +197,8 @@ def _run_locked(
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
     out.migrate()
-    out.recover()  # journals are folded with the manifest they were written against
+    out.recover()
+    out.unify_shards()  # against the manifest the older shards were written with
     out.compact()
     done = out.scan()
     before = (previous or {}).get("sources")
@@ -233,7 +234,6 @@ def _run_locked(
                 config,
                 out,
                 iter(rows),
-                out.result_schema(),
                 api_key,
                 budget,
                 total,

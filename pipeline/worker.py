@@ -300,7 +300,6 @@ class Captioner:
             cost_usd=self._cost(completion.usage) + tries.billed_usd,
             image_width=prepared.width,
             image_height=prepared.height,
-            extra=row.extra,
         )
 
     def _cost(self, usage: Usage) -> float:
@@ -348,7 +347,6 @@ class Captioner:
             http_status=exc.http_status,
             error=exc.message,
             error_kind=kind,
-            extra=row.extra,
             job_level=exc.job_level,
         )
 

@@ -9,8 +9,8 @@ only complete, and folding a journal that a killed run left behind is the same c
 (a last line torn by the kill is ignored; a line that does not read is skipped, named by
 its byte offset, and its row sent again: one bad line never locks away the others).
 
-The journal holds the result columns; the manifest's extra columns are added at fold
-time, from the rows in memory or, after a kill, from the manifest.
+Every shard has the one schema, `RESULT_SCHEMA`, whatever the sources' own columns do
+from night to night: those stay in the manifest, and `caption export` joins them.
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.errors import storage_error
-from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, ResultRow
+from pipeline.records import RESULT_SCHEMA, ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +43,6 @@ TMP_SUFFIX = ".tmp"
 # results and nothing else.
 HIDDEN = "_"
 _SEQ = re.compile(r"^_?part-(\d+)")
-
-# Given the ids of a shard, the manifest's extra columns for them (any order, with `id`).
-ExtrasLookup = Callable[[pa.Array], pa.Table]
 
 
 def shard_path(out_dir: Path, name: str) -> Path:
@@ -162,27 +157,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         raise storage_error(path.parent, exc) from None
 
 
-def with_extras(core: pa.Table, schema: pa.Schema, lookup: ExtrasLookup | None) -> pa.Table:
-    """Append the manifest's extra columns (those of `schema` after the result columns)."""
-    extra_fields = [f for f in schema if f.name not in RESULT_SCHEMA.names]
-    if not extra_fields:
-        return core
-    found = lookup(core[MANIFEST_ID].combine_chunks()) if lookup else None
-    columns = list(core.columns)
-    if found is not None and found.num_rows:
-        index = pc.index_in(core[MANIFEST_ID], value_set=found[MANIFEST_ID].combine_chunks())
-        found = found.take(index)
-    for f in extra_fields:
-        if found is not None and f.name in found.column_names:
-            columns.append(found[f.name].cast(f.type))
-        else:
-            columns.append(pa.nulls(core.num_rows, f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def fold_journal(
-    journal: Path, schema: pa.Schema = RESULT_SCHEMA, lookup: ExtrasLookup | None = None
-) -> Path | None:
+def fold_journal(journal: Path) -> Path | None:
     """Turn a journal into its Parquet shard (None if it held no whole row)."""
     name = journal.name.removesuffix(JOURNAL_SUFFIX).removeprefix(HIDDEN)
     shard = journal.with_name(name + ".parquet")
@@ -192,7 +167,7 @@ def fold_journal(
         return shard
     core = read_journal(journal)
     if core.num_rows:
-        write_parquet_atomic(with_extras(core, schema, lookup), shard)
+        write_parquet_atomic(core, shard)
     journal.unlink()
     return shard if core.num_rows else None
 
@@ -235,13 +210,11 @@ class ShardWriter:
     def __init__(
         self,
         out_dir: Path,
-        schema: pa.Schema,
         rows_per_shard: int,
         first_sequence: int | None = None,
         prefix: str = "part",
     ) -> None:
         self.out_dir = out_dir
-        self.schema = schema
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self._sequence = next_sequence(out_dir) if first_sequence is None else first_sequence
@@ -250,9 +223,6 @@ class ShardWriter:
         self._size = 0  # bytes of whole lines in the journal
         self._torn = False  # a failed write left a piece that could not be cut off
         self._rows = 0
-        # The manifest's extra columns of this shard's rows, by id, added when folding.
-        self._extras: dict[str, dict[str, Any]] = {}
-        self._has_extras = len(schema) > len(RESULT_SCHEMA)
         # Rows answered but not yet journaled, because a write failed.
         self.unsaved: list[ResultRow] = []
         self.shards: list[Path] = []
@@ -299,8 +269,6 @@ class ShardWriter:
         else:
             self._size += len(line)
         self._rows += 1
-        if self._has_extras:
-            self._extras[row.id] = row.extra
 
     def flush(self) -> None:
         """Write the current shard (if any rows) and start a new one on the next write.
@@ -312,16 +280,10 @@ class ShardWriter:
         journal, rows = self._journal, self._rows
         self._rows = 0
         self._journal = None
-        try:
-            shard = fold_journal(journal, self.schema, self._lookup)
-        finally:
-            self._extras = {}
+        shard = fold_journal(journal)
         if shard is not None:
             self.shards.append(shard)
             log.debug("wrote %s (%d rows)", shard.name, rows)
-
-    def _lookup(self, ids: pa.Array) -> pa.Table:
-        return pa.Table.from_pylist([{MANIFEST_ID: i, **self._extras[i]} for i in ids.to_pylist()])
 
     def close(self) -> None:
         """Journal any rows kept back by a failed write, then write the shard."""

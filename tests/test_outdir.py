@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.outdir import OutputDir, fingerprint, job_definition
-from pipeline.records import RESULT_SCHEMA, ResultRow
+from pipeline.records import ResultRow
 from pipeline.writer import ShardWriter
 from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
@@ -18,7 +18,7 @@ from tests.test_runner import results
 
 
 def write_shard(out: Path, *rows: tuple[str, str, int]) -> None:
-    writer = ShardWriter(out, RESULT_SCHEMA, rows_per_shard=100)
+    writer = ShardWriter(out, rows_per_shard=100)
     for row_id, status, finished in rows:
         writer.write(
             ResultRow(

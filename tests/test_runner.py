@@ -13,7 +13,6 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.fake_server import caption_for
-from pipeline.manifest import stable_id
 from tests.conftest import KEY, SAMPLES
 from tests.fakes import (
     DROP,
@@ -392,19 +391,6 @@ def test_key_never_written_anywhere(
         assert KEY.encode() not in path.read_bytes(), path
     rows = by_name(results(out))
     assert rows["sunset.jpg"]["error"] == "HTTP 400 api_error: bad request from key [redacted]"
-
-
-def test_manifest_extra_columns_travel_to_results(
-    tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
-) -> None:
-    lst = tmp_path / "l.csv"
-    lst.write_text(f"path,label,width\n{imgs}/sunset.jpg,sky,640\n{imgs}/icon.gif,logo,64\n")
-    out = tmp_path / "out"
-    assert caption(str(lst), "-o", str(out), "--endpoint", server.url).exit_code == 0
-    rows = by_name(results(out))
-    assert (rows["sunset.jpg"]["label"], rows["sunset.jpg"]["width"]) == ("sky", 640)
-    assert rows["icon.gif"]["label"] == "logo"
-    assert rows["icon.gif"]["id"] == stable_id(f"{imgs}/icon.gif")
 
 
 def test_fake_endpoint_runs_without_a_key(

@@ -5,16 +5,13 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import writer as writer_module
 from pipeline.errors import StorageError
-from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage, result_schema
+from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage
 from pipeline.writer import ShardWriter, fold_journal, read_journal
-
-EXTRAS = pa.schema([pa.field("label", pa.string()), pa.field("width", pa.int64())])
 
 
 def row(i: int, status: str = "ok") -> ResultRow:
@@ -35,12 +32,11 @@ def row(i: int, status: str = "ok") -> ResultRow:
         completion=completion if status == "ok" else None,
         cost_usd=0.001 * i,
         error=None if status == "ok" else "HTTP 400: no",
-        extra={"label": f"l{i}", "width": i},
     )
 
 
-def test_rows_become_complete_shards_with_extras(tmp_path: Path) -> None:
-    writer = ShardWriter(tmp_path, result_schema(EXTRAS), rows_per_shard=3)
+def test_rows_become_complete_shards_of_the_one_schema(tmp_path: Path) -> None:
+    writer = ShardWriter(tmp_path, rows_per_shard=3)
     for i in range(7):
         writer.write(row(i, "error" if i == 4 else "ok"))
     writer.close()
@@ -51,14 +47,13 @@ def test_rows_become_complete_shards_with_extras(tmp_path: Path) -> None:
     ]
     tables = [pq.read_table(p) for p in sorted(tmp_path.iterdir())]
     assert [t.num_rows for t in tables] == [3, 3, 1]
-    assert all(t.schema.equals(result_schema(EXTRAS)) for t in tables)
+    assert all(t.schema.equals(RESULT_SCHEMA) for t in tables)  # the row's extras: not here
     rows = [r for t in tables for r in t.to_pylist()]
     assert [r["id"] for r in rows] == [f"id{i}" for i in range(7)]
     assert rows[2]["caption"] == "caption 2"
     assert rows[2]["choices"] == [
         {"index": 0, "content": "caption 2", "refusal": None, "finish_reason": "stop"}
     ]
-    assert (rows[5]["label"], rows[5]["width"]) == ("l5", 5)
     assert (rows[4]["status"], rows[4]["caption"], rows[4]["error"]) == (
         "error",
         None,
@@ -68,7 +63,7 @@ def test_rows_become_complete_shards_with_extras(tmp_path: Path) -> None:
 
 
 def test_each_row_is_in_the_journal_before_the_next_is_taken(tmp_path: Path) -> None:
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=100)
+    writer = ShardWriter(tmp_path, rows_per_shard=100)
     writer.write(row(1))
     writer.write(row(2))
     # No close, as after a kill: both rows are on disk, no shard is visible yet.
@@ -109,7 +104,7 @@ def test_a_line_larger_than_arrows_block_folds(tmp_path: Path) -> None:
     big = row(2)
     choice = Choice(index=0, content="x" * 1_100_000, refusal=None, finish_reason="stop")
     big.completion = Completion(choices=(choice,), usage=big.completion.usage)  # type: ignore[union-attr]
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=100)
+    writer = ShardWriter(tmp_path, rows_per_shard=100)
     for r in (row(1), big, row(3)):
         writer.write(r)
     (journal,) = tmp_path.glob("*.journal.jsonl")
@@ -142,7 +137,7 @@ def test_a_full_disk_never_leaves_a_torn_line_and_keeps_the_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = DiskFull(monkeypatch)
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=100)
+    writer = ShardWriter(tmp_path, rows_per_shard=100)
     writer.write(row(1))
     disk.space = False
     with pytest.raises(StorageError, match="no space left on device"):
@@ -165,7 +160,7 @@ def test_a_full_disk_never_leaves_a_torn_line_and_keeps_the_row(
 
 def test_folding_when_the_shard_already_exists_keeps_the_shard(tmp_path: Path) -> None:
     """Killed after the rename, before the journal was deleted."""
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=10)
+    writer = ShardWriter(tmp_path, rows_per_shard=10)
     writer.write(row(1))
     writer.close()
     shard = tmp_path / "part-00000.parquet"
@@ -178,7 +173,7 @@ def test_folding_when_the_shard_already_exists_keeps_the_shard(tmp_path: Path) -
 
 def test_new_writers_number_after_what_the_folder_holds(tmp_path: Path) -> None:
     (tmp_path / "part-00007.parquet").write_bytes(b"")
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=10)
+    writer = ShardWriter(tmp_path, rows_per_shard=10)
     writer.write(row(1))
     writer.close()
     assert (tmp_path / "part-00008.parquet").exists()
@@ -193,7 +188,7 @@ def test_lone_surrogates_in_an_answer_cannot_break_the_journal(tmp_path: Path) -
     )
     odd.completion = Completion(choices=(choice,), usage=odd.completion.usage)  # type: ignore[union-attr]
     odd.error = "server said \udce9"
-    writer = ShardWriter(tmp_path, RESULT_SCHEMA, rows_per_shard=10)
+    writer = ShardWriter(tmp_path, rows_per_shard=10)
     writer.write(odd)
     writer.write(row(2))
     writer.close()

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-import pyarrow as pa
 
 from pipeline.budget import Budget
 from pipeline.client import Endpoint
@@ -121,7 +120,6 @@ async def execute(
     config: JobConfig,
     out: OutputDir,
     rows: Iterator[ManifestRow],
-    schema: pa.Schema,
     api_key: str,
     budget: Budget,
     total: int,
@@ -135,7 +133,7 @@ async def execute(
     stop = StopReason()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    writer = ShardWriter(out.path, schema, config.output.rows_per_shard)
+    writer = ShardWriter(out.path, config.output.rows_per_shard)
     progress = Progress(total) if show_progress else None
     tally = Tally()
     work: asyncio.Future[Tally] | None = None
