@@ -2,7 +2,7 @@
 
     python bench/resume.py [--rows 100000] [--rows-per-shard 10000]
 
-Builds a finished output folder (manifest, shards, _run.json) of the given size, then times:
+Builds a finished output folder (.caption/manifest.parquet, shards, .caption/run.json) of the given size, then times:
 - the done-row scan a rerun does before sending anything (recover, compact, scan, count
   pending), in process;
 - a whole `caption run` rerun that finds nothing to do (a child process);
@@ -31,10 +31,10 @@ from pipeline.records import RESULT_SCHEMA
 
 
 def build(out: Path, rows: int, per_shard: int) -> None:
-    out.mkdir()
+    (out / ".caption").mkdir(parents=True)
     ids = [stable_id(f"https://img.example.com/{i:08d}.jpg") for i in range(rows)]
     sources = [f"https://img.example.com/{i:08d}.jpg" for i in range(rows)]
-    pq.write_table(pa.table({"id": ids, "source": sources}), out / "_manifest.parquet")
+    pq.write_table(pa.table({"id": ids, "source": sources}), out / ".caption/manifest.parquet")
     now = int(time.time() * 1000)
     for shard, start in enumerate(range(0, rows, per_shard)):
         n = min(per_shard, rows - start)
@@ -57,7 +57,7 @@ def build(out: Path, rows: int, per_shard: int) -> None:
         )
         pq.write_table(table, out / f"part-{shard:05d}.parquet")
     definition = job_definition(load_config(None, {"endpoint": "fake"}))
-    (out / "_run.json").write_text(
+    (out / ".caption/run.json").write_text(
         json.dumps(
             {"version": 1, "fingerprint": fingerprint(definition), "job": definition, "runs": []}
         )
@@ -92,7 +92,7 @@ def main() -> None:
                 "-m",
                 "pipeline",
                 "run",
-                str(out / "_manifest.parquet"),
+                str(out / ".caption/manifest.parquet"),
                 "-o",
                 str(out),
                 "--endpoint",

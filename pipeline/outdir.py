@@ -1,13 +1,15 @@
 """The output folder: the only place where a job's state lives.
 
-    OUT_DIR/part-N.parquet              complete result shards: all a reader sees
-    OUT_DIR/_manifest.parquet           the manifest the job runs over
-    OUT_DIR/_run.json                   the job's definition, fingerprint and totals
-    OUT_DIR/_part-N.journal.jsonl       the shard being written (folded on restart)
+    OUT_DIR/part-N.parquet                  complete result shards: all a reader sees
+    OUT_DIR/.caption/manifest.parquet       the manifest the job runs over
+    OUT_DIR/.caption/run.json               the job's definition, fingerprint and totals
+    OUT_DIR/.caption/part-N.journal.jsonl   the shard being written (folded on restart)
+    OUT_DIR/.lock                           held by the run writing the folder
 
-Everything but the shards starts with `_` or `.`, so `pd.read_parquet(OUT_DIR)` and the
-other Hive-style readers read exactly the results. Folders of older versions, with
-`manifest.parquet` and `run.json`, are read as they are and renamed by the next run.
+`pd.read_parquet(OUT_DIR)` and pyarrow skip the hidden folder, and `OUT_DIR/*.parquet`
+(duckdb, polars) matches the shards alone. Folders of older versions, with
+`manifest.parquet` and `run.json` beside the shards, are read as they are and moved by
+the next run.
 
 `recover` puts a folder left by a crash back in order; `scan` reads only the columns it
 needs to tell what is done; `compact` leaves exactly one row per id.
@@ -39,20 +41,20 @@ from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, conform
 from pipeline.writer import (
-    JOURNAL_GLOBS,
+    JOURNAL_GLOB,
     SHARD_GLOB,
+    STATE_DIR,
     TMP_SUFFIX,
     fold_journal,
     read_journal,
+    state_dir,
     write_parquet_atomic,
 )
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "_manifest.parquet"
-RUN_JSON = "_run.json"
-# The names of folders written before everything but the results was hidden.
-LEGACY_NAMES = {MANIFEST_NAME: "manifest.parquet", RUN_JSON: "run.json"}
+MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
+RUN_JSON = "run.json"
 LOCK_NAME = ".lock"
 RUN_JSON_VERSION = 1
 
@@ -114,28 +116,30 @@ class OutputDir:
     def __init__(self, path: Path) -> None:
         # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
         self.path = Path(os.path.abspath(path))
-        self.manifest = self._named(MANIFEST_NAME)
-        self.run_json = self._named(RUN_JSON)
+        self.state = state_dir(self.path)
+        self.manifest = self._placed(MANIFEST_NAME)
+        self.run_json = self._placed(RUN_JSON)
 
-    def _named(self, name: str) -> Path:
-        """A file of the folder, by its legacy name in a folder written before it was
-        hidden (until `migrate`), read-only commands included."""
-        current, legacy = self.path / name, self.path / LEGACY_NAMES[name]
+    def _placed(self, name: str) -> Path:
+        """A state file: in `.caption/`, or beside the shards in a folder written by an
+        older version (until `migrate`), read-only commands included."""
+        current, legacy = self.state / name, self.path / name
         return legacy if legacy.exists() and not current.exists() else current
 
     def migrate(self) -> None:
-        """Give a folder written by an older version today's names (under the lock);
+        """Move an older version's state files into `.caption/` (under the lock);
         `unify_shards` then gives its shards today's schema."""
         for name in (MANIFEST_NAME, RUN_JSON):
-            legacy, current = self.path / LEGACY_NAMES[name], self.path / name
+            legacy, current = self.path / name, self.state / name
             if legacy.exists() and not current.exists():
                 try:
+                    self.state.mkdir(exist_ok=True)
                     os.replace(legacy, current)
                 except OSError as exc:
                     raise storage_error(self.path, exc) from None
-                log.info("renamed %s to %s", legacy.name, current.name)
-        self.manifest = self.path / MANIFEST_NAME
-        self.run_json = self.path / RUN_JSON
+                log.info("moved %s into %s/", name, self.state.name)
+        self.manifest = self.state / MANIFEST_NAME
+        self.run_json = self.state / RUN_JSON
 
     def exists(self) -> bool:
         return self.path.is_dir()
@@ -143,6 +147,7 @@ class OutputDir:
     def create(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(exist_ok=True)
         except FileExistsError:
             raise UsageError(f"{self.path}: exists and is not a folder") from None
         except OSError as exc:
@@ -150,7 +155,8 @@ class OutputDir:
 
     def remove_if_unused(self) -> None:
         """Remove the folder if nothing but the lock was ever written to it."""
-        if {p.name for p in self.path.iterdir()} <= {LOCK_NAME}:
+        state_empty = not self.state.exists() or not any(self.state.iterdir())
+        if state_empty and {p.name for p in self.path.iterdir()} <= {LOCK_NAME, STATE_DIR}:
             shutil.rmtree(self.path, ignore_errors=True)
 
     @contextmanager
@@ -190,7 +196,10 @@ class OutputDir:
         return False
 
     def journals(self) -> list[Path]:
-        return sorted(p for pattern in JOURNAL_GLOBS for p in self.path.glob(pattern))
+        """Journals in `.caption/`, and beside the shards where an older version left them."""
+        return sorted(
+            [*self.state.glob(JOURNAL_GLOB), *self.path.glob(JOURNAL_GLOB)], key=lambda p: p.name
+        )
 
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
@@ -237,7 +246,7 @@ class OutputDir:
     def is_own_manifest(self, path: Path) -> bool:
         """Whether `path` is this folder's manifest, by today's name or the legacy one
         (which `migrate` may just have renamed)."""
-        names = (self.manifest, self.path / LEGACY_NAMES[MANIFEST_NAME])
+        names = (self.manifest, self.state / MANIFEST_NAME, self.path / MANIFEST_NAME)
         return os.path.abspath(path) in {str(p) for p in names}
 
     def staged_manifest(self) -> Path:
@@ -303,7 +312,7 @@ class OutputDir:
 
     def remove_temporaries(self) -> None:
         """Remove what interrupted writes left: `*.tmp` files and ingest work folders."""
-        for tmp in self.path.glob(f"*{TMP_SUFFIX}"):
+        for tmp in [*self.path.glob(f"*{TMP_SUFFIX}"), *self.state.glob(f"*{TMP_SUFFIX}")]:
             log.info("removing %s, left by an interrupted write", tmp.name)
             tmp.unlink()
         remove_stale_workdirs(self.manifest)

@@ -1,6 +1,6 @@
 """Writer: result rows -> a crash-safe journal -> complete Parquet shards.
 
-Every result is appended to the current shard's journal (`_part-N.journal.jsonl`, one JSON
+Every result is appended to the current shard's journal (`.caption/part-N.journal.jsonl`, one JSON
 line per row, written with a single unbuffered `write`) before the next row is taken, so
 a `kill -9` loses no answer that arrived. When the shard is full, or the run ends, the
 journal is folded into `part-N.parquet`: parsed by Arrow's JSON reader, written under a
@@ -35,27 +35,31 @@ log = logging.getLogger(__name__)
 
 SHARD_GLOB = "part-*.parquet"
 JOURNAL_SUFFIX = ".journal.jsonl"
-# Journals of folders written before they were hidden are still read (`JOURNAL_GLOBS`).
-JOURNAL_GLOBS = (f"_part-*{JOURNAL_SUFFIX}", f"part-*{JOURNAL_SUFFIX}")
+JOURNAL_GLOB = f"part-*{JOURNAL_SUFFIX}"
 TMP_SUFFIX = ".tmp"
-# Everything but the result shards starts with `_` (or `.`): the Hive convention that
-# pandas, pyarrow.dataset, duckdb and polars share, so that reading the folder gives the
-# results and nothing else.
-HIDDEN = "_"
-_SEQ = re.compile(r"^_?part-(\d+)")
+# Everything but the result shards lives in this hidden folder: pandas and pyarrow skip
+# it when reading the output folder, and `OUT/*.parquet` (duckdb, polars) matches the
+# shards alone. Older versions kept journals beside the shards; they are still read.
+STATE_DIR = ".caption"
+_SEQ = re.compile(r"^part-(\d+)")
 
 
 def shard_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.parquet"
 
 
+def state_dir(out_dir: Path) -> Path:
+    return out_dir / STATE_DIR
+
+
 def journal_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f"{HIDDEN}{name}{JOURNAL_SUFFIX}"
+    return state_dir(out_dir) / f"{name}{JOURNAL_SUFFIX}"
 
 
 def next_sequence(out_dir: Path) -> int:
     """One past the highest `part-N` number in the folder (shards and journals alike)."""
-    numbers = [int(m[1]) for p in out_dir.glob("*part-*") if (m := _SEQ.match(p.name))]
+    paths = [*out_dir.glob("part-*"), *state_dir(out_dir).glob("part-*")]
+    numbers = [int(m[1]) for p in paths if (m := _SEQ.match(p.name))]
     return max(numbers, default=-1) + 1
 
 
@@ -146,8 +150,9 @@ def read_journal(path: Path) -> pa.Table:
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write under a temporary name, fsync, rename: visible only complete. A failure
     (no space left, say) leaves nothing behind and raises StorageError."""
-    tmp = path.with_name(HIDDEN + path.name + TMP_SUFFIX)
+    tmp = state_dir(path.parent) / (path.name + TMP_SUFFIX)
     try:
+        tmp.parent.mkdir(exist_ok=True)
         pq.write_table(table, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -159,8 +164,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 def fold_journal(journal: Path) -> Path | None:
     """Turn a journal into its Parquet shard (None if it held no whole row)."""
-    name = journal.name.removesuffix(JOURNAL_SUFFIX).removeprefix(HIDDEN)
-    shard = journal.with_name(name + ".parquet")
+    folder = journal.parent.parent if journal.parent.name == STATE_DIR else journal.parent
+    shard = folder / (journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet")
     if shard.exists():
         # Killed after the rename but before the unlink: the shard is already complete.
         journal.unlink()
@@ -245,6 +250,7 @@ class ShardWriter:
             self._sequence += 1
             self._journal = journal_path(self.out_dir, name)
             try:
+                self._journal.parent.mkdir(exist_ok=True)
                 self._fd = os.open(self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             except OSError as exc:
                 self._journal = None

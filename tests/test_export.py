@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
+import duckdb
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -58,6 +60,9 @@ def test_every_shard_has_the_one_schema_whatever_the_lists_do(
     frame = pd.read_parquet(out)
     assert len(frame) == 5
     assert list(frame.columns) == RESULT_SCHEMA.names
+    glob = str(out / "*.parquet")
+    assert duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall() == [(5,)]
+    assert pl.read_parquet(glob).columns == RESULT_SCHEMA.names
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pandas as pd
+import polars as pl
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from click.testing import CliRunner
@@ -85,43 +87,48 @@ def test_reading_the_folder_gives_the_results_and_nothing_else(
     tmp_path: Path, server: ScriptedServer, key: str
 ) -> None:
     """pd.read_parquet(OUT) failed on run.json; with it moved, the manifest's rows were
-    mixed into the results. Everything but the shards is hidden now (`_` or `.`)."""
+    mixed into the results. Everything but the shards is in the hidden `.caption/`."""
     out = tmp_path / "out"
     run = ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
     assert CliRunner().invoke(cli, [*run, "--rows-per-shard", "4"]).exit_code == 0
     # What a run in progress, or a killed one, also leaves: a journal and a temp file.
-    (out / "_part-00009.journal.jsonl").write_text('{"id": "x"}\n')
-    (out / "_part-00009.parquet.tmp").write_bytes(b"half a shard")
-    frame = pd.read_parquet(out)
-    assert sorted(frame["id"]) == sorted(r["id"] for r in results(out))
-    assert len(frame) == 6
-    assert ds.dataset(out).to_table().num_rows == 6
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("_", "."))) == [
+    (out / ".caption/part-00009.journal.jsonl").write_text('{"id": "x"}\n')
+    (out / ".caption/part-00009.parquet.tmp").write_bytes(b"half a shard")
+    ids = sorted(r["id"] for r in results(out))
+    assert len(ids) == 6
+    assert sorted(pd.read_parquet(out)["id"]) == ids  # the folder itself
+    assert sorted(ds.dataset(out).to_table()["id"].to_pylist()) == ids
+    glob = str(out / "*.parquet")  # duckdb and polars read every file of a folder, hidden
+    assert (
+        sorted(r[0] for r in duckdb.sql(f"select id from read_parquet('{glob}')").fetchall()) == ids
+    )
+    assert sorted(pl.read_parquet(glob)["id"].to_list()) == ids
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "part-00000.parquet",
         "part-00001.parquet",
     ]
 
 
-def test_a_folder_of_the_older_layout_is_read_and_renamed(
+def test_a_folder_of_the_older_layout_is_read_and_moved(
     tmp_path: Path, server: ScriptedServer, key: str
 ) -> None:
     out = tmp_path / "out"
     run = ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
     assert CliRunner().invoke(cli, run).exit_code == 0
-    (out / "_manifest.parquet").rename(out / "manifest.parquet")
-    (out / "_run.json").rename(out / "run.json")
+    (out / ".caption/manifest.parquet").rename(out / "manifest.parquet")
+    (out / ".caption/run.json").rename(out / "run.json")
     status = CliRunner().invoke(cli, ["status", str(out)])
     assert status.exit_code == 0, status.output
     assert "done         6 (6 ok, 0 errors)" in status.output
     assert CliRunner().invoke(cli, run).exit_code == 0
     assert server.count() == 6  # resumed: nothing sent again
-    assert (out / "_manifest.parquet").exists()
-    assert (out / "_run.json").exists()
+    assert (out / ".caption/manifest.parquet").exists()
+    assert (out / ".caption/run.json").exists()
     assert not (out / "manifest.parquet").exists()
     assert not (out / "run.json").exists()
     # A nightly command that names the folder's manifest by its old name still works.
-    (out / "_manifest.parquet").rename(out / "manifest.parquet")
-    (out / "_run.json").rename(out / "run.json")
+    (out / ".caption/manifest.parquet").rename(out / "manifest.parquet")
+    (out / ".caption/run.json").rename(out / "run.json")
     legacy = ["run", str(out / "manifest.parquet"), "-o", str(out), "--endpoint", server.url]
     result = CliRunner().invoke(cli, [*legacy, "--quiet"])
     assert result.exit_code == 0, result.output

@@ -105,7 +105,7 @@ def test_kill_9_resends_at_most_what_was_in_flight(
         assert resent == set()  # one at a time: every answer was journaled before the next send
     assert len(set(first_run) | set(second_run)) == 30
     assert sorted(ids_once(out)) == sorted(
-        r["id"] for r in pq.read_table(out / "_manifest.parquet").to_pylist()
+        r["id"] for r in pq.read_table(out / ".caption/manifest.parquet").to_pylist()
     )
     assert not list(out.glob("*.journal.jsonl"))
     assert not list(out.glob("*.tmp"))
@@ -335,7 +335,7 @@ def test_status_reports_done_errors_pending_and_cost(
     assert code == 1
     # The source grows by one image that no run has seen yet: it is pending.
     (imgs / "new.png").write_bytes((imgs / "checkerboard.png").read_bytes() + b"\0")
-    write_manifest([str(imgs)], out / "_manifest.parquet")
+    write_manifest([str(imgs)], out / ".caption/manifest.parquet")
     result = CliRunner().invoke(cli, ["status", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -345,7 +345,9 @@ def test_status_reports_done_errors_pending_and_cost(
     assert report["errors_by_kind"] == {"invalid_image": 1, "rejected": 1, "transient": 1}
     assert report["cost_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in rows))
     assert report["prompt_tokens"] == sum(r["prompt_tokens"] or 0 for r in rows)
-    assert report["fingerprint"] == json.loads((out / "_run.json").read_text())["fingerprint"]
+    assert (
+        report["fingerprint"] == json.loads((out / ".caption/run.json").read_text())["fingerprint"]
+    )
     text = CliRunner().invoke(cli, ["status", str(out)]).output
     assert "done         7 (4 ok, 3 errors: invalid_image 1, rejected 1, transient 1)" in text
     assert "pending      1" in text
@@ -360,7 +362,7 @@ def test_status_of_a_folder_that_is_not_an_output(tmp_path: Path) -> None:
 def test_run_json_never_holds_the_key(tmp_path: Path, server: ScriptedServer, key: str) -> None:
     out = tmp_path / "out"
     assert run_cli(str(SAMPLES / "icon.gif"), "-o", str(out), "--endpoint", server.url)[0] == 0
-    meta = json.loads((out / "_run.json").read_text())
+    meta = json.loads((out / ".caption/run.json").read_text())
     assert KEY not in json.dumps(meta)
     assert meta["job"]["endpoint"] == server.url
     assert meta["totals"]["ok"] == 1
@@ -398,12 +400,12 @@ def test_the_short_and_the_prefixed_model_name_are_one_job(
     assert run_cli(src, "-o", str(out), "--endpoint", server.url, "--model", "gpt-4o")[0] == 0
     code, output = run_cli(src, "-o", str(out), "--endpoint", server.url, "--model", "gpt:gpt-4o")
     assert code == 0, output
-    assert json.loads((out / "_run.json").read_text())["job"]["model"] == "gpt:gpt-4o"
+    assert json.loads((out / ".caption/run.json").read_text())["job"]["model"] == "gpt:gpt-4o"
     # A folder written before names were made canonical resumes too.
-    meta = json.loads((out / "_run.json").read_text())
+    meta = json.loads((out / ".caption/run.json").read_text())
     meta["job"]["model"] = "gpt-4o"
     meta["fingerprint"] = "0123456789abcdef"  # what the old code computed, in effect
-    (out / "_run.json").write_text(json.dumps(meta))
+    (out / ".caption/run.json").write_text(json.dumps(meta))
     assert run_cli(src, "-o", str(out), "--endpoint", server.url)[0] == 0
     assert server.count() == 1
 
@@ -416,13 +418,13 @@ def test_sources_that_share_no_id_with_the_folder_are_refused(
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     assert run_cli("imgs", "-o", str(out), "--endpoint", server.url)[0] == 0
-    manifest = (out / "_manifest.parquet").read_bytes()
+    manifest = (out / ".caption/manifest.parquet").read_bytes()
     code, output = run_cli(str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url)
     assert code == 2
     assert f"{out} holds 6 results of imgs, and none of their ids is among the rows of" in output
     assert "--accept-new-source" in output
     assert server.count() == 6  # nothing was sent
-    assert (out / "_manifest.parquet").read_bytes() == manifest  # nor replaced
+    assert (out / ".caption/manifest.parquet").read_bytes() == manifest  # nor replaced
     assert not list(out.glob("*.tmp"))
     code, output = run_cli(
         str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url, "--accept-new-source"

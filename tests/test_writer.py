@@ -40,12 +40,13 @@ def test_rows_become_complete_shards_of_the_one_schema(tmp_path: Path) -> None:
     for i in range(7):
         writer.write(row(i, "error" if i == 4 else "ok"))
     writer.close()
-    assert [p.name for p in sorted(tmp_path.iterdir())] == [
+    assert [p.name for p in sorted(tmp_path.glob("*.parquet"))] == [
         "part-00000.parquet",
         "part-00001.parquet",
         "part-00002.parquet",
     ]
-    tables = [pq.read_table(p) for p in sorted(tmp_path.iterdir())]
+    assert not list((tmp_path / ".caption").iterdir())  # no journal, no temp file left
+    tables = [pq.read_table(p) for p in sorted(tmp_path.glob("*.parquet"))]
     assert [t.num_rows for t in tables] == [3, 3, 1]
     assert all(t.schema.equals(RESULT_SCHEMA) for t in tables)  # the row's extras: not here
     rows = [r for t in tables for r in t.to_pylist()]
@@ -67,7 +68,7 @@ def test_each_row_is_in_the_journal_before_the_next_is_taken(tmp_path: Path) -> 
     writer.write(row(1))
     writer.write(row(2))
     # No close, as after a kill: both rows are on disk, no shard is visible yet.
-    (journal,) = tmp_path.glob("*.journal.jsonl")
+    (journal,) = tmp_path.glob(".caption/*.journal.jsonl")
     assert [json.loads(line)["id"] for line in journal.read_text().splitlines()] == ["id1", "id2"]
     assert not list(tmp_path.glob("*.parquet"))
     assert read_journal(journal).num_rows == 2
@@ -107,7 +108,7 @@ def test_a_line_larger_than_arrows_block_folds(tmp_path: Path) -> None:
     writer = ShardWriter(tmp_path, rows_per_shard=100)
     for r in (row(1), big, row(3)):
         writer.write(r)
-    (journal,) = tmp_path.glob("*.journal.jsonl")
+    (journal,) = tmp_path.glob(".caption/*.journal.jsonl")
     assert journal.stat().st_size > 2_200_000
     assert read_journal(journal)["id"].to_pylist() == ["id1", "id2", "id3"]
     writer.close()
@@ -142,7 +143,7 @@ def test_a_full_disk_never_leaves_a_torn_line_and_keeps_the_row(
     disk.space = False
     with pytest.raises(StorageError, match="no space left on device"):
         writer.write(row(2))
-    (journal,) = tmp_path.glob("*.journal.jsonl")
+    (journal,) = tmp_path.glob(".caption/*.journal.jsonl")
     # Cut back to the last whole line: no half of row 2 is left to glue onto row 3.
     data = journal.read_bytes()
     assert data.endswith(b"\n")
