@@ -72,9 +72,10 @@ class CircuitBreaker:
         self._held.append(row)
         return True
 
-    def release(self) -> list[ResultRow]:
-        """The rows held back, once a success showed they are ordinary error rows."""
-        if not self.proven or not self._held:
+    def release(self, *, final: bool = False) -> list[ResultRow]:
+        """The rows held back, once a success showed they are ordinary error rows; or
+        `final`ly, when the verdict did not find the job wrong, whatever the proof."""
+        if not (self.proven or final) or not self._held:
             return []
         held, self._held = self._held, []
         return held

@@ -228,8 +228,9 @@ async def caption_rows(
         await asyncio.gather(producer, *tasks, return_exceptions=True)
     if failed:
         raise failed[0]
-    for row in captioner.breaker.release():  # held, then shown ordinary by a later answer
-        record(row)
     if (wrong := captioner.breaker.verdict()) is not None:
-        stop.set("fatal", wrong.message)
+        stop.set("fatal", wrong.message)  # the rows held back stay pending
+    elif not stop.kind:
+        for row in captioner.breaker.release(final=True):  # ordinary error rows after all
+            record(row)
     return tally

@@ -202,3 +202,13 @@ def test_poison_rows_among_successes_are_row_errors(
     errors = sorted(name for name, r in rows.items() if r["status"] == "error")
     assert errors == sorted(p.name for p in poison)
     assert server.count() == 40
+
+
+def test_held_rows_are_written_when_the_verdict_finds_the_job_not_wrong() -> None:
+    b = CircuitBreaker("u", clock=Clock())
+    b.failure(job_level("HTTP 404", "HTTP 404"))
+    b.hold(error_row(1, "HTTP 404"))
+    b.failure(TransientError("HTTP 503"))  # not the same failure every time
+    assert b.release() == []  # no proof yet
+    assert b.verdict() is None
+    assert [r.id for r in b.release(final=True)] == ["r1"]
