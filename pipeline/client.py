@@ -166,8 +166,9 @@ async def post_completion(
         raise TransientError(f"response cut short ({type(exc).__name__})") from None
     except aiohttp.ClientConnectorError as exc:
         # No connection at all: transient on its own, job-level if it never works.
-        error = TransientError(f"{_connect_failure(exc)} ({exc.host}:{exc.port})")
-        error.job_level = _connect_failure(exc)
+        failure = _connect_failure(exc)
+        error = TransientError(f"{failure} ({exc.host}:{exc.port})")
+        error.job_level = failure
         raise error from None
     except aiohttp.ClientConnectionError as exc:
         # Reset, server disconnected: the way to the server failed.

@@ -88,7 +88,7 @@ def estimate_sources(
         if out.exists() and out.read_run_json() is not None:
             done = out.scan(include_journals=True)
             if done.ok + done.errors:
-                batches = without_done(batches, pa.concat_arrays([done.ok_ids, done.error_ids]))
+                batches = without_done(batches, done.ids)
                 notes.append(
                     f"{done.ok + done.errors} rows already done in {output} are not counted"
                 )

@@ -111,6 +111,11 @@ class Done:
     def errors(self) -> int:
         return len(self.error_ids)
 
+    @property
+    def ids(self) -> pa.Array:
+        """Every id the folder holds a row for, ok or error."""
+        return pa.concat_arrays([self.ok_ids, self.error_ids])
+
 
 class OutputDir:
     def __init__(self, path: Path) -> None:
@@ -246,7 +251,7 @@ class OutputDir:
     def is_own_manifest(self, path: Path) -> bool:
         """Whether `path` is this folder's manifest, by today's name or the legacy one
         (which `migrate` may just have renamed)."""
-        names = (self.manifest, self.state / MANIFEST_NAME, self.path / MANIFEST_NAME)
+        names = (self.state / MANIFEST_NAME, self.path / MANIFEST_NAME)
         return os.path.abspath(path) in {str(p) for p in names}
 
     def staged_manifest(self) -> Path:

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -119,8 +117,7 @@ def _prepare_manifest(
     else:
         summary = write_manifest(sources, staged, column=column, id_column=id_column)
         log.info("%s", summary.line())
-    done_ids = pa.concat_arrays([done.ok_ids, done.error_ids])
-    if done.rows and not accept_new_source and not out.shares_ids(staged, done_ids):
+    if done.rows and not accept_new_source and not out.shares_ids(staged, done.ids):
         staged.unlink()
         earlier = " ".join(before) if before else "its earlier sources"
         raise UsageError(
@@ -203,15 +200,11 @@ def _run_locked(
     done = out.scan()
     before = (previous or {}).get("sources")
     ingest = _prepare_manifest(out, sources, column, id_column, done, accept_new_source, before)
-    skip = done.ok_ids if retry_errors else pa.concat_arrays([done.ok_ids, done.error_ids])
+    skip = done.ok_ids if retry_errors else done.ids
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
     already = out.manifest_count() - pending
-    retried = (
-        pending - out.pending_count(pa.concat_arrays([done.ok_ids, done.error_ids]))
-        if retry_errors
-        else 0
-    )
+    retried = pending - out.pending_count(done.ids) if retry_errors else 0
     total = pending  # rows this run sends: all pending ones, or a pilot's sample of them
     if sample:
         rows = sample_rows(rows, sample)

@@ -80,7 +80,7 @@ def read_status(path: Path) -> Status:
     if meta is None or not out.manifest.exists():
         raise UsageError(f"{path}: not a caption output folder (no run.json or manifest.parquet)")
     done = out.scan(include_journals=True)
-    skip = pa.concat_arrays([done.ok_ids, done.error_ids])
+    skip = done.ids
     job = meta.get("job", {})
     return Status(
         output=str(path),
