@@ -52,11 +52,6 @@ def export(out_path: Path, target: Path) -> int:
     return rows
 
 
-def _own_columns(out: OutputDir) -> pa.Table:
-    manifest = read_parquet(out.manifest)
-    return manifest.drop_columns([MANIFEST_SOURCE])
-
-
 def _schema(out: OutputDir) -> pa.Schema:
     own = pq.read_schema(out.manifest)
     return pa.schema(
@@ -66,7 +61,7 @@ def _schema(out: OutputDir) -> pa.Schema:
 
 def _joined(out: OutputDir) -> Iterator[pa.Table]:
     """Each shard with the manifest's own columns of its rows beside it."""
-    own = _own_columns(out)
+    own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
     ids = own[MANIFEST_ID].combine_chunks()
     extras = own.drop_columns([MANIFEST_ID])
     for shard in out.shards():

@@ -8,22 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 from pipeline import breaker as breaker_module
 from pipeline.breaker import TRIP_AFTER, CircuitBreaker
-from pipeline.cli import cli
 from pipeline.errors import FatalApiError, RequestRejected, TransientError
 from pipeline.records import ResultRow
 from tests.fakes import Reply, ScriptedServer, digest_of_file, json_error
 from tests.test_runner import by_name, results
-from tests.test_runner_faults import distinct_images
+from tests.test_runner_faults import distinct_images, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["run", *args, "--quiet"])
 
 
 def job_level(message: str, kind: str) -> TransientError:

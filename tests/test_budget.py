@@ -9,25 +9,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from pipeline.budget import Budget, BudgetReached
-from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.prices import cost_usd
 from pipeline.tokens import image_tokens, prompt_text_tokens, text_tokens
 from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 from tests.test_runner import by_name, results
-from tests.test_runner_faults import distinct_images
+from tests.test_runner_faults import distinct_images, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 GPT4O = load_config().prices["gpt:gpt-4o"]
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["run", *args, "--quiet"])
 
 
 def expected_prompt(width: int, height: int) -> int:

@@ -13,19 +13,16 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.records import RESULT_SCHEMA
 from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
 from tests.test_runner import results
+from tests.test_runner_faults import run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["run", *args, "--quiet"])
 
 
 def two_drifting_nights(tmp_path: Path, server: ScriptedServer) -> Path:

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def run(*args: str) -> Result:
+    """`caption run ... --quiet` in process (the other test modules use it too)."""
     return CliRunner().invoke(cli, ["run", *args, "--quiet"])
 
 
