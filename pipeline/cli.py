@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pipeline.errors import (
     StorageError,
     UsageError,
 )
+from pipeline.ids import ID_FROM, RowSpec
 
 log = logging.getLogger("pipeline")
 
@@ -74,6 +76,36 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose, quiet=False)
 
 
+def _row_options(fn: Any) -> Any:
+    """--column, --id-column and --id-from, handed to the command as one `spec: RowSpec`."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any, column: str | None, id_column: str | None, id_from: str, **kwargs: Any
+    ) -> Any:
+        return fn(*args, spec=RowSpec(column, id_column, id_from), **kwargs)
+
+    options = [
+        click.option(
+            "--column",
+            help="Column holding the image path or URL in tabular list files "
+            "(default: first of image, image_url, url, path, file).",
+        ),
+        click.option("--id-column", help="Use this column of the list files as the row id."),
+        click.option(
+            "--id-from",
+            type=click.Choice(ID_FROM),
+            default="path",
+            show_default=True,
+            help="Hash ids from each file's real path, or from its bytes (identical images "
+            "are then sent once, and ids survive moving the files).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command(short_help="Read image sources into a Parquet manifest with stable ids.")
 @click.argument("sources", nargs=-1, required=True)
 @click.option(
@@ -84,20 +116,13 @@ def cli(verbose: int) -> None:
     required=True,
     help="Manifest file to write (Parquet).",
 )
-@click.option(
-    "--column",
-    help="Column holding the image path or URL in tabular list files "
-    "(default: first of image, image_url, url, path, file).",
-)
-@click.option("--id-column", help="Use this column of the list files as the row id.")
-def ingest(
-    sources: tuple[str, ...], output: Path, column: str | None, id_column: str | None
-) -> None:
+@_row_options
+def ingest(sources: tuple[str, ...], output: Path, spec: RowSpec) -> None:
     """Read SOURCES (folders, globs, URLs, images, or .txt/.csv/.tsv/.jsonl/.parquet lists)
     into a manifest with columns id, source and any extra columns of the lists."""
     from pipeline.manifest import write_manifest
 
-    summary = write_manifest(list(sources), output, column=column, id_column=id_column)
+    summary = write_manifest(list(sources), output, spec)
     click.echo(summary.line())
 
 
@@ -180,8 +205,6 @@ def _job_options(*, for_estimate: bool = False) -> Any:
             "--detail", type=click.Choice(["auto", "low", "high"]), help="Image detail level."
         ),
         click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
-        click.option("--column", help="Image column of tabular list files."),
-        click.option("--id-column", help="Use this column of the list files as the row id."),
         click.option("--endpoint", help=f"Endpoint URL, or 'fake' for the built-in fake{pilot}."),
         click.option("--api-key-env", help=f"Environment variable holding the API key{pilot}."),
         click.option(
@@ -244,6 +267,7 @@ def _print_estimate(report: Any, as_json: bool) -> None:
     help="Output folder: manifest, run.json and result shards.",
 )
 @_job_options()
+@_row_options
 @click.option("--retry-errors", is_flag=True, help="Send the rows that ended as errors again.")
 @click.option(
     "--accept-new-source",
@@ -260,8 +284,7 @@ def run(
     retry_errors: bool,
     accept_new_source: bool,
     dry_run: bool,
-    column: str | None,
-    id_column: str | None,
+    spec: RowSpec,
     quiet: bool,
     **flags: Any,
 ) -> None:
@@ -279,7 +302,7 @@ def run(
     if dry_run:
         from pipeline.dryrun import dry_run as check
 
-        report, problems, exit_code = check(list(sources), output, config, column, id_column)
+        report, problems, exit_code = check(list(sources), output, config, spec)
         _print_estimate(report, as_json=False)
         for problem in problems:
             click.echo(f"caption: dry run: {problem}", err=True)
@@ -298,8 +321,7 @@ def run(
         config,
         retry_errors=retry_errors,
         show_progress=not quiet and sys.stderr.isatty(),
-        column=column,
-        id_column=id_column,
+        spec=spec,
         accept_new_source=accept_new_source,
     )
     click.echo(outcome.summary)
@@ -311,6 +333,7 @@ def run(
 @cli.command(short_help="Estimate tokens and cost per model, before anything is sent.")
 @click.argument("sources", nargs=-1, required=True)
 @_job_options(for_estimate=True)
+@_row_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--assume-size",
@@ -343,8 +366,7 @@ def estimate(
     probe_urls: bool,
     pilot: int,
     output: Path | None,
-    column: str | None,
-    id_column: str | None,
+    spec: RowSpec,
     **flags: Any,
 ) -> None:
     """Exact prompt tokens (image tokens by each model's published rule, text tokens with
@@ -361,8 +383,7 @@ def estimate(
         assume_size=parse_size(assume_size) if assume_size else None,
         probe_urls=probe_urls,
         pilot=pilot,
-        column=column,
-        id_column=id_column,
+        spec=spec,
     )
     _print_estimate(report, as_json)
 

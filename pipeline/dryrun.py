@@ -14,13 +14,14 @@ import pyarrow as pa
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.estimate import Estimate, estimate
-from pipeline.manifest import sample_rows, without_done
+from pipeline.ids import PATH_IDS, RowSpec
+from pipeline.manifest import Counts, sample_rows, without_done
 from pipeline.outdir import OutputDir, fingerprint, job_definition, read_shard
 from pipeline.records import ManifestRow
 
 
 def source_batches(
-    sources: list[str], column: str | None = None, id_column: str | None = None
+    sources: list[str], spec: RowSpec = PATH_IDS, counts: Counts | None = None
 ) -> Iterator[pa.RecordBatch]:
     """The manifest rows of `sources` as record batches, without writing anything."""
     import pyarrow.parquet as pq
@@ -31,7 +32,7 @@ def source_batches(
     if len(sources) == 1 and is_manifest(sources[0]):
         yield from pq.ParquetFile(os.path.abspath(sources[0])).iter_batches(batch_size=65_536)
         return
-    for rows in iter_manifest_rows(sources, column=column, id_column=id_column):
+    for rows in iter_manifest_rows(sources, spec, counts):
         yield record_batch(rows)
 
 
@@ -61,8 +62,7 @@ def estimate_sources(
     assume_size: tuple[int, int] | None = None,
     probe_urls: bool = False,
     pilot: int = 0,
-    column: str | None = None,
-    id_column: str | None = None,
+    spec: RowSpec = PATH_IDS,
 ) -> Estimate:
     """Estimate a job over `sources`; with `output`, only the rows it does not hold yet,
     and the expected output length from what it already holds.
@@ -74,13 +74,14 @@ def estimate_sources(
     pilot_report: dict[str, Any] | None = None
     pilot_expected: tuple[float, str] | None = None
     if pilot:
-        pilot_report, mean = _run_pilot(sources, config, pilot, output, column, id_column)
+        pilot_report, mean = _run_pilot(sources, config, pilot, output, spec)
         if mean is not None:
             pilot_expected = (
                 mean,
                 f"mean of a pilot of {pilot_report['ok']} requests on {config.request.model}",
             )
-    batches: Iterable[pa.RecordBatch] = source_batches(sources, column, id_column)
+    counts = Counts()
+    batches: Iterable[pa.RecordBatch] = source_batches(sources, spec, counts)
     observed: tuple[float, str] | None = None
     notes: list[str] = []
     if output is not None:
@@ -104,6 +105,7 @@ def estimate_sources(
         expected_output=pilot_expected or observed,
     )
     result.pilot = pilot_report
+    result.duplicates = counts.duplicates
     result.notes.extend(notes)
     return result
 
@@ -113,8 +115,7 @@ def _run_pilot(
     config: JobConfig,
     n: int,
     output: Path | None,
-    column: str | None,
-    id_column: str | None,
+    spec: RowSpec,
 ) -> tuple[dict[str, Any], float | None]:
     """Send `n` real requests on a random sample; (report, mean completion tokens)."""
     from pipeline.runner import EXIT_PILOT_OK, run_job, run_pilot
@@ -126,8 +127,7 @@ def _run_pilot(
             config,
             sample=n,
             show_progress=False,
-            column=column,
-            id_column=id_column,
+            spec=spec,
         )
         if outcome.exit_code not in EXIT_PILOT_OK:
             raise UsageError(f"the pilot stopped: {outcome.message or outcome.summary}")
@@ -136,7 +136,7 @@ def _run_pilot(
         rows = sample_rows(
             (
                 ManifestRow.from_dict(r)
-                for b in source_batches(sources, column, id_column)
+                for b in source_batches(sources, spec)
                 for r in b.to_pylist()
             ),
             n,
@@ -159,8 +159,7 @@ def dry_run(
     sources: list[str],
     output: Path,
     config: JobConfig,
-    column: str | None = None,
-    id_column: str | None = None,
+    spec: RowSpec = PATH_IDS,
 ) -> tuple[Estimate, list[str], int]:
     """Everything a real run would check, and its estimate, with nothing sent or written.
 
@@ -179,9 +178,7 @@ def dry_run(
     except UsageError as exc:
         problems.append(str(exc))
         exit_code = 2
-    report = estimate_sources(
-        sources, config, [], output=output, column=column, id_column=id_column
-    )
+    report = estimate_sources(sources, config, [], output=output, spec=spec)
     if report.skipped_count:
         problems.append(f"{report.skipped_count} file(s) would be error rows (listed above)")
         exit_code = max(exit_code, 1)

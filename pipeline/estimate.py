@@ -75,6 +75,9 @@ class Estimate:
     assumed_size: str
     pilot: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    duplicates: int = (
+        0  # rows the ingest dropped: the same id twice (identical bytes with --id-from content)
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class Estimate:
             ],
             "skipped": self.skipped,
             "skipped_count": self.skipped_count,
+            "duplicates": self.duplicates,
             "sizes": {
                 **asdict(self.sizes),
                 "measured": self.sizes.measured,
@@ -116,7 +120,8 @@ class Estimate:
         out = [
             f"{self.images} images: sizes measured for {s.measured} ({s.headers} from file "
             f"headers, {s.columns} from width/height columns, {s.probed} probed), assumed for "
-            f"{s.assumed} ({self.assumed_size}); {self.skipped_count} skipped",
+            f"{s.assumed} ({self.assumed_size}); {self.skipped_count} skipped; "
+            f"{self.duplicates} duplicate(s) dropped, not counted",
             f"text tokens per request: {self.text_tokens_per_image} (prompt, system prompt and "
             "chat framing, o200k_base)",
             f"expected output tokens per image: {self.expected_output_per_image:.1f} "

@@ -1,8 +1,8 @@
 """List files: .txt, .csv, .tsv, .jsonl and .parquet lists of image paths or URLs.
 
-Each reader streams batches of plain dicts: `key` (what the id is hashed from, not stored),
-`source` (an absolute path or a URL) and, for tabular lists, `columns`: the list's other
-columns, kept apart so that a user's `source` or `key` can never stand in for ours.
+Each reader streams batches of plain dicts: `source` (an absolute path or a URL) and, for
+tabular lists, `columns`: the list's other columns, kept apart so that a user's `source`
+or `id` can never stand in for ours (the id is made by `manifest.py`).
 Relative paths resolve against the list file's folder.
 """
 
@@ -21,7 +21,6 @@ from pipeline.arrow import string_array
 from pipeline.errors import UsageError
 from pipeline.images import is_url
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
-from pipeline.walk import portable
 
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet"})
 SOURCE_COLUMNS = ("image", "image_url", "url", "path", "file")
@@ -50,11 +49,11 @@ def _entry(value: str, base: str, label: str) -> dict[str, Any]:
     """Resolve one path-or-URL entry of a list file against the list file's folder."""
     value = value.strip()
     if is_url(value):
-        return {"key": value, "source": value}
+        return {"source": value}
     if "://" in value:
         raise UsageError(f"{label}: {value!r}: only local paths and http(s) URLs are supported")
-    key = value if os.path.isabs(value) else os.path.join(base, value)
-    return {"key": portable(key), "source": os.path.abspath(key)}
+    path = value if os.path.isabs(value) else os.path.join(base, value)
+    return {"source": os.path.abspath(path)}
 
 
 def _read_txt(path: str, base: str) -> Iterator[list[dict[str, Any]]]:

@@ -6,9 +6,8 @@ A source is a folder (recursive), a glob, an http(s) URL, a single image, or a l
 Everything streams in batches: memory holds one batch and the set of 64-bit ids seen so
 far, never the whole list.
 
-`id` is a hash of the source *as the user named it*: the URL, or the path reached from the
-argument given (`data/samples/cat.png`), so the same command gives the same ids on any run
-and any machine. `--id-column` uses the user's own ids instead.
+Ids are made as `ids.py` describes: from a file's real path (the default), its bytes
+(`--id-from content`) or the user's own column (`--id-column`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
+from pipeline.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.images import NOT_UTF8_PREFIX, is_url
 from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
@@ -40,7 +41,6 @@ from pipeline.walk import (
     glob_files,
     has_magic,
     is_image_name,
-    portable,
     walk,
 )
 
@@ -75,11 +75,6 @@ class Counts:
     links: Links = field(default_factory=Links)
 
 
-def stable_id(key: str) -> str:
-    """16 hex digits of SHA-256: stable across runs, machines and Python versions."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
 def _batched(pairs: Iterable[tuple[str, str]]) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     for key, source in pairs:
@@ -108,9 +103,7 @@ def _glob_images(pattern: str, links: Links) -> Iterator[tuple[str, str]]:
         )
 
 
-def _source_batches(
-    source: str, column: str | None, id_column: str | None, links: Links
-) -> Iterator[list[dict[str, Any]]]:
+def _source_batches(source: str, spec: RowSpec, links: Links) -> Iterator[list[dict[str, Any]]]:
     if is_url(source):
         yield [{"key": source, "source": source}]
         return
@@ -120,7 +113,7 @@ def _source_batches(
     if os.path.exists(source):
         ext = os.path.splitext(source)[1].lower()
         if ext in IMAGE_EXTENSIONS:
-            yield [{"key": portable(source), "source": os.path.abspath(source)}]
+            yield [{"source": os.path.abspath(source)}]
             return
         if ext not in LIST_EXTENSIONS:
             raise UsageError(
@@ -128,7 +121,7 @@ def _source_batches(
                 f"image or a list file ({' '.join(sorted(LIST_EXTENSIONS))})"
             )
         try:
-            yield from read_list(source, column, id_column)
+            yield from read_list(source, spec.column, spec.id_column)
         except UnicodeDecodeError as exc:
             raise UsageError(
                 f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"
@@ -159,49 +152,84 @@ def _not_utf8(path: str) -> str:
 
 
 def iter_manifest_rows(
-    sources: Iterable[str],
-    *,
-    column: str | None = None,
-    id_column: str | None = None,
-    counts: Counts | None = None,
+    sources: Iterable[str], spec: RowSpec = PATH_IDS, counts: Counts | None = None
 ) -> Iterator[list[dict[str, Any]]]:
     """De-duplicated batches of manifest dicts (`id`, `source`, extras) in source order."""
     seen: set[int] = set()
     counts = counts if counts is not None else Counts()
-    for source in sources:
-        for batch in _source_batches(source, column, id_column, counts.links):
-            out = []
-            for raw in batch:
-                key = raw["key"]
-                path = raw[MANIFEST_SOURCE]
-                columns = raw.get("columns", {})
-                if type(path) is str and not path.isascii() and not _is_utf8(path):
-                    path = key = _not_utf8(path)
-                if id_column is not None:
-                    if id_column not in columns:
-                        raise UsageError(
-                            f"source {source!r}: --id-column {id_column!r} needs a list file "
-                            "with that column (.csv .tsv .jsonl .parquet)"
-                        )
-                    user_id = columns.pop(id_column)
-                    if user_id is None or str(user_id).strip() == "":
-                        raise UsageError(f"{source}: id column {id_column!r} is empty for {key!r}")
-                    row_id = str(user_id)
-                else:
-                    row_id = stable_id(key)
-                # Our ids are 64 bits already; a user's id is hashed down to 64 bits.
-                fingerprint = (
-                    int(row_id, 16)
-                    if id_column is None
-                    else int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest())
-                )
-                if fingerprint in seen:
-                    counts.duplicates += 1
-                    continue
-                seen.add(fingerprint)
-                out.append({MANIFEST_ID: row_id, MANIFEST_SOURCE: path, **_renamed(columns)})
-            if out:
-                yield out
+    real = RealPaths()
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for source in sources:
+            for batch in _source_batches(source, spec, counts.links):
+                out = []
+                for raw, row_id in zip(batch, _ids(batch, source, spec, real, pool), strict=True):
+                    fingerprint = _fingerprint(row_id, spec)
+                    if fingerprint in seen:
+                        counts.duplicates += 1
+                        continue
+                    seen.add(fingerprint)
+                    columns = raw.get("columns", {})
+                    columns.pop(spec.id_column, None)
+                    out.append(
+                        {
+                            MANIFEST_ID: row_id,
+                            MANIFEST_SOURCE: raw[MANIFEST_SOURCE],
+                            **_renamed(columns),
+                        }
+                    )
+                if out:
+                    yield out
+
+
+def _ids(
+    batch: list[dict[str, Any]],
+    source: str,
+    spec: RowSpec,
+    real: RealPaths,
+    pool: ThreadPoolExecutor,
+) -> list[str]:
+    """The ids of one batch of entries (and their sources made storable, in place)."""
+    keys: list[str] = []
+    for raw in batch:
+        path = raw[MANIFEST_SOURCE]
+        if type(path) is str and not path.isascii() and not _is_utf8(path):
+            raw[MANIFEST_SOURCE] = raw["key"] = _not_utf8(path)
+        keys.append(raw.get("key") or (path if is_url(path) else real(path)))
+    if spec.id_column is not None:
+        return [_user_id(raw, source, spec.id_column) for raw in batch]
+    if spec.id_from == "content":
+        local = [not is_url(raw[MANIFEST_SOURCE]) for raw in batch]
+        if not all(local):
+            url = batch[local.index(False)][MANIFEST_SOURCE]
+            raise UsageError(
+                f"source {source!r}: --id-from content reads each image, and {url} is a URL "
+                "(not downloaded at ingest); use --id-from path for URLs"
+            )
+        digests = content_ids([raw[MANIFEST_SOURCE] for raw in batch], pool)
+        # An unreadable file keeps its path id: the run makes it an error row.
+        return [d or stable_id(k) for d, k in zip(digests, keys, strict=True)]
+    return [stable_id(k) for k in keys]
+
+
+def _user_id(raw: dict[str, Any], source: str, id_column: str) -> str:
+    columns = raw.get("columns", {})
+    if id_column not in columns:
+        raise UsageError(
+            f"source {source!r}: --id-column {id_column!r} needs a list file "
+            "with that column (.csv .tsv .jsonl .parquet)"
+        )
+    user_id = columns[id_column]
+    if user_id is None or str(user_id).strip() == "":
+        raise UsageError(f"{source}: id column {id_column!r} is empty for {raw[MANIFEST_SOURCE]!r}")
+    return str(user_id)
+
+
+def _fingerprint(row_id: str, spec: RowSpec) -> int:
+    """64 bits per id for the duplicate check: ours are 64 bits already, a user's id is
+    hashed down."""
+    if spec.id_column is None:
+        return int(row_id, 16)
+    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest())
 
 
 def _is_utf8(text: str) -> bool:
@@ -244,9 +272,7 @@ def remove_stale_workdirs(output: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def write_manifest(
-    sources: list[str], output: Path, *, column: str | None = None, id_column: str | None = None
-) -> IngestSummary:
+def write_manifest(sources: list[str], output: Path, spec: RowSpec = PATH_IDS) -> IngestSummary:
     """Stream the sources into `output`. Written to a temporary name, then renamed, so a
     failure never leaves a partial manifest (nor replaces a good one), and sources with
     no image at all are refused before anything is replaced."""
@@ -262,7 +288,7 @@ def write_manifest(
     fcntl.flock(lock, fcntl.LOCK_EX)
     counts = Counts()
     try:
-        rows, schema, parts = _write_parts(sources, workdir, column, id_column, counts)
+        rows, schema, parts = _write_parts(sources, workdir, spec, counts)
         if rows == 0:
             raise UsageError(
                 f"no images found in {', '.join(sources)} (images are "
@@ -289,7 +315,7 @@ def write_manifest(
 
 
 def _write_parts(
-    sources: list[str], workdir: Path, column: str | None, id_column: str | None, counts: Counts
+    sources: list[str], workdir: Path, spec: RowSpec, counts: Counts
 ) -> tuple[int, pa.Schema, list[Path]]:
     """Batches to part files, a new part whenever the columns change; returns the row
     count, the unified schema (`id` and `source` first, then the extras) and the parts."""
@@ -297,7 +323,7 @@ def _write_parts(
     writer: pq.ParquetWriter | None = None
     rows = 0
     try:
-        for batch in iter_manifest_rows(sources, column=column, id_column=id_column, counts=counts):
+        for batch in iter_manifest_rows(sources, spec, counts):
             table = pa.Table.from_batches([record_batch(batch)])
             if writer is None or not table.schema.equals(parts[-1][1]):
                 if writer is not None:

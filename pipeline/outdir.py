@@ -7,9 +7,8 @@
     OUT_DIR/.lock                           held by the run writing the folder
 
 `pd.read_parquet(OUT_DIR)` and pyarrow skip the hidden folder, and `OUT_DIR/*.parquet`
-(duckdb, polars) matches the shards alone. Folders of older versions, with
-`manifest.parquet` and `run.json` beside the shards, are read as they are and moved by
-the next run.
+(duckdb, polars) matches the shards alone. Folders of older versions are read as they
+are and brought up to date by the next run (`upgrade.py`).
 
 `recover` puts a folder left by a crash back in order; `scan` reads only the columns it
 needs to tell what is done; `compact` leaves exactly one row per id.
@@ -39,7 +38,8 @@ from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
 from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
-from pipeline.records import MANIFEST_ID, RESULT_SCHEMA, conform
+from pipeline.records import MANIFEST_ID
+from pipeline.upgrade import move_state_files
 from pipeline.writer import (
     JOURNAL_GLOB,
     SHARD_GLOB,
@@ -132,17 +132,9 @@ class OutputDir:
         return legacy if legacy.exists() and not current.exists() else current
 
     def migrate(self) -> None:
-        """Move an older version's state files into `.caption/` (under the lock);
-        `unify_shards` then gives its shards today's schema."""
-        for name in (MANIFEST_NAME, RUN_JSON):
-            legacy, current = self.path / name, self.state / name
-            if legacy.exists() and not current.exists():
-                try:
-                    self.state.mkdir(exist_ok=True)
-                    os.replace(legacy, current)
-                except OSError as exc:
-                    raise storage_error(self.path, exc) from None
-                log.info("moved %s into %s/", name, self.state.name)
+        """Bring a folder of an older version up to today's layout (`upgrade.py`), under
+        the lock: state files into `.caption/`, then (after `recover`) the schema."""
+        move_state_files(self, (MANIFEST_NAME, RUN_JSON))
         self.manifest = self.state / MANIFEST_NAME
         self.run_json = self.state / RUN_JSON
 
@@ -246,6 +238,19 @@ class OutputDir:
             "use a new output folder, or rerun with the original settings"
         )
 
+    def check_ids(self, previous: dict[str, Any] | None, scheme: str) -> None:
+        """Refuse a rerun whose ids are made another way than the folder's (`ids.py`):
+        every row would get a new id and be paid for again."""
+        old = ((previous or {}).get("ids") or {}).get("from")
+        if old in (None, "manifest", scheme) or scheme == "manifest":
+            return
+        flag = f"--id-column {old[7:]}" if old.startswith("column:") else f"--id-from {old}"
+        raise UsageError(
+            f"{self.path} holds results whose ids are from {old}, and this run's would be "
+            f"from {scheme}: every row would be sent and paid for again; rerun with {flag}, "
+            "or use a new output folder"
+        )
+
     # -- manifest ---------------------------------------------------------------------
 
     def is_own_manifest(self, path: Path) -> bool:
@@ -280,40 +285,6 @@ class OutputDir:
         return bool(pc.any(pc.is_in(column, value_set=ids)).as_py())
 
     # -- crash recovery and compaction ------------------------------------------------
-
-    def unify_shards(self) -> int:
-        """Give shards of an older version the one schema: result columns only (the
-        sources' own columns are in the manifest), newer columns as nulls. A shard whose
-        rows the manifest does not hold keeps its columns, and a warning says so.
-        Reads only each shard's footer unless it needs rewriting."""
-        rewritten = 0
-        manifest_ids: pa.Array | None = None
-        for shard in self.shards():
-            try:
-                schema = pq.read_schema(shard)
-            except (pa.ArrowInvalid, OSError):
-                continue  # named by the scan that follows
-            if schema.equals(RESULT_SCHEMA):
-                continue
-            table = read_shard(shard)
-            extras = [n for n in table.column_names if n not in RESULT_SCHEMA.names]
-            if extras:
-                if manifest_ids is None:
-                    manifest_ids = combined(
-                        read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
-                    )
-                if not pc.all(pc.is_in(table[MANIFEST_ID], value_set=manifest_ids)).as_py():
-                    log.warning(
-                        "%s keeps its columns %s: the manifest no longer holds all its rows",
-                        shard.name,
-                        ", ".join(extras),
-                    )
-                    continue
-            write_parquet_atomic(conform(table, RESULT_SCHEMA), shard)
-            rewritten += 1
-        if rewritten:
-            log.info("gave %d shard(s) of an older version the result schema", rewritten)
-        return rewritten
 
     def remove_temporaries(self) -> None:
         """Remove what interrupted writes left: `*.tmp` files and ingest work folders."""

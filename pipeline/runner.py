@@ -36,10 +36,12 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.executors.local import execute, open_captioner
+from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
+from pipeline.upgrade import needs_rehash, rehash_ids, unify_shards
 from pipeline.work import StopReason, Tally, caption_rows
 
 log = logging.getLogger(__name__)
@@ -97,16 +99,15 @@ def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
 def _prepare_manifest(
     out: OutputDir,
     sources: list[str],
-    column: str | None,
-    id_column: str | None,
+    spec: RowSpec,
     done: Done,
     accept_new_source: bool,
     before: list[str] | None,
 ) -> IngestSummary | None:
     """Build the manifest beside the old one and swap it in, unless the folder holds
     results and the new manifest shares no id with them: that is another dataset, or the
-    same files named another way (ids are hashed from the path as given), and sending it
-    would pay for every row again."""
+    same files moved (ids are hashed from each file's real path), and sending it would
+    pay for every row again."""
     if len(sources) == 1 and out.is_own_manifest(Path(sources[0])):
         return None  # rerun over its own manifest (by its legacy name too, now renamed)
     given_manifest = len(sources) == 1 and is_manifest(sources[0])
@@ -115,7 +116,7 @@ def _prepare_manifest(
     if given_manifest:
         out.copy_in(Path(sources[0]), staged)
     else:
-        summary = write_manifest(sources, staged, column=column, id_column=id_column)
+        summary = write_manifest(sources, staged, spec)
         log.info("%s", summary.line())
     if done.rows and not accept_new_source and not out.shares_ids(staged, done.ids):
         staged.unlink()
@@ -123,9 +124,9 @@ def _prepare_manifest(
         raise UsageError(
             f"{out.path} holds {done.rows} results of {earlier}, and none of their ids is "
             f"among the rows of {' '.join(sources)}: another dataset, or the same files "
-            "named another way (ids are hashed from the path as given). Use a new output "
-            "folder, name the sources as before, or add --accept-new-source to add these "
-            "rows to this folder anyway"
+            "moved or copied (ids are hashed from each file's real path; --id-from content "
+            "hashes the bytes). Use a new output folder, or add --accept-new-source to add "
+            "these rows to this folder anyway"
         )
     out.adopt_manifest(staged)
     return summary
@@ -142,8 +143,7 @@ def run_job(
     *,
     retry_errors: bool = False,
     show_progress: bool = True,
-    column: str | None = None,
-    id_column: str | None = None,
+    spec: RowSpec = PATH_IDS,
     sample: int = 0,
     accept_new_source: bool = False,
 ) -> RunOutcome:
@@ -166,8 +166,7 @@ def run_job(
                 api_key=api_key,
                 retry_errors=retry_errors,
                 show_progress=show_progress,
-                column=column,
-                id_column=id_column,
+                spec=spec,
                 sample=sample,
                 accept_new_source=accept_new_source,
                 started=started,
@@ -186,20 +185,24 @@ def _run_locked(
     api_key: str,
     retry_errors: bool,
     show_progress: bool,
-    column: str | None,
-    id_column: str | None,
+    spec: RowSpec,
     sample: int,
     accept_new_source: bool,
     started: float,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
+    from_manifest = len(sources) == 1 and is_manifest(sources[0])
+    scheme = "manifest" if from_manifest else spec.scheme
+    out.check_ids(previous, scheme)
     out.migrate()
     out.recover()
-    out.unify_shards()  # against the manifest the older shards were written with
+    unify_shards(out)  # against the manifest the older shards were written with
+    if needs_rehash(previous):
+        rehash_ids(out)
     out.compact()
     done = out.scan()
     before = (previous or {}).get("sources")
-    ingest = _prepare_manifest(out, sources, column, id_column, done, accept_new_source, before)
+    ingest = _prepare_manifest(out, sources, spec, done, accept_new_source, before)
     skip = done.ok_ids if retry_errors else done.ids
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
@@ -214,6 +217,7 @@ def _run_locked(
     meta = previous or {"version": 1, "created_at": utc_now(), "runs": []}
     meta.update({"fingerprint": fingerprint(definition), "job": definition})
     meta["sources"] = sources  # as given: the guard above names them
+    meta["ids"] = {"from": scheme, "version": ID_VERSION}
     # The price the rows are costed at, kept for `caption status` and for audits.
     meta["price"] = price_entry(config.prices[config.request.model])
     out.write_run_json(meta)

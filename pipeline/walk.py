@@ -8,8 +8,10 @@ Links that lead nowhere new (loops, duplicates, broken) are counted in `Links`.
 Globs are matched against the same walk, so `**` cannot loop either; a glob without `**`
 descends no deeper than it has segments.
 
-Each image is yielded as `(key, source)`: `key` is the path as reached from the argument
-given (it is hashed into the id), `source` the absolute path that is opened.
+Each image is yielded as `(key, source)`: `key` is its real path (absolute, links
+resolved: it is hashed into the id, see `ids.py`), `source` the absolute path as reached
+from the argument given, which is opened. Real paths cost one `realpath` per walk and
+per linked folder, not one per file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from pipeline.ids import portable_real
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
 
@@ -46,7 +50,7 @@ def has_magic(text: str) -> bool:
 
 
 def _join(key_dir: str, name: str) -> str:
-    return name if key_dir == "." else posixpath.join(key_dir, name)
+    return posixpath.join(key_dir, name)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -70,7 +74,7 @@ def walk(
     names), folders first-come in name order. Not-regular files (a FIFO named `x.png`)
     are yielded too, so that they become error rows rather than vanish."""
     keep = keep or is_image_name
-    key_root = portable(root)
+    key_root = portable_real(root)
     # Every real folder the walk enters, by identity -> its path relative to the root.
     seen: dict[tuple[int, int], str] = {_identity(os.stat(root)): ""}
     file_links: list[tuple[str, str]] = []  # (key, source) of links to files
@@ -102,7 +106,8 @@ def walk(
                     links.skipped += 1  # a loop, or a second way into a folder
                     continue
                 seen[ident] = rel
-                subdirs.append((_join(key_dir, entry.name), entry.path, rel))
+                key = portable_real(entry.path) if is_link else _join(key_dir, entry.name)
+                subdirs.append((key, entry.path, rel))
             elif keep(rel):
                 if not is_link:
                     yield _join(key_dir, entry.name), entry.path
@@ -124,7 +129,7 @@ def _linked_files(
     target the walk ingested directly, or that names a file another link named, is
     skipped. The real path decides."""
     taken: set[str] = set()
-    for key, source in file_links:
+    for _, source in file_links:
         real = os.path.realpath(source)
         folder, name = os.path.split(real)
         try:
@@ -139,7 +144,7 @@ def _linked_files(
             links.skipped += 1
             continue
         taken.add(real)
-        yield key, source
+        yield portable(real), source
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,22 +1,26 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.manifest import read_manifest, stable_id, write_manifest
+from pipeline.ids import RowSpec, stable_id
+from pipeline.manifest import read_manifest, write_manifest
 from tests.conftest import SAMPLES
 
 
-def ingest(tmp_path: Path, *sources: str | Path, **kw: str) -> tuple[list[dict], object]:
+def ingest(tmp_path: Path, *sources: str | Path, **kw: Any) -> tuple[list[dict], Any]:
     out = tmp_path / "manifest.parquet"
-    summary = write_manifest([str(s) for s in sources], out, **kw)
+    spec = kw.pop("spec", None) or RowSpec(**kw)
+    summary = write_manifest([str(s) for s in sources], out, spec)
     return pq.read_table(out).to_pylist(), summary
 
 
@@ -46,46 +50,106 @@ def test_folder_is_recursive_sorted_and_case_insensitive(tmp_path: Path, tree: P
     assert summary.duplicates == 0
 
 
-def test_ids_are_stable_across_machines_and_runs(tmp_path: Path, tree: Path) -> None:
-    # The id hashes the path as named from the argument, not the absolute path, so the same
-    # command on another machine (another checkout folder) gives the same ids.
-    os.chdir(tmp_path)
-    first, _ = ingest(tmp_path, "imgs")
-    moved = tmp_path / "elsewhere"
-    moved.mkdir()
-    shutil.copytree(tree, moved / "imgs")
-    os.chdir(moved)
-    second, _ = ingest(moved, "imgs")
-    assert [r["id"] for r in first] == [r["id"] for r in second]
-    assert first[0]["source"] != second[0]["source"]
-    # And the hash itself is pinned: sha256 of the UTF-8 key, first 16 hex digits.
-    assert stable_id("imgs/a.JPG") == "c7ebe1b609e2e115"
-    assert first[0]["id"] == stable_id("imgs/a.JPG")
+def real_id(path: Path) -> str:
+    return stable_id(os.path.realpath(path))
+
+
+def test_id_is_the_hash_of_the_real_path(tmp_path: Path, tree: Path) -> None:
+    rows, _ = ingest(tmp_path, tree)
+    assert rows[0]["id"] == real_id(tree / "a.JPG")
+    # Pinned: sha256 of the UTF-8 key, first 16 hex digits.
+    assert stable_id("/data/imgs/a.JPG") == "085caea63a8cf328"
 
 
 @pytest.mark.parametrize(
-    ("spelling", "cwd", "prefix"),
+    ("spelling", "cwd"),
     [
-        ("imgs", ".", "imgs/"),
-        ("imgs/", ".", "imgs/"),
-        ("./imgs", ".", "imgs/"),
-        ("imgs/../imgs", ".", "imgs/"),
-        (".", "imgs", ""),
-        ("./", "imgs", ""),
-        ("ABS", ".", "ABS/"),
+        ("imgs", "."),
+        ("imgs/", "."),
+        ("./imgs", "."),
+        ("imgs/../imgs", "."),
+        (".", "imgs"),
+        ("./", "imgs"),
+        ("../../imgs", "imgs/b"),
+        ("ABS", "."),
+        ("ABS/", "imgs/b/deep"),
+        ("linked/imgs", "."),  # a linked parent folder
+        ("LINKED_ABS/imgs", "imgs"),
+        ("imgs/*.*", "."),
+        ("linked/imgs/**/*", "."),
     ],
 )
-def test_folder_ids_hash_the_normalised_path_however_the_folder_is_spelled(
-    tmp_path: Path, tree: Path, spelling: str, cwd: str, prefix: str
+def test_the_same_file_gets_the_same_id_however_it_is_named(
+    tmp_path: Path, tree: Path, spelling: str, cwd: str
 ) -> None:
+    (tmp_path / "linked").symlink_to(tmp_path)
     os.chdir(tmp_path / cwd)
-    absolute = tree.as_posix()
-    rows, _ = ingest(tmp_path, spelling.replace("ABS", absolute))
-    expected = [f"{prefix.replace('ABS', absolute)}{p}" for p in ("a.JPG", "e.jpeg", "b/c.gif")]
-    assert [r["id"] for r in rows[:3]] == [stable_id(k) for k in expected]
-    assert [r["source"] for r in rows[:3]] == [
-        str(tree / p) for p in ("a.JPG", "e.jpeg", "b/c.gif")
-    ]
+    spelled = spelling.replace("LINKED_ABS", str(tmp_path / "linked")).replace("ABS", str(tree))
+    rows, _ = ingest(tmp_path, spelled)
+    by_name = {Path(r["source"]).name: r["id"] for r in rows}
+    assert by_name["a.JPG"] == real_id(tree / "a.JPG")
+    assert by_name["e.jpeg"] == real_id(tree / "e.jpeg")
+    if "c.gif" in by_name:
+        assert by_name["c.gif"] == real_id(tree / "b" / "c.gif")
+
+
+def test_one_image_and_a_list_entry_name_the_file_with_the_folders_id(
+    tmp_path: Path, tree: Path
+) -> None:
+    os.chdir(tree / "b")
+    (tree / "b" / "list.txt").write_text("../a.JPG\n")
+    (tmp_path / "list.csv").write_text(f"image\n{tree}/./a.JPG\n")
+    ids = {
+        ingest(tmp_path, source)[0][0]["id"]
+        for source in ("../a.JPG", str(tree / "a.JPG"), "list.txt", str(tmp_path / "list.csv"))
+    }
+    assert ids == {real_id(tree / "a.JPG")}
+
+
+def test_a_link_to_a_file_gets_the_id_of_the_file_it_names(tmp_path: Path, tree: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(SAMPLES / "sunset.jpg", outside / "x.jpg")
+    (tree / "link.jpg").symlink_to(outside / "x.jpg")
+    rows, _ = ingest(tmp_path, tree)
+    linked = next(r for r in rows if r["source"].endswith("link.jpg"))
+    assert linked["id"] == real_id(outside / "x.jpg")
+    assert ingest(tmp_path, outside / "x.jpg")[0][0]["id"] == linked["id"]
+
+
+def test_two_files_never_share_an_id(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        shutil.copy(SAMPLES / "sunset.jpg", tmp_path / name / "a.jpg")
+    rows, summary = ingest(tmp_path, tmp_path / "one", tmp_path / "two")
+    assert len({r["id"] for r in rows}) == 2
+    assert summary.duplicates == 0
+
+
+def test_content_ids_drop_identical_images_and_survive_a_move(tmp_path: Path, tree: Path) -> None:
+    shutil.copy(tree / "a.JPG", tree / "b" / "copy-of-a.jpg")
+    rows, summary = ingest(tmp_path, tree, spec=RowSpec(id_from="content"))
+    assert summary.duplicates == 1
+    assert [Path(r["source"]).name for r in rows] == ["a.JPG", "e.jpeg", "c.gif", "d.WebP"]
+    digest = hashlib.sha256((tree / "a.JPG").read_bytes()).hexdigest()[:16]
+    assert rows[0]["id"] == digest
+    moved = tmp_path / "moved"
+    shutil.copytree(tree, moved)
+    again, _ = ingest(tmp_path, moved, spec=RowSpec(id_from="content"))
+    assert [r["id"] for r in again] == [r["id"] for r in rows]
+
+
+@pytest.mark.timeout(20)
+def test_content_ids_never_open_a_fifo_and_keep_its_path_id(tmp_path: Path, tree: Path) -> None:
+    os.mkfifo(tree / "pipe.png")
+    rows, _ = ingest(tmp_path, tree, spec=RowSpec(id_from="content"))
+    fifo = next(r for r in rows if r["source"].endswith("pipe.png"))
+    assert fifo["id"] == real_id(tree / "pipe.png")
+
+
+def test_content_ids_refuse_urls_by_name(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--id-from content .* https://x/1.png is a URL"):
+        ingest(tmp_path, "https://x/1.png", spec=RowSpec(id_from="content"))
 
 
 def test_glob(tmp_path: Path, tree: Path) -> None:
@@ -116,7 +180,7 @@ def test_txt_list_with_comments_relative_paths_and_urls(tmp_path: Path, tree: Pa
         "https://x.org/1.jpg",
     ]
     # Same file reached through the folder or through the list: same id.
-    assert rows[0]["id"] == stable_id("imgs/a.JPG")
+    assert rows[0]["id"] == real_id(tree / "a.JPG")
 
 
 def test_csv_keeps_extra_columns_and_types(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pipeline.cli import cli
 from pipeline.manifest import write_manifest
 from pipeline.outdir import OutputDir
 from pipeline.records import RESULT_SCHEMA, ResultRow
+from pipeline.status import read_status
 from pipeline.writer import journal_line
 from tests.conftest import KEY, SAMPLES
 from tests.fakes import HANG, ScriptedServer, digest_of_file, json_error
@@ -410,24 +411,54 @@ def test_the_short_and_the_prefixed_model_name_are_one_job(
     assert server.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("cwd", "spelling"),
+    [(".", "ABS/imgs"), (".", "./imgs/"), ("imgs", "."), ("sub", "../imgs"), (".", "link/imgs")],
+)
+def test_the_same_folder_named_another_way_is_not_paid_for_again(
+    tmp_path: Path,
+    server: ScriptedServer,
+    key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cwd: str,
+    spelling: str,
+) -> None:
+    shutil.copytree(SAMPLES, tmp_path / "imgs")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli("imgs", "-o", str(out), "--endpoint", server.url)[0] == 0
+    monkeypatch.chdir(tmp_path / cwd)
+    code, output = run_cli(
+        spelling.replace("ABS", str(tmp_path)), "-o", str(out), "--endpoint", server.url
+    )
+    assert code == 0, output
+    assert "0 ok, 0 errors of 0 new (6 already done, 0 pending)" in output
+    assert server.count() == 6
+    status = read_status(out)
+    assert (status.manifest_rows, status.ok) == (6, 6)
+
+
 def test_sources_that_share_no_id_with_the_folder_are_refused(
     tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same folder named another way has other ids: it would be paid for again."""
+    """Another dataset into a folder with results: almost surely a mistake."""
     shutil.copytree(SAMPLES, tmp_path / "imgs")
+    shutil.copytree(SAMPLES, tmp_path / "other")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     assert run_cli("imgs", "-o", str(out), "--endpoint", server.url)[0] == 0
     manifest = (out / ".caption/manifest.parquet").read_bytes()
-    code, output = run_cli(str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url)
+    code, output = run_cli("other", "-o", str(out), "--endpoint", server.url)
     assert code == 2
-    assert f"{out} holds 6 results of imgs, and none of their ids is among the rows of" in output
+    assert (
+        f"{out} holds 6 results of imgs, and none of their ids is among the rows of other" in output
+    )
     assert "--accept-new-source" in output
     assert server.count() == 6  # nothing was sent
     assert (out / ".caption/manifest.parquet").read_bytes() == manifest  # nor replaced
     assert not list(out.glob("*.tmp"))
-    code, output = run_cli(
-        str(tmp_path / "imgs"), "-o", str(out), "--endpoint", server.url, "--accept-new-source"
-    )
+    code, output = run_cli("other", "-o", str(out), "--endpoint", server.url, "--accept-new-source")
     assert code == 0, output
     assert server.count() == 12
