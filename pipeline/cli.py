@@ -205,6 +205,12 @@ def _job_options(*, for_estimate: bool = False) -> Any:
             "--detail", type=click.Choice(["auto", "low", "high"]), help="Image detail level."
         ),
         click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
+        click.option(
+            "--schema",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="JSON Schema file for structured labels: answers are checked and parsed "
+            "into a typed `parsed` column ([request] json_schema).",
+        ),
         click.option("--endpoint", help=f"Endpoint URL, or 'fake' for the built-in fake{pilot}."),
         click.option("--api-key-env", help=f"Environment variable holding the API key{pilot}."),
         click.option(

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pipeline.errors import UsageError
+from pipeline.labels import check_json_schema, load_schema_file
 from pipeline.prices import PriceTable, load_price_table, parse_price_entries
 
 FAKE_ENDPOINT = "fake"
@@ -26,7 +27,7 @@ DEFAULT_URL = "https://mavi-backend.memories.ai/serve/api/v2/iu/chat/completions
 
 AuthScheme = Literal["raw", "bearer"]
 Detail = Literal["auto", "low", "high"]
-ResponseFormat = Literal["text", "json_object"]
+ResponseFormat = Literal["text", "json_object", "json_schema"]
 MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
 
 
@@ -139,8 +140,13 @@ class RequestConfig:
     response_format: ResponseFormat | None = _setting(
         None,
         kinds=(str, type(None)),
-        allowed="'text' or 'json_object' (unset: not sent)",
-        check=lambda v: v in ("text", "json_object"),
+        allowed="'text', 'json_object' or 'json_schema' (unset: not sent)",
+        check=lambda v: v in ("text", "json_object", "json_schema"),
+    )
+    # OpenAI's `json_schema` object: name, strict, schema. A string in the file (or
+    # --schema) names a JSON file holding it, or a bare JSON Schema.
+    json_schema: dict[str, Any] | None = _setting(
+        None, kinds=(dict, type(None)), allowed="a JSON Schema (see [request] json_schema)"
     )
     temperature: float | None = _setting(
         None, kinds=(int, float, type(None)), allowed="a number from 0 to 2", check=_in(0, 2)
@@ -174,6 +180,23 @@ class RequestConfig:
 
     def __post_init__(self) -> None:
         _validate("request", self)
+        if self.json_schema is not None:
+            problem = check_json_schema(self.json_schema)
+            if problem is not None:
+                raise SettingError("request", "json_schema", "...", problem)
+            if self.response_format is None:
+                object.__setattr__(self, "response_format", "json_schema")
+            elif self.response_format != "json_schema":
+                raise SettingError(
+                    "request",
+                    "response_format",
+                    self.response_format,
+                    "'json_schema' (or unset) when a json_schema is given",
+                )
+        elif self.response_format == "json_schema":
+            raise SettingError(
+                "request", "response_format", "json_schema", "given with a json_schema (--schema)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,6 +300,7 @@ FLAG_SETTINGS: dict[str, tuple[str, str]] = {
     "detail": ("request", "detail"),
     "max_tokens": ("request", "max_tokens"),
     "temperature": ("request", "temperature"),
+    "schema": ("request", "json_schema"),
     "concurrency": ("limits", "concurrency"),
     "rpm": ("limits", "rpm"),
     "tpm": ("limits", "tpm"),
@@ -343,6 +367,12 @@ def load_config(
         merged[section][key] = value
         origins[section][key] = "--" + flag.replace("_", "-")
 
+    schema = merged["request"].get("json_schema")
+    if isinstance(schema, str | Path):
+        # Relative to the config file when named there, else to the working folder.
+        named_in_file = "json_schema" not in origins["request"] and path is not None
+        where = Path(path).parent / schema if named_in_file and path else Path(schema)
+        merged["request"]["json_schema"] = load_schema_file(where)
     built = {name: _build_section(name, merged[name], origins[name], source) for name in _SECTIONS}
     prices = load_price_table(prices_path)
     if "prices" in raw:

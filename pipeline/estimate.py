@@ -267,7 +267,7 @@ def estimate(
     finally:
         headers.close()
     images = sizes.measured + sizes.assumed
-    text = prompt_text_tokens(req.system_prompt, req.prompt)
+    text = prompt_text_tokens(req.system_prompt, req.prompt, req.json_schema)
     expected, basis = expected_output or (
         float(worst_case_completion_tokens(req)),
         "worst case: n x max_tokens (no pilot and no earlier output)",

@@ -20,10 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.arrow import read_parquet
+from pipeline.arrow import combined, read_parquet
 from pipeline.errors import UsageError, storage_error
 from pipeline.outdir import OutputDir, read_shard
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_SCHEMA
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
 
 FORMATS = (".parquet", ".jsonl", ".csv")
 
@@ -55,7 +55,7 @@ def export(out_path: Path, target: Path) -> int:
 def _schema(out: OutputDir) -> pa.Schema:
     own = pq.read_schema(out.manifest)
     return pa.schema(
-        [*RESULT_SCHEMA, *(f for f in own if f.name not in (MANIFEST_ID, MANIFEST_SOURCE))]
+        [*out.result_schema(), *(f for f in own if f.name not in (MANIFEST_ID, MANIFEST_SOURCE))]
     )
 
 
@@ -64,13 +64,21 @@ def _joined(out: OutputDir) -> Iterator[pa.Table]:
     own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
     ids = own[MANIFEST_ID].combine_chunks()
     extras = own.drop_columns([MANIFEST_ID])
+    names = out.result_schema().names
     for shard in out.shards():
-        results = read_shard(shard).select(RESULT_SCHEMA.names)
+        results = read_shard(shard).select(names)
         where = pc.index_in(results[MANIFEST_ID], value_set=ids)
         beside = extras.take(where)  # a row the manifest lacks gets nulls
         for name in beside.column_names:
             results = results.append_column(name, beside[name])
         yield results
+
+
+def _parsed_struct(schema: pa.Schema) -> int | None:
+    for i, f in enumerate(schema):
+        if (f.name == PARSED or f.name.startswith(PARSED + ".")) and pa.types.is_struct(f.type):
+            return i
+    return None
 
 
 class _writer:
@@ -115,7 +123,14 @@ class _writer:
 
 
 def _flat(table: pa.Table) -> pa.Table:
-    """Nested columns (lists, structs) as JSON text, for CSV."""
+    """For CSV: a structured job's `parsed` as one column per field (`parsed.label`),
+    other nested columns (lists, structs) as JSON text."""
+    while (i := _parsed_struct(table.schema)) is not None:
+        field = table.schema.field(i)
+        children = combined(table.column(i)).flatten()  # a null struct: null fields
+        table = table.remove_column(i)
+        for j, child in enumerate(field.type):
+            table = table.add_column(i + j, f"{field.name}.{child.name}", children[j])
     for i, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
             text = [None if v is None else orjson.dumps(v).decode() for v in table[i].to_pylist()]

@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible chat-completions endpoint, for trying jobs without a key.
 
 It answers every image with a deterministic caption (a hash of the image's bytes, or of its
-URL) and a realistic usage block: text tokens counted with o200k_base and image tokens by
+URL), or JSON that fits the requested `response_format`, cut off at `max_tokens` as a real
+server does (`finish_reason` `length`), and a realistic usage block: text tokens counted with o200k_base and image tokens by
 the model's published rule. It can add latency and a rate of injected failures (500s and
 429s with Retry-After). `caption fake-endpoint` serves it; `--endpoint fake` runs it in
 process; the tests build scripted servers on `completion_for`.
@@ -24,8 +25,16 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.images import header_size
+from pipeline.labels import sample_value
 from pipeline.prices import PriceTable, load_price_table
-from pipeline.tokens import TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING, image_tokens, text_tokens
+from pipeline.tokens import (
+    TOKENS_PER_MESSAGE,
+    TOKENS_REPLY_PRIMING,
+    image_tokens,
+    o200k,
+    schema_tokens,
+    text_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,16 @@ def image_digest(url: str) -> tuple[str, tuple[int, int]]:
 def caption_for(digest: str, index: int = 0) -> str:
     suffix = f" (choice {index})" if index else ""
     return f"A fake caption for image {digest[:12]}{suffix}."
+
+
+def _content(response_format: Any, schema: dict[str, Any], digest: str, index: int) -> str:
+    """The answer's text: a caption, or JSON that fits the requested format."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema" and isinstance(schema.get("schema"), dict):
+        return json.dumps(sample_value(schema["schema"], f"{digest}{index or ''}"))
+    if kind == "json_object":
+        return json.dumps({"caption": caption_for(digest, index)})
+    return caption_for(digest, index)
 
 
 def _message_parts(body: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -99,12 +118,18 @@ def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
         digests.append(digest)
         if price.image is not None:
             prompt += image_tokens(price.image, w, h, image.get("detail"))
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}) if isinstance(response_format, dict) else {}
+    prompt += schema_tokens(schema or None)
     choices = []
     completion = 0
     for i in range(n):
-        content = caption_for(digests[0], i)
-        tokens = min(text_tokens(content), max_tokens)
-        completion += tokens
+        content = _content(response_format, schema, digests[0], i)
+        finish = "stop"
+        encoded = o200k().encode_ordinary(content)
+        if len(encoded) > max_tokens:  # cut off, as a real server does
+            content, finish = o200k().decode(encoded[:max_tokens]), "length"
+        completion += min(len(encoded), max_tokens)
         choices.append(
             {
                 "index": i,
@@ -115,7 +140,7 @@ def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
                     "annotations": [],
                 },
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         )
     return {
@@ -147,7 +172,16 @@ def stream_events(answer: dict[str, Any]) -> list[bytes]:
             delta = {"index": ch["index"], "delta": {"content": piece}, "finish_reason": None}
             events.append({**base, "choices": [delta]})
         events.append(
-            {**base, "choices": [{"index": ch["index"], "delta": {}, "finish_reason": "stop"}]}
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": ch["index"],
+                        "delta": {},
+                        "finish_reason": ch.get("finish_reason", "stop"),
+                    }
+                ],
+            }
         )
     events.append({**base, "choices": [], "usage": answer["usage"]})
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]

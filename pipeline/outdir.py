@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.arrow import combined, equals, read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
+from pipeline.labels import result_schema
 from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID
@@ -66,6 +67,7 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
     Concurrency, limits and budget change how fast and how much, not what, so they are out.
     """
     req = config.request
+    schema = {} if req.json_schema is None else {"json_schema": req.json_schema}
     return {
         "endpoint": config.endpoint.url,
         "model": canonical_model(req.model),  # gpt-4o and gpt:gpt-4o are one model
@@ -82,6 +84,7 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
         "n": req.n,
         "stream": req.stream,
         "stop": req.stop,
+        **schema,  # only when set: the fingerprints of folders without one are unchanged
     }
 
 
@@ -201,6 +204,12 @@ class OutputDir:
     def shards(self) -> list[Path]:
         return sorted(self.path.glob(SHARD_GLOB))
 
+    def result_schema(self) -> pa.Schema:
+        """The schema of this folder's shards: the result columns, and `parsed` for a
+        structured job (from run.json's job definition)."""
+        meta = self.read_run_json() if self.run_json.exists() else None
+        return result_schema((meta or {}).get("job"))
+
     # -- run.json ---------------------------------------------------------------------
 
     def read_run_json(self) -> dict[str, Any] | None:
@@ -296,8 +305,9 @@ class OutputDir:
     def recover(self) -> None:
         """Remove temporary files of interrupted writes and fold journals into shards."""
         self.remove_temporaries()
+        schema = self.result_schema()
         for journal in self.journals():
-            shard = fold_journal(journal)
+            shard = fold_journal(journal, schema)
             if shard is not None:
                 log.info("recovered %s from the journal of an interrupted run", shard.name)
 
@@ -357,7 +367,7 @@ class OutputDir:
         journaled = 0
         if include_journals:
             for journal in self.journals():
-                core = read_journal(journal)
+                core = read_journal(journal, self.result_schema())
                 journaled += core.num_rows
                 tables.append(core.select(columns))
         if not tables:

@@ -1,8 +1,9 @@
 """The typed records that flow reader -> worker -> writer, and the one result schema.
 
 A manifest row becomes exactly one `ResultRow`; failures are rows too (`status="error"`).
-`RESULT_SCHEMA` is the only definition of the result columns, and every shard's schema: the
-manifest's own columns stay in the manifest.
+`RESULT_SCHEMA` is the only definition of the result columns, and every shard's schema (a
+structured job adds a typed `parsed` column, `labels.py`): the manifest's own columns stay
+in the manifest.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-RESULT_COLUMNS: frozenset[str] = frozenset(RESULT_SCHEMA.names)
+# A structured job's typed answer (`labels.py`), after the result columns.
+PARSED = "parsed"
+# Names a source's own column may not take (it is kept as `input_<name>`).
+RESULT_COLUMNS: frozenset[str] = frozenset([*RESULT_SCHEMA.names, PARSED])
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +136,12 @@ class ResultRow:
     image_height: int | None = None
     # Not stored: the failure may say only that the job is wrong (the circuit breaker).
     job_level: str | None = None
+    # A structured job's answer, parsed (`labels.py`); stored only by such jobs.
+    parsed: Any = None
 
     def core_dict(self) -> dict[str, Any]:
-        """The `RESULT_SCHEMA` columns as plain JSON types, for the journal."""
+        """The result columns as plain JSON types, for the journal (`parsed` only when
+        there is a value: a job without it has no such column)."""
         c = self.completion
         first = c.choices[0] if c and c.choices else None
         usage = c.usage if c else None
@@ -176,6 +183,7 @@ class ResultRow:
             "error": self.error,
             "error_kind": self.error_kind,
             "finished_at": self.finished_at_ms,
+            **({} if self.parsed is None else {"parsed": self.parsed}),
         }
 
 

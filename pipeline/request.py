@@ -44,7 +44,9 @@ def build_payload(req: RequestConfig, image_url: str) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             payload[name] = value
-    if req.response_format is not None:
+    if req.response_format == "json_schema":
+        payload["response_format"] = {"type": "json_schema", "json_schema": req.json_schema}
+    elif req.response_format is not None:
         payload["response_format"] = {"type": req.response_format}
     if req.stream:
         payload["stream_options"] = {"include_usage": True}

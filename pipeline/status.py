@@ -134,7 +134,9 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
         int_numpy(rows["image_height"]),
         job.get("detail"),
     )
-    text = prompt_text_tokens(job.get("system_prompt") or "", job.get("prompt") or "")
+    text = prompt_text_tokens(
+        job.get("system_prompt") or "", job.get("prompt") or "", job.get("json_schema")
+    )
     estimated = int(image.sum()) + text * rows.num_rows
     actual = pc.sum(rows["prompt_tokens"]).as_py() or 0
     return {

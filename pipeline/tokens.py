@@ -8,9 +8,10 @@ limits, and the fake endpoint's usage blocks. The rules' numbers come from the p
 from __future__ import annotations
 
 import functools
+import json
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -142,16 +143,26 @@ def text_tokens(text: str) -> int:
     return len(o200k().encode_ordinary(text))
 
 
-def prompt_text_tokens(system_prompt: str, prompt: str) -> int:
-    """Text tokens of one request: messages' framing, roles and text, and the reply priming.
+def prompt_text_tokens(
+    system_prompt: str, prompt: str, json_schema: dict[str, Any] | None = None
+) -> int:
+    """Text tokens of one request: messages' framing, roles and text, the reply priming,
+    and a structured job's schema (counted as its compact JSON: how the server renders
+    it to the model is not published, so this is close, not exact).
 
     The same for every image of a job, so callers compute it once per distinct prompt.
     """
-    tokens = TOKENS_REPLY_PRIMING
+    tokens = TOKENS_REPLY_PRIMING + schema_tokens(json_schema)
     if system_prompt:
         tokens += TOKENS_PER_MESSAGE + text_tokens("system") + text_tokens(system_prompt)
     tokens += TOKENS_PER_MESSAGE + text_tokens("user") + text_tokens(prompt)
     return tokens
+
+
+def schema_tokens(json_schema: dict[str, Any] | None) -> int:
+    if json_schema is None:
+        return 0
+    return text_tokens(json.dumps(json_schema, separators=(",", ":"), sort_keys=True))
 
 
 def estimated_usage(completion: Completion, prompt_tokens: int) -> Usage:

@@ -25,7 +25,7 @@ from pipeline.arrow import combined, read_parquet
 from pipeline.errors import storage_error
 from pipeline.ids import ID_VERSION, RealPaths, spelling_of, stable_id
 from pipeline.images import NOT_UTF8_PREFIX, is_url
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_SCHEMA, conform
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, conform
 from pipeline.writer import write_parquet_atomic
 
 if TYPE_CHECKING:
@@ -58,15 +58,16 @@ def unify_shards(out: OutputDir) -> int:
 
     rewritten = 0
     manifest_ids: pa.Array | None = None
+    target = out.result_schema()
     for shard in out.shards():
         try:
             schema = pq.read_schema(shard)
         except (pa.ArrowInvalid, OSError):
             continue  # named by the scan that follows
-        if schema.equals(RESULT_SCHEMA):
+        if schema.equals(target):
             continue
         table = read_shard(shard)
-        extras = [n for n in table.column_names if n not in RESULT_SCHEMA.names]
+        extras = [n for n in table.column_names if n not in target.names]
         if extras:
             if manifest_ids is None:
                 manifest_ids = combined(
@@ -79,7 +80,7 @@ def unify_shards(out: OutputDir) -> int:
                     ", ".join(extras),
                 )
                 continue
-        write_parquet_atomic(conform(table, RESULT_SCHEMA), shard)
+        write_parquet_atomic(conform(table, target), shard)
         rewritten += 1
     if rewritten:
         log.info("gave %d shard(s) of an older version the result schema", rewritten)

@@ -38,6 +38,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.images import load_image
+from pipeline.labels import Labels
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import ManifestRow, ResultRow, Usage
@@ -129,13 +130,15 @@ class Captioner:
         self.max_completion = worst_case_completion_tokens(req)
         self.max_bytes = int(config.limits.max_image_mb * 1_000_000)
         self.body = BodyTemplate.for_request(req)
+        self.labels = Labels.for_job(req.response_format, req.json_schema)
 
     # -- estimates for limits and budget ----------------------------------------------
 
     @functools.cached_property
     def text_tokens(self) -> int:
         """Loaded on first use: only the TPM cap and the budget need estimates."""
-        return prompt_text_tokens(self.config.request.system_prompt, self.config.request.prompt)
+        req = self.config.request
+        return prompt_text_tokens(req.system_prompt, req.prompt, req.json_schema)
 
     @property
     def needs_estimates(self) -> bool:
@@ -288,7 +291,7 @@ class Captioner:
                 prepared.width, prepared.height
             )
             completion = replace(completion, usage=estimated_usage(completion, estimate))
-        return ResultRow(
+        result = ResultRow(
             id=row.id,
             source=row.source,
             status="ok",
@@ -301,6 +304,16 @@ class Captioner:
             image_width=prepared.width,
             image_height=prepared.height,
         )
+        if self.labels is not None and completion.choices:
+            # Paid for either way: an answer that does not fit is an error row that keeps
+            # its text and cost, and is not sent again unless --retry-errors asks.
+            first = completion.choices[0]
+            result.parsed, result.error_kind, result.error = self.labels.parse(
+                first.content, first.finish_reason
+            )
+            if result.error_kind is not None:
+                result.status = "error"
+        return result
 
     def _cost(self, usage: Usage) -> float:
         return cost_usd(

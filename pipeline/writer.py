@@ -9,8 +9,9 @@ only complete, and folding a journal that a killed run left behind is the same c
 (a last line torn by the kill is ignored; a line that does not read is skipped, named by
 its byte offset, and its row sent again: one bad line never locks away the others).
 
-Every shard has the one schema, `RESULT_SCHEMA`, whatever the sources' own columns do
-from night to night: those stay in the manifest, and `caption export` joins them.
+Every shard of a folder has the one schema, `RESULT_SCHEMA` (and a structured job's
+`parsed`), whatever the sources' own columns do from night to night: those stay in the
+manifest, and `caption export` joins them.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ def next_sequence(out_dir: Path) -> int:
     return max(numbers, default=-1) + 1
 
 
-# The journal's JSON holds `finished_at` as epoch milliseconds; it is cast after parsing.
-_JOURNAL_SCHEMA = pa.schema(
-    [pa.field(f.name, pa.int64()) if f.name == "finished_at" else f for f in RESULT_SCHEMA]
-)
+def _journal_schema(schema: pa.Schema) -> pa.Schema:
+    """The journal's JSON holds `finished_at` as epoch milliseconds; it is cast after parsing."""
+    return pa.schema(
+        [pa.field(f.name, pa.int64()) if f.name == "finished_at" else f for f in schema]
+    )
 
 
 # Arrow parses JSON in blocks, and a line may not straddle two of them: the block must be
@@ -77,7 +79,7 @@ _MIN_BLOCK = 1 << 20
 _LINE_START = b'{"id":'
 
 
-def _parse_lines(data: bytes) -> pa.Table:
+def _parse_lines(data: bytes, schema: pa.Schema) -> pa.Table:
     """Whole journal lines (each ending in a newline) as a table; ArrowInvalid if any
     line does not fit the result columns."""
     longest = max(map(len, data.split(b"\n")))
@@ -85,29 +87,29 @@ def _parse_lines(data: bytes) -> pa.Table:
         io.BytesIO(data),
         read_options=pajson.ReadOptions(block_size=max(_MIN_BLOCK, 2 * longest + 2)),
         parse_options=pajson.ParseOptions(
-            explicit_schema=_JOURNAL_SCHEMA, unexpected_field_behavior="error"
+            explicit_schema=_journal_schema(schema), unexpected_field_behavior="error"
         ),
     )
 
 
-def _readable(line: bytes) -> bool:
+def _readable(line: bytes, schema: pa.Schema) -> bool:
     try:
-        _parse_lines(line + b"\n")
+        _parse_lines(line + b"\n", schema)
     except pa.ArrowInvalid:
         return False
     return True
 
 
-def _salvage(data: bytes, path: Path) -> pa.Table:
+def _salvage(data: bytes, path: Path, schema: pa.Schema) -> pa.Table:
     """The slow path, for a journal with a bad line: keep every line that reads, and a
     whole line glued after a torn one; name each torn piece by its byte offset."""
     good: list[bytes] = []
     offset = 0
     for line in data.split(b"\n")[:-1]:
-        if line and not _readable(line):
+        if line and not _readable(line, schema):
             # A torn line may have the next, whole line glued to its end.
             cut = line.find(_LINE_START, 1)
-            while cut != -1 and not _readable(line[cut:]):
+            while cut != -1 and not _readable(line[cut:], schema):
                 cut = line.find(_LINE_START, cut + 1)
             torn = line if cut == -1 else line[:cut]
             log.warning(
@@ -123,11 +125,11 @@ def _salvage(data: bytes, path: Path) -> pa.Table:
             good.append(line)
         offset += len(line) + 1
     if not good:
-        return _JOURNAL_SCHEMA.empty_table()
-    return _parse_lines(b"\n".join(good) + b"\n")
+        return _journal_schema(schema).empty_table()
+    return _parse_lines(b"\n".join(good) + b"\n", schema)
 
 
-def read_journal(path: Path) -> pa.Table:
+def read_journal(path: Path, schema: pa.Schema = RESULT_SCHEMA) -> pa.Table:
     """Every whole row of a journal as a table of the result columns.
 
     A last line without its newline (torn by a kill) is ignored. A line that does not read
@@ -139,12 +141,12 @@ def read_journal(path: Path) -> pa.Table:
     if whole < len(data):
         log.warning("%s: byte %d: ignoring a torn last line (the run was killed)", path.name, whole)
     if whole == 0:
-        return RESULT_SCHEMA.empty_table()
+        return schema.empty_table()
     try:
-        table = _parse_lines(data[:whole])
+        table = _parse_lines(data[:whole], schema)
     except pa.ArrowInvalid:
-        table = _salvage(data[:whole], path)
-    return table.select(RESULT_SCHEMA.names).cast(RESULT_SCHEMA)
+        table = _salvage(data[:whole], path, schema)
+    return table.select(schema.names).cast(schema)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -162,7 +164,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         raise storage_error(path.parent, exc) from None
 
 
-def fold_journal(journal: Path) -> Path | None:
+def fold_journal(journal: Path, schema: pa.Schema = RESULT_SCHEMA) -> Path | None:
     """Turn a journal into its Parquet shard (None if it held no whole row)."""
     folder = journal.parent.parent if journal.parent.name == STATE_DIR else journal.parent
     shard = folder / (journal.name.removesuffix(JOURNAL_SUFFIX) + ".parquet")
@@ -170,7 +172,7 @@ def fold_journal(journal: Path) -> Path | None:
         # Killed after the rename but before the unlink: the shard is already complete.
         journal.unlink()
         return shard
-    core = read_journal(journal)
+    core = read_journal(journal, schema)
     if core.num_rows:
         write_parquet_atomic(core, shard)
     journal.unlink()
@@ -218,8 +220,10 @@ class ShardWriter:
         rows_per_shard: int,
         first_sequence: int | None = None,
         prefix: str = "part",
+        schema: pa.Schema = RESULT_SCHEMA,
     ) -> None:
         self.out_dir = out_dir
+        self.schema = schema
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self._sequence = next_sequence(out_dir) if first_sequence is None else first_sequence
@@ -286,7 +290,7 @@ class ShardWriter:
         journal, rows = self._journal, self._rows
         self._rows = 0
         self._journal = None
-        shard = fold_journal(journal)
+        shard = fold_journal(journal, self.schema)
         if shard is not None:
             self.shards.append(shard)
             log.debug("wrote %s (%d rows)", shard.name, rows)

@@ -63,7 +63,9 @@ def test_default_toml_documents_every_setting_with_its_real_default() -> None:
 
 def test_example_job_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "nightly-labels.toml")
-    assert cfg.request.response_format == "json_object"
+    assert cfg.request.response_format == "json_schema"
+    assert cfg.request.json_schema is not None
+    assert cfg.request.json_schema["name"] == "product_labels"
     assert cfg.limits.max_cost_usd == 200.0
 
 

@@ -434,7 +434,8 @@ def test_user_columns_never_replace_ours(tmp_path: Path) -> None:
     hashed from: `a.gif,flickr,zzz` was captioned as 'flickr' under the id of 'zzz'."""
     shutil.copy(SAMPLES / "icon.gif", tmp_path / "a.gif")
     (tmp_path / "l.csv").write_text(
-        "image,source,key,id,status,caption,cost_usd,label\na.gif,flickr,zzz,7,done,x,1.5,cat\n"
+        "image,source,key,id,status,caption,cost_usd,parsed,label\n"
+        "a.gif,flickr,zzz,7,done,x,1.5,p,cat\n"
     )
     (row,), _ = ingest(tmp_path, tmp_path / "l.csv")
     assert row["source"] == str(tmp_path / "a.gif")
@@ -446,6 +447,7 @@ def test_user_columns_never_replace_ours(tmp_path: Path) -> None:
         "input_status": "done",
         "input_caption": "x",
         "input_cost_usd": 1.5,
+        "input_parsed": "p",  # a structured job's column
         "label": "cat",
     }
     # A user's own column still serves as the id when asked for.

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import writer as writer_module
 from pipeline.errors import StorageError
+from pipeline.labels import result_schema
 from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage
 from pipeline.writer import ShardWriter, fold_journal, read_journal
 
@@ -199,3 +200,34 @@ def test_lone_surrogates_in_an_answer_cannot_break_the_journal(tmp_path: Path) -
     assert rows[0]["choices"][0]["content"] == rows[0]["caption"]
     assert rows[0]["error"] == "server said \ufffd"
     assert rows[1]["caption"] == "caption 2"
+
+
+def test_a_structured_job_journals_and_folds_its_typed_parsed_column(tmp_path: Path) -> None:
+    schema = result_schema(
+        {
+            "response_format": "json_schema",
+            "json_schema": {
+                "name": "t",
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "cat": {"type": "boolean"},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                    "required": ["cat", "tags"],
+                },
+            },
+        }
+    )
+    writer = ShardWriter(tmp_path, rows_per_shard=10, schema=schema)
+    good = row(0)
+    good.parsed = {"cat": True, "tags": ["a", "b"]}
+    writer.write(good)
+    writer.write(row(1, "error"))  # no parsed value at all
+    journal = next((tmp_path / ".caption").glob("*.journal.jsonl"))
+    # What a kill -9 leaves: the journal alone, read back whole.
+    assert read_journal(journal, schema)["parsed"].to_pylist() == [good.parsed, None]
+    writer.close()
+    table = pq.read_table(next(tmp_path.glob("*.parquet")))
+    assert table.schema.equals(schema)
+    assert table["parsed"].to_pylist() == [{"cat": True, "tags": ["a", "b"]}, None]

@@ -133,7 +133,7 @@ async def execute(
     stop = StopReason()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    writer = ShardWriter(out.path, config.output.rows_per_shard)
+    writer = ShardWriter(out.path, config.output.rows_per_shard, schema=out.result_schema())
     progress = Progress(total) if show_progress else None
     tally = Tally()
     work: asyncio.Future[Tally] | None = None
