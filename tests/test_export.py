@@ -62,6 +62,19 @@ def test_every_shard_has_the_one_schema_whatever_the_lists_do(
     assert pl.read_parquet(glob).columns == RESULT_SCHEMA.names
 
 
+def test_hugging_face_datasets_reads_the_folder_as_the_results(
+    tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    from datasets import load_dataset
+
+    out = two_drifting_nights(tmp_path, server)
+    loaded = load_dataset("parquet", data_dir=str(out), split="train")
+    assert loaded.num_rows == 5
+    assert loaded.column_names == RESULT_SCHEMA.names
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
 def test_export_joins_the_sources_own_columns(
     tmp_path: Path, server: ScriptedServer, key: str, suffix: str
