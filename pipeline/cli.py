@@ -70,10 +70,26 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="caption")
 @click.option("-v", "--verbose", count=True, help="More log output: -v what a run does, -vv debug.")
-def cli(verbose: int) -> None:
+@click.option(
+    "--storage-options",
+    metavar="JSON",
+    help="Options for s3:// and gs:// filesystems (s3fs, gcsfs), e.g. "
+    '\'{"profile": "labels"}\'; credentials otherwise come from the standard chain.',
+)
+def cli(verbose: int, storage_options: str | None) -> None:
     """Caption image datasets with an OpenAI-compatible vision endpoint: resumable,
     rate-limited, and priced before and after every run."""
     _setup_logging(verbose, quiet=False)
+    if storage_options:
+        from pipeline.storage import configure
+
+        try:
+            options = json.loads(storage_options)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from None
+        if not isinstance(options, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+        configure(options)
 
 
 def _row_options(fn: Any) -> Any:
@@ -268,9 +284,8 @@ def _print_estimate(report: Any, as_json: bool) -> None:
     "-o",
     "--output",
     "output",
-    type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Output folder: manifest, run.json and result shards.",
+    help="Output folder (a local path, or s3:// or gs://): manifest, run.json and shards.",
 )
 @_job_options()
 @_row_options
@@ -285,7 +300,7 @@ def _print_estimate(report: Any, as_json: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
 def run(
     sources: tuple[str, ...],
-    output: Path,
+    output: str,
     config_path: Path | None,
     retry_errors: bool,
     accept_new_source: bool,
@@ -307,8 +322,10 @@ def run(
     config = _load_job(config_path, flags)
     if dry_run:
         from pipeline.dryrun import dry_run as check
+        from pipeline.mirror import readable
 
-        report, problems, exit_code = check(list(sources), output, config, spec)
+        with readable(output, must_exist=False) as folder:
+            report, problems, exit_code = check(list(sources), folder, config, spec)
         _print_estimate(report, as_json=False)
         for problem in problems:
             click.echo(f"caption: dry run: {problem}", err=True)
@@ -360,7 +377,6 @@ def run(
     "-o",
     "--output",
     "output",
-    type=click.Path(file_okay=False, path_type=Path),
     help="Output folder of this job: count only rows not done, and use its answers' output length.",
 )
 def estimate(
@@ -371,7 +387,7 @@ def estimate(
     assume_size: str | None,
     probe_urls: bool,
     pilot: int,
-    output: Path | None,
+    output: str | None,
     spec: RowSpec,
     **flags: Any,
 ) -> None:
@@ -395,14 +411,17 @@ def estimate(
 
 
 @cli.command(short_help="Show what an output folder holds: done, errors, pending, cost.")
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def status(output: Path, as_json: bool) -> None:
+def status(output: str, as_json: bool) -> None:
     """Report rows done (ok, errors by kind), pending against the manifest, tokens, cost and
-    the job fingerprint of OUTPUT. Reads only the output folder; changes nothing."""
+    the job fingerprint of OUTPUT (a folder, or s3:// or gs://). Reads only the output
+    folder; changes nothing."""
+    from pipeline.mirror import readable
     from pipeline.status import read_status
 
-    report = read_status(output)
+    with readable(output) as folder:
+        report = read_status(folder, label=output)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -410,7 +429,7 @@ def status(output: Path, as_json: bool) -> None:
 
 
 @cli.command(short_help="Write the results as one file, with the sources' own columns.")
-@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output_dir")
 @click.option(
     "-o",
     "--output",
@@ -419,13 +438,15 @@ def status(output: Path, as_json: bool) -> None:
     required=True,
     help="File to write: .parquet, .jsonl or .csv.",
 )
-def export(output_dir: Path, target: Path) -> None:
+def export(output_dir: str, target: Path) -> None:
     """Join the results in OUTPUT_DIR with the manifest's own columns (your labels,
     splits, ids) into one file, one row per answered image. Nested columns such as
     `choices` become JSON text in a CSV. Reads the folder only."""
     from pipeline.export import export as write
+    from pipeline.mirror import readable
 
-    rows = write(output_dir, target)
+    with readable(output_dir) as folder:
+        rows = write(folder, target)
     click.echo(f"exported {rows} rows to {target}")
 
 

@@ -16,6 +16,7 @@ from pipeline.errors import UsageError
 from pipeline.estimate import Estimate, estimate
 from pipeline.ids import PATH_IDS, RowSpec
 from pipeline.manifest import Counts, sample_rows, without_done
+from pipeline.mirror import readable
 from pipeline.outdir import OutputDir, fingerprint, job_definition, read_shard
 from pipeline.records import ManifestRow
 
@@ -58,7 +59,7 @@ def estimate_sources(
     config: JobConfig,
     models: list[str],
     *,
-    output: Path | None = None,
+    output: Path | str | None = None,
     assume_size: tuple[int, int] | None = None,
     probe_urls: bool = False,
     pilot: int = 0,
@@ -85,17 +86,18 @@ def estimate_sources(
     observed: tuple[float, str] | None = None
     notes: list[str] = []
     if output is not None:
-        out = OutputDir(output)
-        if out.exists() and out.read_run_json() is not None:
-            done = out.scan(include_journals=True)
-            if done.ok + done.errors:
-                batches = without_done(batches, done.ids)
-                notes.append(
-                    f"{done.ok + done.errors} rows already done in {output} are not counted"
-                )
-            seen = observed_output(out, config)
-            if seen is not None:
-                observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
+        with readable(str(output), must_exist=False) as folder:
+            out = OutputDir(folder)
+            if out.exists() and out.read_run_json() is not None:
+                done = out.scan(include_journals=True)
+                if done.ok + done.errors:
+                    batches = without_done(batches, done.ids)
+                    notes.append(
+                        f"{done.ok + done.errors} rows already done in {output} are not counted"
+                    )
+                seen = observed_output(out, config)
+                if seen is not None:
+                    observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
     result = estimate(
         batches,
         config,
@@ -114,7 +116,7 @@ def _run_pilot(
     sources: list[str],
     config: JobConfig,
     n: int,
-    output: Path | None,
+    output: Path | str | None,
     spec: RowSpec,
 ) -> tuple[dict[str, Any], float | None]:
     """Send `n` real requests on a random sample; (report, mean completion tokens)."""

@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from pipeline.storage import is_remote
 
 ID_FROM = ("path", "content")
 ID_VERSION = 2  # 1: the path as named (before ids survived path spelling)
@@ -97,9 +99,24 @@ def content_id(path: str) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def content_ids(paths: Iterable[str], pool: ThreadPoolExecutor) -> list[str | None]:
-    """Content ids of many files, read in parallel (hashing releases the GIL)."""
-    return list(pool.map(content_id, paths))
+def content_ids(
+    paths: list[str],
+    pool: ThreadPoolExecutor,
+    read_objects: Callable[[list[str]], dict[str, bytes | BaseException]],
+) -> list[str | None]:
+    """Content ids of many files, read in parallel (hashing releases the GIL); bucket
+    objects (`s3://`) are fetched by `read_objects`, concurrently."""
+    remote = [p for p in paths if is_remote(p)]
+    fetched = read_objects(remote) if remote else {}
+    local = iter(pool.map(content_id, [p for p in paths if not is_remote(p)]))
+    out: list[str | None] = []
+    for path in paths:
+        if not is_remote(path):
+            out.append(next(local))
+            continue
+        data = fetched.get(path)
+        out.append(hashlib.sha256(data).hexdigest()[:16] if isinstance(data, bytes) else None)
+    return out
 
 
 def spelling_of(source: str, row_id: str, hint: tuple[int, int] | None) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from pipeline.errors import RequestRejected
+from pipeline.storage import missing_or_forbidden, read_bytes
 
 HEADER_BYTES = 64 * 1024
 
@@ -179,6 +180,19 @@ def _read_checked(source: str, max_bytes: int, head_only: bool) -> bytes:
             raise RequestRejected(f"{source}: cannot read ({exc.strerror})") from None
 
 
+def _fetched_checked(source: str, fetched: bytes | BaseException, max_bytes: int) -> bytes:
+    """A bucket object's bytes, checked as a file's are."""
+    if isinstance(fetched, BaseException):
+        raise RequestRejected(missing_or_forbidden(source, fetched))
+    if not fetched:
+        raise RequestRejected(f"{source}: empty object")
+    if len(fetched) > max_bytes:
+        raise RequestRejected(
+            f"{source}: over the {max_bytes / 1e6:g} MB cap ([limits] max_image_mb)"
+        )
+    return fetched
+
+
 def _check_file(source: str, info: os.stat_result, max_bytes: int) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise RequestRejected(f"{source}: is a folder, not an image")
@@ -215,15 +229,35 @@ def local_size(source: str, max_bytes: int) -> tuple[int, int]:
         return _checked_header(source, _read_checked(source, max_bytes, head_only=False))[1]
 
 
-def load_image(source: str, max_bytes: int) -> LoadedImage:
+def object_size(source: str, head: bytes | BaseException, max_bytes: int) -> tuple[int, int]:
+    """(width, height) of a bucket object from its first bytes (`head`), after the same
+    checks as a run; the whole object only when its header lies beyond them."""
+    data = _fetched_checked(source, head, max_bytes + HEADER_BYTES)
+    try:
+        return _checked_header(source, data)[1]
+    except RequestRejected:
+        if len(data) < HEADER_BYTES:
+            raise
+        return _checked_header(source, read_bytes(source, 0, max_bytes + 1))[1]
+
+
+def load_image(
+    source: str, max_bytes: int, fetched: bytes | BaseException | None = None
+) -> LoadedImage:
     """Read a local image as base64 (sent byte for byte), or reject it with a reason.
+    A bucket object comes `fetched` already (its first `max_bytes + 1` bytes, or why
+    it could not be read).
 
     The type comes from the leading bytes and the pixel size from the header (no pixels
     are decoded). A remote URL is passed through untouched: the endpoint fetches it.
     """
     if is_url(source):
         return LoadedImage(width=None, height=None, url=source)
-    data = _read_checked(source, max_bytes, head_only=False)
+    data = (
+        _fetched_checked(source, fetched, max_bytes)
+        if fetched is not None
+        else _read_checked(source, max_bytes, head_only=False)
+    )
     mime, (width, height) = _checked_header(source, data)
     return LoadedImage(width=width, height=height, mime=mime, base64=base64.b64encode(data))
 

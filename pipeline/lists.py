@@ -8,6 +8,7 @@ Relative paths resolve against the list file's folder.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,7 @@ from pipeline.arrow import string_array
 from pipeline.errors import UsageError
 from pipeline.images import is_url
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
+from pipeline.storage import is_remote, join, open_binary
 
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet"})
 SOURCE_COLUMNS = ("image", "image_url", "url", "path", "file")
@@ -32,7 +34,7 @@ def read_list(
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of entries of the list file `path` (its extension says its format)."""
     ext = os.path.splitext(path)[1].lower()
-    base = os.path.dirname(path)
+    base = path.rsplit("/", 1)[0] if is_remote(path) else os.path.dirname(path)
     if ext == ".txt":
         yield from _read_txt(path, base)
     elif ext in (".csv", ".tsv"):
@@ -48,17 +50,26 @@ def read_list(
 def _entry(value: str, base: str, label: str) -> dict[str, Any]:
     """Resolve one path-or-URL entry of a list file against the list file's folder."""
     value = value.strip()
-    if is_url(value):
+    if is_url(value) or is_remote(value):
         return {"source": value}
     if "://" in value:
-        raise UsageError(f"{label}: {value!r}: only local paths and http(s) URLs are supported")
+        raise UsageError(
+            f"{label}: {value!r}: only local paths, http(s) URLs and s3:// or gs:// objects "
+            "are supported"
+        )
+    if is_remote(base):  # a list in a bucket: its relative entries are objects beside it
+        return {"source": join(base, value.removeprefix("./"))}
     path = value if os.path.isabs(value) else os.path.join(base, value)
     return {"source": os.path.abspath(path)}
 
 
+def _open_text(path: str) -> io.TextIOWrapper:
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8")
+
+
 def _read_txt(path: str, base: str) -> Iterator[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -119,8 +130,9 @@ def _read_csv(
 ) -> Iterator[list[dict[str, Any]]]:
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
-        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-        yield from _tabular_batches(reader, path, base, column, id_column)
+        with open_binary(path) as f:
+            reader = pacsv.open_csv(f, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+            yield from _tabular_batches(reader, path, base, column, id_column)
     except pa.ArrowInvalid as exc:
         raise UsageError(f"{path}: malformed {kind} ({exc})") from None
 
@@ -148,7 +160,7 @@ def _read_jsonl(
 ) -> Iterator[list[dict[str, Any]]]:
     def batches() -> Iterator[pa.RecordBatch]:
         rows: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as f:
+        with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -172,7 +184,7 @@ def _read_parquet(
     path: str, base: str, column: str | None, id_column: str | None
 ) -> Iterator[list[dict[str, Any]]]:
     try:
-        pf = pq.ParquetFile(os.path.abspath(path))
+        pf = pq.ParquetFile(open_binary(path) if is_remote(path) else os.path.abspath(path))
     except (pa.ArrowInvalid, OSError) as exc:
         raise UsageError(f"{path}: not a readable Parquet file ({exc})") from None
     yield from _tabular_batches(

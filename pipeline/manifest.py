@@ -35,6 +35,7 @@ from pipeline.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.images import NOT_UTF8_PREFIX, is_url
 from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
+from pipeline.storage import check_scheme, glob, is_remote, read_many, walk_prefix
 from pipeline.walk import (
     IMAGE_EXTENSIONS,
     Links,
@@ -107,6 +108,10 @@ def _source_batches(source: str, spec: RowSpec, links: Links) -> Iterator[list[d
     if is_url(source):
         yield [{"key": source, "source": source}]
         return
+    if is_remote(source):
+        yield from _bucket_batches(source, spec)
+        return
+    check_scheme(source)
     if os.path.isdir(source):
         yield from _batched(walk(source, links))
         return
@@ -133,6 +138,26 @@ def _source_batches(source: str, spec: RowSpec, links: Links) -> Iterator[list[d
         yield from _batched(_glob_images(source, links))
         return
     raise UsageError(f"source {source!r}: no such file or folder")
+
+
+def _bucket_batches(source: str, spec: RowSpec) -> Iterator[list[dict[str, Any]]]:
+    """A bucket prefix walked like a folder (streamed), a glob, one object, or a list
+    file in a bucket. An object's id is hashed from its URL."""
+    ext = os.path.splitext(source)[1].lower()
+    if ext in LIST_EXTENSIONS and not has_magic(source):
+        try:
+            yield from read_list(source, spec.column, spec.id_column)
+        except FileNotFoundError:
+            raise UsageError(f"source {source!r}: no such object") from None
+        except PermissionError:
+            raise UsageError(f"source {source!r}: access denied") from None
+        return
+    if ext in IMAGE_EXTENSIONS and not has_magic(source):
+        yield [{"key": source, "source": source}]  # read (or found missing) by the run
+        return
+    entries = glob(source) if has_magic(source) else walk_prefix(source, is_image_name)
+    urls = (entry.url for entry in entries if is_image_name(entry.url))
+    yield from _batched((url, url) for url in urls)
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,7 +219,7 @@ def _ids(
         path = raw[MANIFEST_SOURCE]
         if type(path) is str and not path.isascii() and not _is_utf8(path):
             raw[MANIFEST_SOURCE] = raw["key"] = _not_utf8(path)
-        keys.append(raw.get("key") or (path if is_url(path) else real(path)))
+        keys.append(raw.get("key") or (path if is_url(path) or is_remote(path) else real(path)))
     if spec.id_column is not None:
         return [_user_id(raw, source, spec.id_column) for raw in batch]
     if spec.id_from == "content":
@@ -205,7 +230,7 @@ def _ids(
                 f"source {source!r}: --id-from content reads each image, and {url} is a URL "
                 "(not downloaded at ingest); use --id-from path for URLs"
             )
-        digests = content_ids([raw[MANIFEST_SOURCE] for raw in batch], pool)
+        digests = content_ids([raw[MANIFEST_SOURCE] for raw in batch], pool, read_many)
         # An unreadable file keeps its path id: the run makes it an error row.
         return [d or stable_id(k) for d, k in zip(digests, keys, strict=True)]
     return [stable_id(k) for k in keys]

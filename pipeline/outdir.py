@@ -121,9 +121,11 @@ class Done:
 
 
 class OutputDir:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, label: str | None = None) -> None:
         # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
         self.path = Path(os.path.abspath(path))
+        # How messages name the folder: its path, or the bucket URL it mirrors.
+        self.label = label or str(self.path)
         self.state = state_dir(self.path)
         self.manifest = self._placed(MANIFEST_NAME)
         self.run_json = self._placed(RUN_JSON)
@@ -172,7 +174,7 @@ class OutputDir:
         except BlockingIOError:
             os.close(fd)
             raise UsageError(
-                f"{self.path} is in use by another caption run; wait for it to finish, "
+                f"{self.label} is in use by another caption run; wait for it to finish, "
                 "or use another output folder"
             ) from None
         try:
@@ -243,7 +245,7 @@ class OutputDir:
             f"{k}: {_short(old.get(k))} -> {_short(definition.get(k))}" for k in changed
         )
         raise UsageError(
-            f"{self.path} holds results of a different job ({described or 'fingerprint differs'}); "
+            f"{self.label} holds results of a different job ({described or 'fingerprint differs'}); "
             "use a new output folder, or rerun with the original settings"
         )
 
@@ -255,7 +257,7 @@ class OutputDir:
             return
         flag = f"--id-column {old[7:]}" if old.startswith("column:") else f"--id-from {old}"
         raise UsageError(
-            f"{self.path} holds results whose ids are from {old}, and this run's would be "
+            f"{self.label} holds results whose ids are from {old}, and this run's would be "
             f"from {scheme}: every row would be sent and paid for again; rerun with {flag}, "
             "or use a new output folder"
         )

@@ -38,9 +38,11 @@ from pipeline.errors import (
 from pipeline.executors.local import execute, open_captioner
 from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
+from pipeline.mirror import BucketFolder
 from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
+from pipeline.storage import is_remote
 from pipeline.upgrade import needs_rehash, rehash_ids, unify_shards
 from pipeline.work import StopReason, Tally, caption_rows
 
@@ -122,7 +124,7 @@ def _prepare_manifest(
         staged.unlink()
         earlier = " ".join(before) if before else "its earlier sources"
         raise UsageError(
-            f"{out.path} holds {done.rows} results of {earlier}, and none of their ids is "
+            f"{out.label} holds {done.rows} results of {earlier}, and none of their ids is "
             f"among the rows of {' '.join(sources)}: another dataset, or the same files "
             "moved or copied (ids are hashed from each file's real path; --id-from content "
             "hashes the bytes). Use a new output folder, or add --accept-new-source to add "
@@ -138,7 +140,7 @@ def _count(n: int, word: str) -> str:
 
 def run_job(
     sources: list[str],
-    out_path: Path,
+    out_path: Path | str,
     config: JobConfig,
     *,
     retry_errors: bool = False,
@@ -146,12 +148,29 @@ def run_job(
     spec: RowSpec = PATH_IDS,
     sample: int = 0,
     accept_new_source: bool = False,
+    label: str | None = None,
 ) -> RunOutcome:
     """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
     With `accept_new_source`, sources that share no id with the folder's results are
-    added to it rather than refused."""
+    added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://)."""
     started = time.perf_counter()
-    out = OutputDir(out_path)
+    if is_remote(str(out_path)):
+        # A bucket folder: the run works on its local mirror (`mirror.py`), which holds
+        # the bucket's lock and pushes the folder to it every few seconds and at the end.
+        bucket = BucketFolder(str(out_path))
+        with bucket.session() as local:
+            return run_job(
+                sources,
+                local,
+                config,
+                retry_errors=retry_errors,
+                show_progress=show_progress,
+                spec=spec,
+                sample=sample,
+                accept_new_source=accept_new_source,
+                label=bucket.url,
+            )
+    out = OutputDir(out_path, label=label)
     if out.exists():
         out.check_fingerprint(config)  # before anything else: refuse a changed job at once
     api_key = read_api_key(config)
@@ -281,7 +300,7 @@ def _run_locked(
         )
     if final.errors:
         summary += (
-            f"\n{_count(final.errors, 'error row')} in {out.path}: `caption status {out.path}` shows "
+            f"\n{_count(final.errors, 'error row')} in {out.label}: `caption status {out.label}` shows "
             "them by kind; rerun with --retry-errors to send them again"
         )
     message = _stop_message(stop, out, remaining, budget, unsaved, config)
@@ -342,7 +361,7 @@ def _stop_message(
     unsaved: int,
     config: JobConfig,
 ) -> str | None:
-    resume = f"rerun the same command to resume ({remaining} rows pending in {out.path})"
+    resume = f"rerun the same command to resume ({remaining} rows pending in {out.label})"
     if stop.kind == "fatal":
         return f"stopped: the endpoint refused the job: {stop.message}; fix it and {resume}"
     if stop.kind == "budget":

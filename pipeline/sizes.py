@@ -12,7 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pyarrow as pa
 
 from pipeline.errors import RequestRejected, UsageError
-from pipeline.images import HEADER_BYTES, header_size, local_size
+from pipeline.images import HEADER_BYTES, header_size, local_size, object_size
+from pipeline.storage import is_remote, read_many
 
 PROBE_TIMEOUT_S = 20.0
 
@@ -65,11 +66,17 @@ async def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int]
 
 
 def _sizes_of(paths: list[str], max_bytes: int) -> list[tuple[int, int] | str]:
-    """Each local image's size from its header, or why it cannot be sent."""
+    """Each image's size from its header, or why it cannot be sent. Bucket objects are
+    read by their first 64 KiB (range reads, many at once), never whole."""
+    remote = [p for p in paths if is_remote(p)]
+    heads = read_many(remote, limit=HEADER_BYTES) if remote else {}
     out: list[tuple[int, int] | str] = []
     for path in paths:
         try:
-            out.append(local_size(path, max_bytes))
+            if path in heads:
+                out.append(object_size(path, heads[path], max_bytes))
+            else:
+                out.append(local_size(path, max_bytes))
         except RequestRejected as exc:
             out.append(exc.message.removeprefix(f"{path}: "))
     return out
@@ -86,7 +93,7 @@ class HeaderReader:
 
     def sizes(self, paths: list[str]) -> Iterator[tuple[int, int] | str]:
         workers = os.cpu_count() or 1
-        if len(paths) < 2 * self.CHUNK or workers == 1:
+        if len(paths) < 2 * self.CHUNK or workers == 1 or any(map(is_remote, paths)):
             yield from _sizes_of(paths, self.max_bytes)
             return
         if self._pool is None:

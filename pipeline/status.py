@@ -72,7 +72,9 @@ class Status:
         return out
 
 
-def read_status(path: Path) -> Status:
+def read_status(path: Path, label: str | None = None) -> Status:
+    """The status of the output folder at `path` (`label`: how to name it, a bucket URL
+    for a bucket folder's local copy)."""
     out = OutputDir(path)
     if not out.exists():
         raise UsageError(f"{path}: no such output folder")
@@ -83,7 +85,7 @@ def read_status(path: Path) -> Status:
     skip = done.ids
     job = meta.get("job", {})
     return Status(
-        output=str(path),
+        output=label or str(path),
         fingerprint=meta.get("fingerprint"),
         model=job.get("model"),
         endpoint=job.get("endpoint"),

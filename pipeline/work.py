@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pipeline.budget import BudgetReached, Stopping
 from pipeline.errors import FatalApiError, StorageError
 from pipeline.records import ManifestRow, ResultRow
+from pipeline.storage import is_remote, read_many
 from pipeline.worker import Captioner, Prepared
 from pipeline.writer import ResultSink
 
 CHUNK_ROWS = 64
 CHUNK_BYTES = 32_000_000  # large images: fewer rows per chunk, memory stays bounded
+REMOTE_GROUP = 16  # bucket objects fetched at once
 
 
 @dataclass(slots=True)
@@ -74,10 +76,19 @@ def _prepare_chunk(rows: Iterator[ManifestRow], captioner: Captioner, size: int)
     end of the rows."""
     chunk: list[Prepared] = []
     held = 0
-    for row in itertools.islice(rows, size):
-        prepared = captioner.prepare(row)
-        chunk.append(prepared)
-        held += len(prepared.body)
+    pending = itertools.islice(rows, size)
+    for row in pending:
+        group, fetched = [row], {}
+        if is_remote(row.source):
+            # Bucket objects are fetched a group at a time, concurrently: one after
+            # another, each would wait a round trip.
+            group += itertools.islice(pending, REMOTE_GROUP - 1)
+            urls = [r.source for r in group if is_remote(r.source)]
+            fetched = read_many(urls, limit=captioner.max_bytes + 1)
+        for member in group:
+            prepared = captioner.prepare(member, fetched.get(member.source))
+            chunk.append(prepared)
+            held += len(prepared.body)
         if held >= CHUNK_BYTES:
             break
     return chunk

@@ -211,12 +211,13 @@ class Captioner:
         with self.hand.lent(), contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    def prepare(self, row: ManifestRow) -> Prepared:
+    def prepare(self, row: ManifestRow, fetched: bytes | BaseException | None = None) -> Prepared:
         """Read and check the row's image and build its request body. Blocking: the
-        unit of work runs it in a thread, off the event loop, a few rows at a time."""
+        unit of work runs it in a thread, off the event loop, a few rows at a time. A
+        bucket object comes `fetched` (see `work._prepare_chunk`)."""
         started = time.perf_counter()
         try:
-            image = load_image(row.source, self.max_bytes)
+            image = load_image(row.source, self.max_bytes, fetched)
         except RequestRejected as exc:
             error = self._rejected_row(row, exc, started, kind="invalid_image")
             return Prepared(row, started, rejected=error)

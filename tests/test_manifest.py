@@ -284,8 +284,8 @@ def test_read_manifest_streams_typed_rows(tmp_path: Path) -> None:
         ),
         (lambda d: (d / "l.txt").write_bytes(b"\xff\xfe\x00bad"), r"l\.txt: not UTF-8 text"),
         (
-            lambda d: (d / "l.txt").write_text("s3://bucket/a.png\n"),
-            r"only local paths and http\(s\) URLs",
+            lambda d: (d / "l.txt").write_text("ftp://host/a.png\n"),
+            r"only local paths, http\(s\) URLs and s3:// or gs:// objects",
         ),
         (
             lambda d: (d / "l.csv").write_text('url,w\n"https://x/1.png,1\n'),
