@@ -55,7 +55,18 @@ from pipeline.storage import (
 log = logging.getLogger(__name__)
 
 SYNC_EVERY_S = 5.0
-LEASE_S = 60.0
+LEASE_S = 60.0  # CAPTION_LOCK_LEASE_S overrides it (the tests shorten it)
+
+
+def lease_s() -> float:
+    return float(os.environ.get("CAPTION_LOCK_LEASE_S") or LEASE_S)
+
+
+def sync_every_s() -> float:
+    """Pushes come at least three times per lease, so a live run never loses its lock."""
+    return min(SYNC_EVERY_S, lease_s() / 3)
+
+
 STATE = ".caption"
 LOCK = ".lock"
 _SHARD = re.compile(r"part-.*\.parquet$")
@@ -197,7 +208,7 @@ class BucketFolder:
 
     def _lock_body(self) -> bytes:
         return json.dumps(
-            {"holder": self.holder, "expires_at": time.time() + LEASE_S, "lease_s": LEASE_S}
+            {"holder": self.holder, "expires_at": time.time() + lease_s(), "lease_s": lease_s()}
         ).encode()
 
     def acquire(self) -> None:
@@ -267,7 +278,7 @@ class BucketFolder:
             self.release()
 
     def _sync_loop(self) -> None:
-        while not self._stop.wait(SYNC_EVERY_S):
+        while not self._stop.wait(sync_every_s()):
             try:
                 self.renew()
                 self.push()

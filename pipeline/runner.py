@@ -42,7 +42,7 @@ from pipeline.mirror import BucketFolder
 from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.storage import is_remote
+from pipeline.storage import check_scheme, is_remote
 from pipeline.upgrade import needs_rehash, rehash_ids, unify_shards
 from pipeline.work import StopReason, Tally, caption_rows
 
@@ -154,6 +154,7 @@ def run_job(
     With `accept_new_source`, sources that share no id with the folder's results are
     added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://)."""
     started = time.perf_counter()
+    check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
     if is_remote(str(out_path)):
         # A bucket folder: the run works on its local mirror (`mirror.py`), which holds
         # the bucket's lock and pushes the folder to it every few seconds and at the end.

@@ -62,6 +62,7 @@ class ScriptedServer:
         self.answered: Counter[str] = Counter()  # completions sent back in full
         # Called with the number of requests received so far, as each one arrives.
         self.on_request: Callable[[int], None] | None = None
+        self.delay = 0.0  # seconds before every answer (a slow endpoint)
         self.prices = load_price_table()
         self.url = ""
         self._lock = threading.Lock()
@@ -103,6 +104,8 @@ class ScriptedServer:
             received = len(self.seen)
         if self.on_request is not None:
             self.on_request(received)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if action == DROP:
             assert request.transport is not None
             request.transport.abort()

@@ -22,9 +22,9 @@ def test_images_are_read_in_a_thread_not_on_the_event_loop(
     threads: list[threading.Thread] = []
     real = worker.load_image
 
-    def recording(source: str, max_bytes: int) -> LoadedImage:
+    def recording(source: str, max_bytes: int, fetched: bytes | None = None) -> LoadedImage:
         threads.append(threading.current_thread())
-        return real(source, max_bytes)
+        return real(source, max_bytes, fetched)
 
     monkeypatch.setattr(worker, "load_image", recording)
     out = tmp_path / "out"
