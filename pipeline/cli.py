@@ -128,17 +128,18 @@ def _row_options(fn: Any) -> Any:
     "-o",
     "--output",
     "output",
-    type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Manifest file to write (Parquet).",
+    help="Manifest file to write (Parquet; a local path, or s3:// or gs://).",
 )
 @_row_options
-def ingest(sources: tuple[str, ...], output: Path, spec: RowSpec) -> None:
+def ingest(sources: tuple[str, ...], output: str, spec: RowSpec) -> None:
     """Read SOURCES (folders, globs, URLs, images, or .txt/.csv/.tsv/.jsonl/.parquet lists)
     into a manifest with columns id, source and any extra columns of the lists."""
     from pipeline.manifest import write_manifest
+    from pipeline.storage import check_scheme, is_remote
 
-    summary = write_manifest(list(sources), output, spec)
+    check_scheme(output)
+    summary = write_manifest(list(sources), output if is_remote(output) else Path(output), spec)
     click.echo(summary.line())
 
 

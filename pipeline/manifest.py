@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
@@ -35,7 +35,15 @@ from pipeline.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.images import NOT_UTF8_PREFIX, is_url
 from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
-from pipeline.storage import check_scheme, glob, is_remote, read_many, walk_prefix
+from pipeline.storage import (
+    check_scheme,
+    glob,
+    is_remote,
+    open_binary,
+    read_many,
+    upload,
+    walk_prefix,
+)
 from pipeline.walk import (
     IMAGE_EXTENSIONS,
     Links,
@@ -53,7 +61,7 @@ class IngestSummary:
     rows: int
     duplicates: int
     sources: int
-    path: Path
+    path: Path | str  # a bucket URL for a manifest written to a bucket
     links_skipped: int = 0
 
     def line(self) -> str:
@@ -297,10 +305,18 @@ def remove_stale_workdirs(output: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def write_manifest(sources: list[str], output: Path, spec: RowSpec = PATH_IDS) -> IngestSummary:
+def write_manifest(
+    sources: list[str], output: Path | str, spec: RowSpec = PATH_IDS
+) -> IngestSummary:
     """Stream the sources into `output`. Written to a temporary name, then renamed, so a
     failure never leaves a partial manifest (nor replaces a good one), and sources with
-    no image at all are refused before anything is replaced."""
+    no image at all are refused before anything is replaced. A bucket `output` is written
+    locally, then put whole."""
+    if is_remote(str(output)):
+        with tempfile.TemporaryDirectory(prefix="caption-") as tmp:
+            summary = write_manifest(sources, Path(tmp) / "manifest.parquet", spec)
+            upload(str(summary.path), str(output))
+        return replace(summary, path=output)
     # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
     output = Path(os.path.abspath(output))
     try:
@@ -415,10 +431,16 @@ def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[Mani
 
 def is_manifest(path: str) -> bool:
     """A Parquet file that already has `id` and `source` is a manifest, used as is."""
-    if not path.lower().endswith(".parquet") or not os.path.isfile(path):
+    if not path.lower().endswith(".parquet"):
         return False
     try:
-        names = pq.read_schema(os.path.abspath(path)).names
+        if is_remote(path):
+            with open_binary(path) as f:
+                names = pq.read_schema(f).names
+        elif os.path.isfile(path):
+            names = pq.read_schema(os.path.abspath(path)).names
+        else:
+            return False
     except (pa.ArrowInvalid, OSError):
         return False
     return MANIFEST_ID in names and MANIFEST_SOURCE in names

@@ -40,6 +40,7 @@ from pipeline.labels import result_schema
 from pipeline.manifest import remove_stale_workdirs
 from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID
+from pipeline.storage import download, is_remote
 from pipeline.upgrade import move_state_files
 from pipeline.writer import (
     JOURNAL_GLOB,
@@ -275,9 +276,13 @@ class OutputDir:
         a killed run is removed by `recover` with the other temporary files)."""
         return self.manifest.with_name(MANIFEST_NAME + ".new" + TMP_SUFFIX)
 
-    def copy_in(self, source: Path, target: Path) -> None:
+    def copy_in(self, source: str, target: Path) -> None:
+        """A manifest given as the source, copied in (from a bucket too)."""
         try:
-            shutil.copyfile(source, target)
+            if is_remote(source):
+                download(source, str(target))
+            else:
+                shutil.copyfile(source, target)
         except OSError as exc:
             target.unlink(missing_ok=True)
             raise storage_error(self.path, exc) from None

@@ -116,7 +116,7 @@ def _prepare_manifest(
     staged = out.staged_manifest()
     summary = None
     if given_manifest:
-        out.copy_in(Path(sources[0]), staged)
+        out.copy_in(sources[0], staged)
     else:
         summary = write_manifest(sources, staged, spec)
         log.info("%s", summary.line())

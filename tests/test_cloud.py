@@ -341,3 +341,19 @@ def test_a_missing_extra_names_it(
     code, output = run_cli(str(SAMPLES), "-o", "ftp://host/out", "--endpoint", "fake")
     assert code == 2
     assert "unsupported scheme ftp://" in output
+
+
+def test_a_manifest_written_to_a_bucket_is_a_source(
+    bucket: str, server: ScriptedServer, tmp_path: Path
+) -> None:
+    put_folder(bucket, "imgs", SAMPLES)
+    result = CliRunner().invoke(
+        cli, ["ingest", f"s3://{bucket}/imgs", "-o", f"s3://{bucket}/m.parquet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith(f"-> s3://{bucket}/m.parquet\n")
+    code, output = run_cli(
+        f"s3://{bucket}/m.parquet", "-o", str(tmp_path / "out"), "--endpoint", server.url
+    )
+    assert code == 0, output
+    assert server.count() == 6
