@@ -223,6 +223,18 @@ def _job_options(*, for_estimate: bool = False) -> Any:
         ),
         click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
         click.option(
+            "--resize",
+            metavar="off|model|PX",
+            help="Send images as the model sees them: 'model' reduces each to the size "
+            "it is billed at (same tokens, far fewer bytes); PX caps the longest side.",
+        ),
+        click.option(
+            "--fetch-urls",
+            is_flag=True,
+            default=None,
+            help="Download http(s) images so that --resize applies to them too.",
+        ),
+        click.option(
             "--schema",
             type=click.Path(dir_okay=False, path_type=Path),
             help="JSON Schema file for structured labels: answers are checked and parsed "
@@ -484,6 +496,12 @@ def export(output_dir: str, target: Path) -> None:
     show_default=True,
     help="Fraction of requests refused with a one-off 429 (Retry-After: 1, no real cap).",
 )
+@click.option(
+    "--uplink-mbps",
+    type=click.FloatRange(min=0.001),
+    help="One shared bandwidth cap, in Mbit/s, on the request bodies it reads (a slow "
+    "upload link).",
+)
 def fake_endpoint(
     port: int,
     latency: float,
@@ -492,6 +510,7 @@ def fake_endpoint(
     rate_limit: int | None,
     rate_limit_form: str,
     flaky_429: float,
+    uplink_mbps: float | None,
 ) -> None:
     """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
     usage, for trying jobs without a real key: it accepts any key
@@ -508,6 +527,7 @@ def fake_endpoint(
         rate_limit=rate_limit,
         rate_limit_form=rate_limit_form,
         flaky_429=flaky_429,
+        uplink_mbps=uplink_mbps,
     )
 
     def started(_message: str) -> None:

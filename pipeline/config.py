@@ -178,7 +178,20 @@ class RequestConfig:
         check=_is_stop,
     )
 
+    # "off": images byte for byte; "model": reduced to the size the model bills them at
+    # (same tokens, far fewer bytes); a number: longest side in pixels.
+    resize: str | int = _setting(
+        "off",
+        kinds=(str, int),
+        allowed="'off', 'model', or the longest side in pixels (64 to 16384)",
+        check=lambda v: v in ("off", "model") or (isinstance(v, int) and 64 <= v <= 16384),
+    )
+    # Download http(s) images to resize them (otherwise the endpoint fetches them as they are).
+    fetch_urls: bool = _setting(False, kinds=(bool,), allowed="true or false")
+
     def __post_init__(self) -> None:
+        if isinstance(self.resize, str) and self.resize.isdigit():  # --resize 1024
+            object.__setattr__(self, "resize", int(self.resize))
         _validate("request", self)
         if self.json_schema is not None:
             problem = check_json_schema(self.json_schema)
@@ -301,6 +314,8 @@ FLAG_SETTINGS: dict[str, tuple[str, str]] = {
     "max_tokens": ("request", "max_tokens"),
     "temperature": ("request", "temperature"),
     "schema": ("request", "json_schema"),
+    "resize": ("request", "resize"),
+    "fetch_urls": ("request", "fetch_urls"),
     "concurrency": ("limits", "concurrency"),
     "rpm": ("limits", "rpm"),
     "tpm": ("limits", "tpm"),

@@ -25,7 +25,7 @@ from pipeline.images import is_url
 from pipeline.prices import ModelPrice, cost_usd
 from pipeline.records import MANIFEST_SOURCE
 from pipeline.request import worst_case_completion_tokens
-from pipeline.sizes import HeaderReader, column_ints, probe_sizes
+from pipeline.sizes import HeaderReader, Uploads, column_ints, probe_sizes
 from pipeline.tokens import image_tokens_array, max_image_tokens, prompt_text_tokens
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ class Estimate:
     assumed_size: str
     pilot: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
-    duplicates: int = (
-        0  # rows the ingest dropped: the same id twice (identical bytes with --id-from content)
-    )
+    # Rows the ingest dropped: the same id twice (identical bytes with --id-from content).
+    duplicates: int = 0
+    uploads: Uploads | None = None  # the bytes a job would send, with and without resizing
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +103,13 @@ class Estimate:
             "skipped": self.skipped,
             "skipped_count": self.skipped_count,
             "duplicates": self.duplicates,
+            "upload_bytes": None
+            if self.uploads is None
+            else {
+                "as_is": self.uploads.as_is,
+                "resize_model_about": round(self.uploads.resized),
+                "unknown_size_images": self.uploads.unknown,
+            },
             "sizes": {
                 **asdict(self.sizes),
                 "measured": self.sizes.measured,
@@ -127,6 +134,8 @@ class Estimate:
             f"expected output tokens per image: {self.expected_output_per_image:.1f} "
             f"({self.expected_basis})",
         ]
+        if self.uploads is not None:
+            out.append(self.uploads.line())
         if self.pilot:
             p = self.pilot
             kept = (
@@ -226,6 +235,7 @@ def estimate(
     skipped_count = 0
     max_bytes = int(config.limits.max_image_mb * 1_000_000)
     headers = HeaderReader(max_bytes)
+    uploads = Uploads(config.prices[req.model].image, req.detail)
     try:
         for batch in batches:
             widths: list[int] = []
@@ -242,7 +252,8 @@ def estimate(
                         if len(skipped) < MAX_SKIPPED_LISTED:
                             skipped.append({"source": source, "reason": found})
                         continue
-                    w, h = found
+                    w, h, nbytes = found
+                    uploads.add(w, h, nbytes)
                     sizes.headers += 1
                 elif col_w[i] and col_h[i]:
                     w, h = col_w[i], col_h[i]  # type: ignore[assignment]
@@ -306,6 +317,7 @@ def estimate(
         expected_basis=basis,
         assumed_size=assumed,
         notes=notes,
+        uploads=uploads,
     )
 
 

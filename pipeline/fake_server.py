@@ -220,6 +220,28 @@ class FakeOptions:
     rate_limit_form: str = "openai"
     # A fraction of requests refused with a one-off 429 (Retry-After: 1, no real cap).
     flaky_429: float = 0.0
+    # One shared cap on the request bodies read, in Mbit/s: a client's upload link.
+    uplink_mbps: float | None = None
+
+
+class Uplink:
+    """A link of `mbps` shared by every request: each chunk read waits its turn, so
+    concurrent uploads split the bandwidth as on a real link."""
+
+    def __init__(self, mbps: float) -> None:
+        self.bytes_per_s = mbps * 1e6 / 8
+        self.free_at = 0.0
+
+    async def read(self, request: web.Request) -> bytes:
+        loop = asyncio.get_running_loop()
+        parts = []
+        async for chunk in request.content.iter_chunked(65_536):
+            now = loop.time()
+            self.free_at = max(now, self.free_at) + len(chunk) / self.bytes_per_s
+            if self.free_at > now:
+                await asyncio.sleep(self.free_at - now)
+            parts.append(chunk)
+        return b"".join(parts)
 
 
 class RateWindow:
@@ -264,6 +286,7 @@ def make_app(
     table = prices or load_price_table()
     rng = random.Random(opts.seed)
     window = RateWindow(opts.rate_limit) if opts.rate_limit else None
+    uplink = Uplink(opts.uplink_mbps) if opts.uplink_mbps else None
     counts = {"requests": 0, "refused": 0}
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -288,7 +311,7 @@ def make_app(
                 headers={"Retry-After": "1"},
             )
         try:
-            body = await request.json()
+            body = json.loads(await uplink.read(request)) if uplink else await request.json()
             answer = completion_for(body, table)
         except (ValueError, BadRequest) as exc:
             return web.json_response(error_body(400, str(exc)), status=400)

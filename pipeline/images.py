@@ -6,7 +6,6 @@ header; no pixels are decoded.
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import stat
@@ -135,13 +134,13 @@ def _pillow_size(data: bytes, mime: str | None) -> tuple[int, int] | None:
 
 @dataclass(frozen=True, slots=True)
 class LoadedImage:
-    """A URL passed through (`url`), or a local image ready to send (`mime`, `base64`)."""
+    """A URL passed through (`url`), or a local image ready to send (`mime`, `data`)."""
 
     width: int | None
     height: int | None
     url: str | None = None
     mime: str = ""
-    base64: bytes = b""
+    data: bytes = b""  # the file's bytes, sent byte for byte (or reduced first)
 
 
 # A local file whose name is not UTF-8 is kept in the manifest as a percent-encoded
@@ -244,14 +243,14 @@ def object_size(source: str, head: bytes | BaseException, max_bytes: int) -> tup
 def load_image(
     source: str, max_bytes: int, fetched: bytes | BaseException | None = None
 ) -> LoadedImage:
-    """Read a local image as base64 (sent byte for byte), or reject it with a reason.
-    A bucket object comes `fetched` already (its first `max_bytes + 1` bytes, or why
-    it could not be read).
+    """Read a local image (sent byte for byte, or reduced), or reject it with a reason.
+    A bucket object (or a URL downloaded with --fetch-urls) comes `fetched` already: its
+    first `max_bytes + 1` bytes, or why it could not be read.
 
     The type comes from the leading bytes and the pixel size from the header (no pixels
     are decoded). A remote URL is passed through untouched: the endpoint fetches it.
     """
-    if is_url(source):
+    if is_url(source) and fetched is None:
         return LoadedImage(width=None, height=None, url=source)
     data = (
         _fetched_checked(source, fetched, max_bytes)
@@ -259,7 +258,7 @@ def load_image(
         else _read_checked(source, max_bytes, head_only=False)
     )
     mime, (width, height) = _checked_header(source, data)
-    return LoadedImage(width=width, height=height, mime=mime, base64=base64.b64encode(data))
+    return LoadedImage(width=width, height=height, mime=mime, data=data)
 
 
 def is_url(source: str) -> bool:

@@ -69,6 +69,10 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
     """
     req = config.request
     schema = {} if req.json_schema is None else {"json_schema": req.json_schema}
+    # A cap in pixels changes what the model sees; "model" does not (the model scales
+    # every image to that size itself), so switching it on keeps the job the same.
+    if isinstance(req.resize, int):
+        schema["resize"] = req.resize
     return {
         "endpoint": config.endpoint.url,
         "model": canonical_model(req.model),  # gpt-4o and gpt:gpt-4o are one model

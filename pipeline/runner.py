@@ -134,6 +134,10 @@ def _prepare_manifest(
     return summary
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -294,6 +298,19 @@ def _run_locked(
             f"; ingest dropped {_count(ingest.duplicates, 'duplicate')} and skipped "
             f"{_count(ingest.links_skipped, 'link')} (loops, second ways to a file, broken)"
         )
+    if tally.bytes_sent:
+        summary += f"; {_megabytes(tally.bytes_sent)} sent"
+        if tally.images.reduced:
+            images = tally.images
+            how = (
+                "to the size the model bills them at"
+                if config.request.resize == "model"
+                else f"to {config.request.resize} px"
+            )
+            summary += (
+                f" ({images.reduced} image(s) reduced {how}: "
+                f"{_megabytes(images.reduced_from)} -> {_megabytes(images.reduced_to)})"
+            )
     if tally.usage_estimated:
         summary += (
             f"; the server sent no usage for {_count(tally.usage_estimated, 'row')}: their "
@@ -329,6 +346,9 @@ def _run_record(
         "completion_tokens": tally.completion_tokens,
         "cost_usd": tally.cost_usd,
         "wall_s": round(wall, 3),
+        "bytes_sent": tally.bytes_sent,
+        "image_bytes_read": tally.images.read,
+        "images_reduced": tally.images.reduced,
         "stopped": stop.kind or None,
         "exit_code": exit_code,
         "settings": {
@@ -336,6 +356,7 @@ def _run_record(
             "rpm": limits.rpm,
             "tpm": limits.tpm,
             "max_cost_usd": limits.max_cost_usd,
+            "resize": config.request.resize,
         },
     }
 

@@ -59,15 +59,49 @@ def tile_counts(width: np.ndarray, height: np.ndarray) -> np.ndarray:
 
 def patch_counts(width: np.ndarray, height: np.ndarray, budget: int) -> np.ndarray:
     """32-px patches; over the budget, shrink so whole patches fit, then recount (capped)."""
+    patches = np.ceil(width / PATCH_SIZE) * np.ceil(height / PATCH_SIZE)
+    resized_w, resized_h = patch_resized(width, height, budget)
+    recount = np.ceil(resized_w / PATCH_SIZE) * np.ceil(resized_h / PATCH_SIZE)
+    return np.where(patches > budget, np.minimum(recount, budget), patches).astype(np.int64)
+
+
+def patch_resized(
+    width: np.ndarray, height: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The size a patch model shrinks an image to when its patches exceed `budget` (the
+    image's own size otherwise): the scale that fits, then whole patches."""
     w = width.astype(np.float64)
     h = height.astype(np.float64)
-    patches = np.ceil(w / PATCH_SIZE) * np.ceil(h / PATCH_SIZE)
     r = np.sqrt(PATCH_SIZE * PATCH_SIZE * budget / (w * h))
     wp, hp = w * r / PATCH_SIZE, h * r / PATCH_SIZE
     r = r * np.minimum(np.floor(wp) / wp, np.floor(hp) / hp)
-    resized_w, resized_h = np.floor(w * r), np.floor(h * r)
-    recount = np.ceil(resized_w / PATCH_SIZE) * np.ceil(resized_h / PATCH_SIZE)
-    return np.where(patches > budget, np.minimum(recount, budget), patches).astype(np.int64)
+    over = np.ceil(w / PATCH_SIZE) * np.ceil(h / PATCH_SIZE) > budget
+    return (
+        np.where(over, np.floor(w * r), w).astype(np.int64),
+        np.where(over, np.floor(h * r), h).astype(np.int64),
+    )
+
+
+def billed_size(
+    rule: ImageRule, width: int, height: int, detail: str | None = None
+) -> tuple[int, int]:
+    """The size at which the model sees (and bills) an image: the most an upload needs.
+    Never larger than the image. Sending exactly this size bills the same tokens as the
+    original (`image_tokens` of both agree; `resize.py` checks it for every image)."""
+    if isinstance(rule, TileRule):
+        longest, shortest = max(width, height), min(width, height)
+        if detail == "low":  # a fixed price: the model sees 512x512 at most
+            scale = Fraction(min(1, Fraction(TILE_SIZE, longest)))
+        else:
+            scale = Fraction(1)
+            if longest > TILE_FIT:
+                scale = Fraction(TILE_FIT, longest)
+            if shortest * scale > TILE_SHORT_SIDE:
+                scale = Fraction(TILE_SHORT_SIDE, shortest)
+        # Up to whole pixels: a tile edge cut short would bill one tile less than the original.
+        return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+    w, h = patch_resized(np.array([width]), np.array([height]), rule.budget)
+    return max(1, int(w[0])), max(1, int(h[0]))
 
 
 def image_tokens_array(

@@ -12,21 +12,18 @@ number of rows.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pipeline.budget import BudgetReached, Stopping
 from pipeline.errors import FatalApiError, StorageError
+from pipeline.prepare import Prepared, Sizes
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.storage import is_remote, read_many
-from pipeline.worker import Captioner, Prepared
+from pipeline.worker import Captioner
 from pipeline.writer import ResultSink
 
 CHUNK_ROWS = 64
-CHUNK_BYTES = 32_000_000  # large images: fewer rows per chunk, memory stays bounded
-REMOTE_GROUP = 16  # bucket objects fetched at once
 
 
 @dataclass(slots=True)
@@ -40,6 +37,8 @@ class Tally:
     cost_usd: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     usage_estimated: int = 0  # rows whose answer came without usage
+    bytes_sent: int = 0  # request bodies, every attempt
+    images: Sizes = field(default_factory=Sizes)  # image bytes read, and reduced
 
     def add(self, row: ResultRow) -> None:
         if row.status == "ok":
@@ -68,30 +67,6 @@ class StopReason:
     def set(self, kind: str, message: str) -> None:
         if not self.kind:
             self.kind, self.message = kind, message
-
-
-def _prepare_chunk(rows: Iterator[ManifestRow], captioner: Captioner, size: int) -> list[Prepared]:
-    """The next `size` rows, prepared, or fewer once their bodies reach CHUNK_BYTES (run
-    in a worker thread: reading the manifest and the images both block). Empty at the
-    end of the rows."""
-    chunk: list[Prepared] = []
-    held = 0
-    pending = itertools.islice(rows, size)
-    for row in pending:
-        group, fetched = [row], {}
-        if is_remote(row.source):
-            # Bucket objects are fetched a group at a time, concurrently: one after
-            # another, each would wait a round trip.
-            group += itertools.islice(pending, REMOTE_GROUP - 1)
-            urls = [r.source for r in group if is_remote(r.source)]
-            fetched = read_many(urls, limit=captioner.max_bytes + 1)
-        for member in group:
-            prepared = captioner.prepare(member, fetched.get(member.source))
-            chunk.append(prepared)
-            held += len(prepared.body)
-        if held >= CHUNK_BYTES:
-            break
-    return chunk
 
 
 class _Ahead:
@@ -159,7 +134,7 @@ async def caption_rows(
     async def prepare() -> None:
         try:
             while not stopping.is_set():
-                prepared = await asyncio.to_thread(_prepare_chunk, source, captioner, chunk)
+                prepared = await asyncio.to_thread(captioner.preparer.chunk, source, chunk)
                 if not prepared:
                     break  # the end of the rows
                 await ahead.put(prepared)

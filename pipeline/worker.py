@@ -1,4 +1,4 @@
-"""One manifest row -> one result row: prepare the request, send it with retries, price it.
+"""One prepared row -> one result row: send the request with retries, check and price it.
 
 The retry policy lives here and only here (tenacity, wrapped around the single HTTP call
 of `pipeline.client`):
@@ -37,12 +37,12 @@ from pipeline.errors import (
     ResponseTooLarge,
     TransientError,
 )
-from pipeline.images import load_image
 from pipeline.labels import Labels
 from pipeline.limiter import AdaptiveLimiter
+from pipeline.prepare import Prepared, Preparer, error_row, now_ms
 from pipeline.prices import ModelPrice, cost_usd
-from pipeline.records import ManifestRow, ResultRow, Usage
-from pipeline.request import BodyTemplate, worst_case_completion_tokens
+from pipeline.records import ResultRow, Usage
+from pipeline.request import worst_case_completion_tokens
 from pipeline.tokens import estimated_usage, image_tokens, max_image_tokens, prompt_text_tokens
 
 if TYPE_CHECKING:
@@ -80,27 +80,11 @@ class Hand:
 
 
 @dataclass(slots=True)
-class Prepared:
-    """A row ready to send (`body`), or already decided (`rejected`: a bad image)."""
-
-    row: ManifestRow
-    started: float
-    body: bytes = b""
-    width: int | None = None
-    height: int | None = None
-    rejected: ResultRow | None = None
-
-
-@dataclass(slots=True)
 class _Tries:
     sent: int = 0
     failures: int = 0
     rate_limited: int = 0
     billed_usd: float = 0.0  # attempts answered and billed, but unusable
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Captioner:
@@ -128,8 +112,8 @@ class Captioner:
         self.price: ModelPrice = config.prices[config.request.model]
         req = config.request
         self.max_completion = worst_case_completion_tokens(req)
-        self.max_bytes = int(config.limits.max_image_mb * 1_000_000)
-        self.body = BodyTemplate.for_request(req)
+        self.preparer = Preparer(config)
+        self.bytes_sent = 0  # request bodies, every attempt
         self.labels = Labels.for_job(req.response_format, req.json_schema)
 
     # -- estimates for limits and budget ----------------------------------------------
@@ -211,26 +195,6 @@ class Captioner:
         with self.hand.lent(), contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    def prepare(self, row: ManifestRow, fetched: bytes | BaseException | None = None) -> Prepared:
-        """Read and check the row's image and build its request body. Blocking: the
-        unit of work runs it in a thread, off the event loop, a few rows at a time. A
-        bucket object comes `fetched` (see `work._prepare_chunk`)."""
-        started = time.perf_counter()
-        try:
-            image = load_image(row.source, self.max_bytes, fetched)
-        except RequestRejected as exc:
-            error = self._rejected_row(row, exc, started, kind="invalid_image")
-            return Prepared(row, started, rejected=error)
-        width = image.width or _as_int(row.extra.get("width"))
-        height = image.height or _as_int(row.extra.get("height"))
-        # Only the request body stays alive while the row waits and is in flight: the
-        # base64 is dropped here, so a row holds about 1.4x its image's size, not 2.7x.
-        if image.url is not None:
-            body = self.body.with_url(image.url)
-        else:
-            body = self.body.with_data(image.mime, image.base64)
-        return Prepared(row, started, body=body, width=width, height=height)
-
     async def caption(self, prepared: Prepared) -> ResultRow:
         """Caption one prepared row. Raises `Stopping` (or `BudgetReached`) if the run
         stops before the row is answered, and `FatalApiError` if the endpoint refuses the
@@ -298,7 +262,7 @@ class Captioner:
             status="ok",
             attempts=tries.sent,
             latency_s=time.perf_counter() - started,
-            finished_at_ms=_now_ms(),
+            finished_at_ms=now_ms(),
             http_status=answer.http_status,
             completion=completion,
             cost_usd=self._cost(completion.usage) + tries.billed_usd,
@@ -323,6 +287,7 @@ class Captioner:
 
     async def _attempt(self, body: bytes, tokens: int) -> Answer:
         async with self.limiter.slot(tokens):
+            self.bytes_sent += len(body)
             try:
                 answer = await post_completion(
                     self.session, self.endpoint, body, stream=self.config.request.stream
@@ -341,35 +306,8 @@ class Captioner:
             return answer
 
     def _error_row(self, prepared: Prepared, exc: ApiError, tries: _Tries, kind: str) -> ResultRow:
-        row = self._rejected_row(prepared.row, exc, prepared.started, kind)
+        row = error_row(prepared.row, exc, prepared.started, kind)
         row.attempts = tries.sent
         row.cost_usd = tries.billed_usd or None  # answers that were billed but unusable
         row.image_width, row.image_height = prepared.width, prepared.height
         return row
-
-    def _rejected_row(
-        self, row: ManifestRow, exc: ApiError, started: float, kind: str
-    ) -> ResultRow:
-        log.debug("row %s failed: %s", row.id, exc.message)
-        return ResultRow(
-            id=row.id,
-            source=row.source,
-            status="error",
-            attempts=0,
-            latency_s=time.perf_counter() - started,
-            finished_at_ms=_now_ms(),
-            http_status=exc.http_status,
-            error=exc.message,
-            error_kind=kind,
-            job_level=exc.job_level,
-        )
-
-
-def _as_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value > 0:
-        return value
-    if isinstance(value, float) and value > 0 and value.is_integer():
-        return int(value)
-    return None

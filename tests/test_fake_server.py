@@ -66,6 +66,16 @@ def test_error_rate_injects_500s_and_429s_with_retry_after() -> None:
     assert all(h.get("Retry-After") == "1" for s, h in answers if s == 429)
 
 
+def test_an_uplink_cap_reads_bodies_whole() -> None:
+    """Through the capped reader the answer is the same (its speed: bench/bandwidth.py)."""
+    body = body_for(SAMPLES / "sunset.jpg")
+    capped = asyncio.run(post(FakeOptions(uplink_mbps=80), body))
+    plain = asyncio.run(post(FakeOptions(), body))
+    assert capped[0] == plain[0] == 200
+    assert capped[1]["choices"] == plain[1]["choices"]
+    assert capped[1]["usage"] == plain[1]["usage"]
+
+
 def test_bad_requests_get_400() -> None:
     status, answer, _ = asyncio.run(post(FakeOptions(), {"model": "gpt:gpt-4o", "messages": []}))
     assert status == 400

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def test_type_from_bytes_and_size_from_header(name: str, mime: str, size: tuple[
     assert sniff_mime(data[:16]) == mime
     assert header_size(data, mime) == size
     loaded = load_image(str(SAMPLES / name), max_bytes=10_000_000)
-    assert (loaded.url, loaded.mime, loaded.base64) == (None, mime, base64.b64encode(data))
+    assert (loaded.url, loaded.mime, loaded.data) == (None, mime, data)
     assert (loaded.width, loaded.height) == size
 
 
@@ -42,7 +41,7 @@ def test_exif_rotated_jpeg_reports_raw_dimensions(tmp_path: Path) -> None:
 def test_urls_pass_through() -> None:
     loaded = load_image("https://example.com/a.jpg", max_bytes=1)
     assert loaded.url == "https://example.com/a.jpg"
-    assert (loaded.base64, loaded.width, loaded.height) == (b"", None, None)
+    assert (loaded.data, loaded.width, loaded.height) == (b"", None, None)
 
 
 def test_large_exif_block_beyond_first_64_kib(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import worker
+from pipeline import prepare
 from pipeline.cli import cli
 from pipeline.images import LoadedImage
 from tests.conftest import SAMPLES
@@ -20,13 +20,13 @@ def test_images_are_read_in_a_thread_not_on_the_event_loop(
     tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[threading.Thread] = []
-    real = worker.load_image
+    real = prepare.load_image
 
     def recording(source: str, max_bytes: int, fetched: bytes | None = None) -> LoadedImage:
         threads.append(threading.current_thread())
         return real(source, max_bytes, fetched)
 
-    monkeypatch.setattr(worker, "load_image", recording)
+    monkeypatch.setattr(prepare, "load_image", recording)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli, ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]

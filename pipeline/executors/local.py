@@ -63,7 +63,11 @@ async def open_captioner(
         limiter = AdaptiveLimiter(
             limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after
         )
-        yield Captioner(session, endpoint, config, limiter, stopping, budget)
+        captioner = Captioner(session, endpoint, config, limiter, stopping, budget)
+        try:
+            yield captioner
+        finally:
+            captioner.preparer.close()  # the resize workers, if any
 
 
 class Progress:
@@ -182,9 +186,13 @@ async def execute(
             )
             # Fatal answers and the budget let requests in flight finish and be written;
             # an interrupt gives them a grace period, a second one none (`stop_now`).
-            await asyncio.wait({work})
-            if not work.cancelled():
-                work.result()
+            try:
+                await asyncio.wait({work})
+                if not work.cancelled():
+                    work.result()
+            finally:
+                tally.bytes_sent = captioner.bytes_sent
+                tally.images = captioner.preparer.sizes
     finally:
         if redraw is not None:
             redraw.cancel()
