@@ -325,6 +325,18 @@ FLAG_SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+def setting_key(name: str) -> tuple[str, str]:
+    """(section, key) of a setting named as a flag (`max_cost`) or as in the TOML
+    (`max_cost_usd`, `top_p`): what the Python API's keyword arguments may be."""
+    if name in FLAG_SETTINGS:
+        return FLAG_SETTINGS[name]
+    for section, cls in _SECTIONS.items():
+        if name in {f.name for f in fields(cls)}:
+            return section, name
+    known = sorted({*FLAG_SETTINGS, *(f.name for c in _SECTIONS.values() for f in fields(c))})
+    raise _unknown_key("setting", name, known)
+
+
 def _unknown_key(where: str, key: str, allowed: list[str]) -> UsageError:
     near = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {near[0]!r}? " if near else ""
@@ -378,9 +390,11 @@ def load_config(
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
-        section, key = FLAG_SETTINGS[flag]
+        section, key = setting_key(flag)
         merged[section][key] = value
-        origins[section][key] = "--" + flag.replace("_", "-")
+        origins[section][key] = (
+            "--" + flag.replace("_", "-") if flag in FLAG_SETTINGS else f"{flag}="
+        )
 
     schema = merged["request"].get("json_schema")
     if isinstance(schema, str | Path):

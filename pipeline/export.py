@@ -41,7 +41,7 @@ def export(out_path: Path, target: Path) -> int:
     rows = 0
     try:
         with _writer(fmt, tmp, _schema(out)) as write:
-            for table in _joined(out):
+            for table in joined(out):
                 write(table)
                 rows += table.num_rows
         os.replace(tmp, target)
@@ -59,7 +59,7 @@ def _schema(out: OutputDir) -> pa.Schema:
     )
 
 
-def _joined(out: OutputDir) -> Iterator[pa.Table]:
+def joined(out: OutputDir) -> Iterator[pa.Table]:
     """Each shard with the manifest's own columns of its rows beside it."""
     own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
     ids = own[MANIFEST_ID].combine_chunks()
@@ -122,15 +122,21 @@ class _writer:
             self._file.close()
 
 
-def _flat(table: pa.Table) -> pa.Table:
-    """For CSV: a structured job's `parsed` as one column per field (`parsed.label`),
-    other nested columns (lists, structs) as JSON text."""
+def flatten_parsed(table: pa.Table) -> pa.Table:
+    """A structured job's `parsed` as one column per field (`parsed.label`, and
+    `parsed.box.x` for nested objects)."""
     while (i := _parsed_struct(table.schema)) is not None:
         field = table.schema.field(i)
         children = combined(table.column(i)).flatten()  # a null struct: null fields
         table = table.remove_column(i)
         for j, child in enumerate(field.type):
             table = table.add_column(i + j, f"{field.name}.{child.name}", children[j])
+    return table
+
+
+def _flat(table: pa.Table) -> pa.Table:
+    """For CSV: `parsed` flattened, other nested columns (lists, structs) as JSON text."""
+    table = flatten_parsed(table)
     for i, field in enumerate(table.schema):
         if pa.types.is_nested(field.type):
             text = [None if v is None else orjson.dumps(v).decode() for v in table[i].to_pylist()]

@@ -57,15 +57,19 @@ class RunOutcome:
     summary: str
     message: str | None = None  # one line for stderr when the run stopped early
     tally: Tally = field(default_factory=Tally)
+    stopped: str = ""  # why the run stopped early: fatal, budget, interrupted, storage
 
 
 # A pilot (a sampled run) whose rows all have an outcome, errors included, measured fine.
 EXIT_PILOT_OK = (EXIT_OK, EXIT_ROW_ERRORS)
 
 
-def read_api_key(config: JobConfig) -> str:
+def read_api_key(config: JobConfig, given: str | None = None) -> str:
+    """The key: `given` (the Python API's api_key=), else the environment variable."""
     if config.endpoint.is_fake:
         return FAKE_API_KEY
+    if given:
+        return given
     key = os.environ.get(config.endpoint.api_key_env, "").strip()
     if not key:
         raise UsageError(
@@ -153,10 +157,14 @@ def run_job(
     sample: int = 0,
     accept_new_source: bool = False,
     label: str | None = None,
+    api_key: str | None = None,
+    handle_signals: bool = True,
 ) -> RunOutcome:
     """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
     With `accept_new_source`, sources that share no id with the folder's results are
-    added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://)."""
+    added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://).
+    `api_key` overrides the environment; `handle_signals` False (a library call) leaves
+    the process's signal handlers alone."""
     started = time.perf_counter()
     check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
     if is_remote(str(out_path)):
@@ -174,11 +182,13 @@ def run_job(
                 sample=sample,
                 accept_new_source=accept_new_source,
                 label=bucket.url,
+                api_key=api_key,
+                handle_signals=handle_signals,
             )
     out = OutputDir(out_path, label=label)
     if out.exists():
         out.check_fingerprint(config)  # before anything else: refuse a changed job at once
-    api_key = read_api_key(config)
+    key = read_api_key(config, api_key)
     created = not out.exists()
     out.create()
     try:
@@ -187,13 +197,14 @@ def run_job(
                 out,
                 sources,
                 config,
-                api_key=api_key,
+                api_key=key,
                 retry_errors=retry_errors,
                 show_progress=show_progress,
                 spec=spec,
                 sample=sample,
                 accept_new_source=accept_new_source,
                 started=started,
+                handle_signals=handle_signals,
             )
     except UsageError:
         if created:
@@ -213,6 +224,7 @@ def _run_locked(
     sample: int,
     accept_new_source: bool,
     started: float,
+    handle_signals: bool,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
     from_manifest = len(sources) == 1 and is_manifest(sources[0])
@@ -259,6 +271,7 @@ def _run_locked(
                 budget,
                 total,
                 show_progress,
+                handle_signals,
             )
         )
     wall = time.perf_counter() - started
@@ -322,7 +335,7 @@ def _run_locked(
             "them by kind; rerun with --retry-errors to send them again"
         )
     message = _stop_message(stop, out, remaining, budget, unsaved, config)
-    return RunOutcome(exit_code, summary, message, tally)
+    return RunOutcome(exit_code, summary, message, tally, stop.kind)
 
 
 def _run_record(

@@ -128,6 +128,7 @@ async def execute(
     budget: Budget,
     total: int,
     show_progress: bool,
+    handle_signals: bool = True,
 ) -> tuple[Tally, StopReason, int]:
     """The local executor: one event loop, one session, one limiter, one writer.
 
@@ -166,7 +167,8 @@ async def execute(
             INTERRUPT_GRACE_S, stop_now, f"still in flight after {INTERRUPT_GRACE_S:.0f} s"
         )
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         async with open_captioner(config, api_key, stopping, budget) as captioner:
@@ -196,7 +198,7 @@ async def execute(
     finally:
         if redraw is not None:
             redraw.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             loop.remove_signal_handler(sig)
         if progress is not None:
             progress.close()
