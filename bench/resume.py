@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure
 
 from pipeline.config import load_config
-from pipeline.manifest import stable_id
+from pipeline.ids import stable_id
 from pipeline.outdir import OutputDir, fingerprint, job_definition
 from pipeline.records import RESULT_SCHEMA
 

@@ -463,6 +463,30 @@ def export(output_dir: str, target: Path) -> None:
     click.echo(f"exported {rows} rows to {target}")
 
 
+@cli.command(short_help="Write an HTML report of an output folder, for operators.")
+@click.argument("output")
+@click.option(
+    "-o",
+    "--output",
+    "target",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write.",
+)
+def report(output: str, target: Path) -> None:
+    """One self-contained HTML page about OUTPUT (a folder, or s3:// or gs://): totals,
+    runs, token and latency distributions, errors by kind, the estimate against what was
+    billed, label counts of a structured job, and a sample of captions with thumbnails.
+    Reads the folder only."""
+    from pipeline.mirror import readable
+    from pipeline.report import write_report
+
+    with readable(output) as folder:
+        write_report(folder, output, target)
+    click.echo(f"wrote {target}")
+
+
 @cli.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
 @click.option("--port", type=int, default=8099, show_default=True)
 @click.option(

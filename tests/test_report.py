@@ -1,0 +1,95 @@
+"""caption report: the figures it computes, and the page as a real browser shows it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.report import compute
+from tests.conftest import SAMPLES
+from tests.fakes import Reply, ScriptedServer, digest_of_file
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "scene": {"type": "string", "enum": ["indoor", "outdoor", "abstract"]},
+        "people": {"type": "boolean"},
+        "caption": {"type": "string"},
+    },
+    "required": ["scene", "people", "caption"],
+}
+
+
+@pytest.fixture
+def folder(tmp_path: Path, server: ScriptedServer, key: str) -> Path:
+    """A structured job over the samples, one of them refused (an error row)."""
+    (tmp_path / "labels.json").write_text(json.dumps(SCHEMA))
+    server.plan(
+        digest_of_file(SAMPLES / "icon.gif"),
+        Reply(status=400, body={"error": {"message": "image too small to label", "type": "x"}}),
+    )
+    out = tmp_path / "out"
+    args = ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--schema", str(tmp_path / "labels.json")])
+    assert result.exit_code == 1, result.output
+    return out
+
+
+def test_the_figures(folder: Path) -> None:
+    figures = compute(folder, "out")
+    assert (figures.status.ok, figures.status.errors, figures.status.pending) == (5, 1, 0)
+    assert figures.error_examples == {"rejected": "HTTP 400 x: image too small to label"}
+    assert sum(n for _, n in figures.labels["scene"]) == 5
+    assert {name for name, _ in figures.labels["people"]} <= {"true", "false"}
+    assert len(figures.sample) == 5
+    assert all(row["thumbnail"].startswith("data:image/jpeg;base64,") for row in figures.sample)
+    assert set(figures.latency) == {"p50", "p95", "p99"}
+    assert figures.attempts == [("1", 6)]
+
+
+def test_the_page_in_a_real_browser(folder: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CAPTION_REQUIRE_BROWSER"):
+            pytest.fail("no chromium: .ci/run should have installed Debian's")
+        pytest.skip("no chromium here (.ci/run installs Debian's: apt-get install chromium)")
+    from playwright import sync_api as playwright
+
+    page_path = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", str(folder), "-o", str(page_path)])
+    assert result.exit_code == 0, result.output
+    html = page_path.read_text()
+    # Self-contained: every resource inline (no scripts, styles, fonts or images to fetch).
+    assert re.findall(r'(?:src|href)="(?!data:)', html) == []
+    assert "<script" not in html
+    requests: list[str] = []
+    failed: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        totals = page.inner_text("#totals")
+        runs = page.inner_text("#runs")
+        images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert failed == []
+    assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
+    assert "5\nrows ok" in totals
+    assert "1\nerror rows" in totals
+    assert "new rows" in runs
+    assert len(images) == 5
+    assert all(w > 0 for w in images)  # every thumbnail decoded
+    shot = (tmp_path / "report.png").read_bytes()
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(shot) > 20_000
