@@ -187,6 +187,13 @@ class Preparer:
         held = 0
         pending = itertools.islice(rows, size)
         for row in pending:
+            if not self.resizing and not is_remote(row.source):  # the common case, kept lean
+                prepared = self.finish(self.load(row, None), None)
+                chunk.append(prepared)
+                held += len(prepared.body)
+                if held >= CHUNK_BYTES:
+                    break
+                continue
             group = [row]
             if is_remote(row.source):
                 group += itertools.islice(pending, REMOTE_GROUP - 1)
