@@ -284,6 +284,22 @@ def _load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
     return load_config(config_path, overrides)
 
 
+def _executor(kind: str, address: str | None, workers: int | None, shared_fs: bool) -> Any:
+    from pipeline.executors import ExecutorSpec
+
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--executor ray needs Ray, which is not installed; install the extra: "
+                "pip install 'caption[ray]'"
+            ) from None
+    elif address or workers or shared_fs:
+        raise UsageError("--ray-address, --workers and --shared-fs go with --executor ray")
+    return ExecutorSpec(kind, address, workers, shared_fs)
+
+
 def _print_estimate(report: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -309,6 +325,22 @@ def _print_estimate(report: Any, as_json: bool) -> None:
     help="Add rows to a folder whose results share no id with SOURCES (refused by default: "
     "usually another dataset, or the same files named another way).",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the job runs: this process, or a Ray cluster (pip install 'caption[ray]').",
+)
+@click.option("--ray-address", help="The Ray cluster to join (default: start a local one).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Ray tasks at once (default: the cluster's CPUs)."
+)
+@click.option(
+    "--shared-fs",
+    is_flag=True,
+    help="With a remote --ray-address: local paths are on a filesystem every node mounts.",
+)
 @click.option("--dry-run", is_flag=True, help="Estimate the cost and check the job; send nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, warnings only.")
 def run(
@@ -317,6 +349,10 @@ def run(
     config_path: Path | None,
     retry_errors: bool,
     accept_new_source: bool,
+    executor: str,
+    ray_address: str | None,
+    workers: int | None,
+    shared_fs: bool,
     dry_run: bool,
     spec: RowSpec,
     quiet: bool,
@@ -359,6 +395,7 @@ def run(
         show_progress=not quiet and sys.stderr.isatty(),
         spec=spec,
         accept_new_source=accept_new_source,
+        executor=_executor(executor, ray_address, workers, shared_fs),
     )
     click.echo(outcome.summary)
     if outcome.message:

@@ -35,6 +35,7 @@ from pipeline.errors import (
     StorageError,
     UsageError,
 )
+from pipeline.executors import LOCAL, ExecutorSpec
 from pipeline.executors.local import execute, open_captioner
 from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
@@ -159,6 +160,7 @@ def run_job(
     label: str | None = None,
     api_key: str | None = None,
     handle_signals: bool = True,
+    executor: ExecutorSpec = LOCAL,
 ) -> RunOutcome:
     """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
     With `accept_new_source`, sources that share no id with the folder's results are
@@ -167,6 +169,10 @@ def run_job(
     the process's signal handlers alone."""
     started = time.perf_counter()
     check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
+    if executor.kind == "ray":
+        from pipeline.executors.ray import check_cluster
+
+        check_cluster(executor, str(out_path), sources)
     if is_remote(str(out_path)):
         # A bucket folder: the run works on its local mirror (`mirror.py`), which holds
         # the bucket's lock and pushes the folder to it every few seconds and at the end.
@@ -184,6 +190,7 @@ def run_job(
                 label=bucket.url,
                 api_key=api_key,
                 handle_signals=handle_signals,
+                executor=executor,
             )
     out = OutputDir(out_path, label=label)
     if out.exists():
@@ -205,6 +212,7 @@ def run_job(
                 accept_new_source=accept_new_source,
                 started=started,
                 handle_signals=handle_signals,
+                executor=executor,
             )
     except UsageError:
         if created:
@@ -225,6 +233,7 @@ def _run_locked(
     accept_new_source: bool,
     started: float,
     handle_signals: bool,
+    executor: ExecutorSpec,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
     from_manifest = len(sources) == 1 and is_manifest(sources[0])
@@ -261,7 +270,14 @@ def _run_locked(
     budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
     run_started = utc_now()
     tally, stop, unsaved = Tally(), StopReason(), 0
-    if total:
+    if total and executor.kind == "ray":
+        from pipeline.executors.ray import execute as execute_on_ray
+
+        tally, stop, unsaved = execute_on_ray(
+            config, out, iter(rows), api_key, budget, total, show_progress, executor
+        )
+        out.recover()  # journals of tasks that ended without folding (an interrupt)
+    elif total:
         tally, stop, unsaved = asyncio.run(
             execute(
                 config,

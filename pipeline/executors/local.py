@@ -44,9 +44,14 @@ async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def open_captioner(
-    config: JobConfig, api_key: str, stopping: asyncio.Event, budget: Budget
+    config: JobConfig,
+    api_key: str,
+    stopping: asyncio.Event,
+    budget: Budget,
+    limiter: AdaptiveLimiter | None = None,
 ) -> AsyncIterator[Captioner]:
-    """One session, one limiter and the endpoint (started here when it is the fake)."""
+    """One session, one limiter (this process's own, unless given: the Ray executor's
+    leases from a shared account) and the endpoint (started here when it is the fake)."""
     limits = config.limits
     connector = aiohttp.TCPConnector(limit=limits.concurrency, ttl_dns_cache=300)
     async with (
@@ -60,7 +65,7 @@ async def open_captioner(
             config.endpoint.timeout,
             max_response_bytes=int(limits.max_response_mb * 1_000_000),
         )
-        limiter = AdaptiveLimiter(
+        limiter = limiter or AdaptiveLimiter(
             limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after
         )
         captioner = Captioner(session, endpoint, config, limiter, stopping, budget)

@@ -1,0 +1,285 @@
+"""The Ray executor: one job, many workers, one account.
+
+The driver (this process) has already recovered, compacted and scanned the output folder
+(`runner.py`, as for the local executor). It splits the pending rows into blocks and runs
+one Ray task per block, at most `workers` at once. A task runs the same unit of work as
+the local executor (`work.caption_rows`) with its own HTTP session and its own shard names
+(`part-r<block>-N`), and takes its send times and its budget from one named actor holding
+the job's account (`account.py`, leased in small batches: `leased.py`). So the rate
+limits, the 429 back-off and the budget cap are global, not per worker.
+
+A task whose worker process dies (`kill -9`, a lost node) is retried by Ray. The retry
+first folds the journals the dead attempt left and skips the rows they hold: only rows
+that were in flight are sent again. The driver recovers the folder again at the end, and
+rerunning the command resumes a killed driver like any run.
+
+Ray's own HTTP stage for LLM batches is not used: its rate is per actor and resets every
+batch, it ignores Retry-After, and a failed block is sent again whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline.account import Account
+from pipeline.budget import Budget
+from pipeline.config import JobConfig
+from pipeline.errors import UsageError
+from pipeline.executors import ExecutorSpec
+from pipeline.executors.local import open_captioner
+from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
+from pipeline.outdir import OutputDir, read_shard
+from pipeline.records import ManifestRow, ResultRow
+from pipeline.storage import is_remote
+from pipeline.tokens import max_image_tokens
+from pipeline.work import StopReason, Tally, caption_rows
+from pipeline.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal
+
+log = logging.getLogger(__name__)
+
+INTERRUPT_GRACE_S = 10.0
+TASK_RETRIES = 3
+
+
+def is_remote_cluster(address: str | None) -> bool:
+    """Whether `address` names a cluster beyond this machine (so its nodes do not see
+    this machine's files)."""
+    if address in (None, "", "local", "auto"):
+        return False
+    host = urlparse(address if "://" in address else f"ray://{address}").hostname
+    return host not in ("127.0.0.1", "localhost", "::1", None)
+
+
+def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
+    """Refuse, before anything is sent, a job whose files a remote cluster cannot see."""
+    if spec.kind != "ray" or not is_remote_cluster(spec.address) or spec.shared_fs:
+        return
+    if is_remote(output):
+        raise UsageError(
+            f"--ray-address {spec.address}: an output folder in a bucket ({output}) is not "
+            "supported on a remote Ray cluster yet; write to a path every node mounts and "
+            "add --shared-fs, or run on a local Ray (no --ray-address)"
+        )
+    raise UsageError(
+        f"--ray-address {spec.address}: the output folder {output} is a local path, which "
+        "the cluster's nodes do not see; use a path every node mounts and add --shared-fs"
+    )
+
+
+def _init(spec: ExecutorSpec) -> Any:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=spec.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            ignore_reinit_error=True,
+        )
+    return ray
+
+
+def _blocks(rows: Iterator[ManifestRow], size: int) -> Iterator[list[dict[str, Any]]]:
+    while block := list(itertools.islice(rows, size)):
+        yield [{"id": r.id, "source": r.source, **r.extra} for r in block]
+
+
+def execute(
+    config: JobConfig,
+    out: OutputDir,
+    rows: Iterator[ManifestRow],
+    api_key: str,
+    budget: Budget,
+    total: int,
+    show_progress: bool,
+    spec: ExecutorSpec,
+) -> tuple[Tally, StopReason, int]:
+    """Run the pending `rows` on Ray; what they did, why the run stopped, rows unsaved."""
+    ray = _init(spec)
+    workers = spec.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    limits = config.limits
+    account = (
+        ray.remote(Account)
+        .options(name=f"caption-account-{uuid.uuid4().hex[:12]}", num_cpus=0)
+        .remote(
+            limits.rpm, limits.tpm, limits.max_cost_usd, budget.spent_usd, limits.max_retry_after
+        )
+    )
+    task = ray.remote(run_block).options(num_cpus=1, max_retries=TASK_RETRIES)
+    per_worker = max(1, math.ceil(limits.concurrency / workers))
+    size = max(16, min(1000, math.ceil(total / (workers * 4))))
+    tally, stop, unsaved = Tally(), StopReason(), 0
+    bar = _bar(total) if show_progress else None
+    blocks = enumerate(_blocks(rows, size))
+    in_flight: dict[Any, int] = {}
+    try:
+        while True:
+            while not stop.kind and len(in_flight) < workers:
+                item = next(blocks, None)
+                if item is None:
+                    break
+                number, block = item
+                ref = task.remote(
+                    number, block, config, api_key, str(out.path), account, per_worker
+                )
+                in_flight[ref] = number
+            if not in_flight:
+                break
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in done:
+                del in_flight[ref]
+                part, part_stop, part_unsaved = ray.get(ref)
+                tally = _merge(tally, part)
+                unsaved += part_unsaved
+                if part_stop[0]:
+                    stop.set(*part_stop)
+            if bar is not None:
+                _draw(bar, ray.get(account.progress.remote()))
+    except KeyboardInterrupt:
+        stop.set("interrupted", "interrupted by SIGINT")
+        ray.get(account.stop.remote("interrupted", "interrupted by SIGINT"))
+        done, late = ray.wait(
+            list(in_flight), num_returns=len(in_flight), timeout=INTERRUPT_GRACE_S
+        )
+        for ref in done:
+            part, _, part_unsaved = ray.get(ref)
+            tally, unsaved = _merge(tally, part), unsaved + part_unsaved
+        for ref in late:
+            ray.cancel(ref, force=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        ray.kill(account)
+    return tally, stop, unsaved
+
+
+def _merge(a: Tally, b: Tally) -> Tally:
+    a.ok += b.ok
+    a.errors += b.errors
+    a.prompt_tokens += b.prompt_tokens
+    a.completion_tokens += b.completion_tokens
+    a.cost_usd += b.cost_usd
+    a.usage_estimated += b.usage_estimated
+    a.bytes_sent += b.bytes_sent
+    for kind, n in b.errors_by_kind.items():
+        a.errors_by_kind[kind] = a.errors_by_kind.get(kind, 0) + n
+    for name in ("read", "reduced", "reduced_from", "reduced_to"):
+        setattr(a.images, name, getattr(a.images, name) + getattr(b.images, name))
+    return a
+
+
+def _bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, unit="img", dynamic_ncols=True)
+
+
+def _draw(bar: Any, totals: dict[str, float]) -> None:
+    done = int(totals.get("ok", 0) + totals.get("errors", 0))
+    bar.update(done - bar.n)
+    bar.set_postfix_str(
+        f"errors={int(totals.get('errors', 0))} ${totals.get('cost_usd', 0.0):.4f} "
+        f"429s={int(totals.get('rate_limited', 0))}"
+    )
+
+
+# -- in the worker -------------------------------------------------------------------------
+
+
+def run_block(
+    block: int,
+    rows: list[dict[str, Any]],
+    config: JobConfig,
+    api_key: str,
+    out_path: str,
+    account: Any,
+    concurrency: int,
+) -> tuple[Tally, tuple[str, str], int]:
+    """Caption one block into shards of its own (a Ray task). A retry of the block first
+    folds what the earlier attempt journaled, and skips the rows it answered."""
+    out = OutputDir(Path(out_path))
+    schema = out.result_schema()
+    prefix = f"part-r{block:05d}"
+    for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
+        fold_journal(journal, schema)
+    shards = sorted(out.path.glob(f"{prefix}-*.parquet"))
+    done = {i for s in shards for i in read_shard(s, columns=["id"])["id"].to_pylist()}
+    if done:
+        log.info("block %d: %d row(s) answered by an earlier attempt", block, len(done))
+    pending = [ManifestRow.from_dict(dict(r)) for r in rows if r["id"] not in done]
+    writer = ShardWriter(
+        out.path,
+        config.output.rows_per_shard,
+        first_sequence=len(shards),
+        prefix=prefix,
+        schema=schema,
+    )
+    worker = f"{os.getpid()}-{block}"
+    return asyncio.run(
+        _caption_block(pending, config, api_key, writer, account, concurrency, worker)
+    )
+
+
+async def _caption_block(
+    rows: list[ManifestRow],
+    config: JobConfig,
+    api_key: str,
+    writer: ShardWriter,
+    account: Any,
+    concurrency: int,
+    worker: str,
+) -> tuple[Tally, tuple[str, str], int]:
+    async def lease(n: int, tokens: float, want: float, report: Any) -> Any:
+        return await account.lease.remote(n, tokens, want, report)
+
+    client = LeaseClient(worker, lease)
+    stopping = asyncio.Event()
+    limits = config.limits
+    limiter = LeasedLimiter(client, concurrency, limits.max_retry_after)
+    budget = LeasedBudget(limits.max_cost_usd, client, row_worst_usd=0.0)
+    stop, tally = StopReason(), Tally()
+
+    def progress(row: ResultRow, _tally: Tally) -> None:
+        client.note(row)
+        if client.stopped is not None:
+            stopping.set()
+
+    try:
+        async with open_captioner(config, api_key, stopping, budget, limiter=limiter) as captioner:
+            rule = captioner.price.image
+            most = max_image_tokens(rule, config.request.detail) if rule else 0
+            budget.row_worst_usd = captioner.worst_completion_usd + (
+                (captioner.text_tokens + most) * captioner.usd_per_prompt_token
+            )
+            try:
+                await caption_rows(
+                    rows,
+                    captioner,
+                    writer,
+                    workers=concurrency,
+                    stop=stop,
+                    progress=progress,
+                    tally=tally,
+                )
+            finally:
+                tally.bytes_sent = captioner.bytes_sent
+                tally.images = captioner.preparer.sizes
+    finally:
+        writer.close()
+        if stop.kind in ("fatal", "budget"):
+            await account.stop.remote(stop.kind, stop.message)
+        elif client.stopped is not None:
+            stop.set(*client.stopped)
+        await client.flush(returned_usd=max(budget.slice_usd, 0.0))
+    return tally, (stop.kind, stop.message), len(writer.unsaved)

@@ -1,0 +1,179 @@
+"""The Ray executor on a local Ray (2 CPUs, started once for this module): the same output
+as the local executor, exactly once across a worker's kill -9, one rate limit and one
+budget for all workers, and a local folder refused on a remote cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+ray = pytest.importorskip("ray", reason="the ray extra: pip install 'caption[ray]'")
+
+from pipeline.cli import cli  # noqa: E402
+from pipeline.fake_server import FakeEndpoint, FakeOptions  # noqa: E402
+from tests.conftest import SAMPLES  # noqa: E402
+from tests.fakes import ScriptedServer  # noqa: E402
+from tests.test_runner_faults import distinct_images  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["run", *args, "--quiet"])
+    return result.exit_code, result.output
+
+
+def rows(out: Path) -> dict[str, dict]:
+    table = pq.read_table(out).to_pylist()
+    by_id = {r["id"]: r for r in table}
+    assert len(by_id) == len(table), "an id has more than one row"
+    return by_id
+
+
+def test_the_same_output_as_the_local_executor(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    images = distinct_images(tmp_path / "imgs", 40)
+    assert run_cli(str(images), "-o", str(tmp_path / "local"), "--endpoint", server.url)[0] == 0
+    code, output = run_cli(
+        str(images), "-o", str(tmp_path / "ray"), "--endpoint", server.url,
+        "--executor", "ray", "--workers", "2",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "40 ok, 0 errors of 40 new" in output
+    local, on_ray = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert set(local) == set(on_ray)
+    fields = ("status", "caption", "prompt_tokens", "completion_tokens", "cost_usd")
+    assert all({f: local[i][f] for f in fields} == {f: on_ray[i][f] for f in fields} for i in local)
+    assert len(list((tmp_path / "ray").glob("part-r*.parquet"))) >= 2  # blocks' own shards
+    code, output = run_cli(
+        str(images), "-o", str(tmp_path / "ray"), "--endpoint", server.url, "--executor", "ray"
+    )
+    assert "(40 already done, 0 pending)" in output
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_mid_block_resends_only_what_was_in_flight(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    images = distinct_images(tmp_path / "imgs", 48)
+    server.delay = 0.15
+    killed: list[int] = []
+
+    def kill_a_worker(received: int) -> None:
+        if received == 12 and not killed:
+            found = subprocess.run(
+                ["pgrep", "-f", "ray::run_block"], capture_output=True, text=True
+            )
+            pids = [int(p) for p in found.stdout.split()]
+            if pids:
+                killed.append(pids[0])
+                os.kill(pids[0], signal.SIGKILL)
+
+    server.on_request = kill_a_worker
+    code, output = run_cli(
+        str(images), "-o", str(tmp_path / "out"), "--endpoint", server.url,
+        "--executor", "ray", "--workers", "2", "--concurrency", "2",
+    )  # fmt: skip
+    assert killed, "no Ray worker was found to kill"
+    assert code == 0, output
+    assert len(rows(tmp_path / "out")) == 48
+    sent = server.requests_by_digest()
+    twice = [d for d, n in sent.items() if n > 1]
+    # One request in flight per worker (concurrency 2 over 2 workers): at most that one
+    # row of the killed worker is paid twice, and Ray retried its block.
+    assert len(twice) <= 1, twice
+    assert sum(sent.values()) <= 49
+
+
+class Fake:
+    """The fake endpoint with a server-side rate cap, in a thread of its own."""
+
+    def __init__(self, options: FakeOptions) -> None:
+        self.options = options
+        self.url = ""
+        self.stats: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    def __enter__(self) -> Fake:
+        threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with FakeEndpoint(self.options) as fake:
+            self.url, self._loop = fake.url, asyncio.get_running_loop()
+            self._ready.set()
+            await self._stop.wait()
+
+    def read_stats(self) -> dict[str, int]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url.replace("/chat/completions", "/stats")) as r:
+            return json.loads(r.read())
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+
+
+@pytest.mark.timeout(120)
+def test_one_rate_limit_for_all_workers(tmp_path: Path, key: str) -> None:
+    """A server allowing 10 requests a second and --rpm 600 for the job: with a limit
+    per worker, two workers would send 20 a second and half would be refused."""
+    images = distinct_images(tmp_path / "imgs", 60)
+    with Fake(FakeOptions(rate_limit=10)) as fake:
+        code, output = run_cli(
+            str(images), "-o", str(tmp_path / "out"), "--endpoint", fake.url,
+            "--executor", "ray", "--workers", "2", "--rpm", "600", "--concurrency", "8",
+        )  # fmt: skip
+        stats = fake.read_stats()
+    assert code == 0, output
+    assert len(rows(tmp_path / "out")) == 60
+    assert stats["refused"] <= 0.03 * stats["requests"], stats
+
+
+def test_one_budget_for_all_workers(tmp_path: Path, server: ScriptedServer, key: str) -> None:
+    images = distinct_images(tmp_path / "imgs", 40)
+    cap = 0.01  # a few rows' worth
+    code, output = run_cli(
+        str(images), "-o", str(tmp_path / "out"), "--endpoint", server.url, "--max-tokens", "50",
+        "--executor", "ray", "--workers", "2", "--max-cost", str(cap),
+    )  # fmt: skip
+    assert code == 4, output
+    assert "budget cap" in output
+    spent = sum(r["cost_usd"] for r in rows(tmp_path / "out").values())
+    assert 0 < spent <= cap
+    assert server.count() < 40
+
+
+def test_a_local_folder_on_a_remote_cluster_is_refused_before_anything_is_sent(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    code, output = run_cli(
+        str(SAMPLES), "-o", str(tmp_path / "out"), "--endpoint", server.url,
+        "--executor", "ray", "--ray-address", "ray://10.20.30.40:10001",
+    )  # fmt: skip
+    assert code == 2
+    assert "is a local path, which the cluster's nodes do not see" in output
+    assert "--shared-fs" in output
+    assert server.count() == 0
+    assert not (tmp_path / "out").exists()
