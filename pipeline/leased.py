@@ -47,7 +47,11 @@ class LeaseClient:
 
     async def call(self, n: int, tokens_each: float, want_usd: float) -> Lease:
         report, self.report = self.report, Report(worker=self.worker)
-        lease = await self._lease(n, tokens_each, want_usd, report)
+        try:
+            lease = await self._lease(n, tokens_each, want_usd, report)
+        except Exception as exc:  # the account is gone: its driver died
+            self.stopped = ("interrupted", f"the run's account is gone ({type(exc).__name__})")
+            return Lease([], 0.0, self.stopped)
         if lease.stop is not None:
             self.stopped = lease.stop
         return lease

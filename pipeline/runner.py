@@ -37,6 +37,7 @@ from pipeline.errors import (
 )
 from pipeline.executors import LOCAL, ExecutorSpec
 from pipeline.executors.local import execute, open_captioner
+from pipeline.executors.ray import wait_for_workers
 from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.mirror import BucketFolder
@@ -236,6 +237,7 @@ def _run_locked(
     executor: ExecutorSpec,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
+    wait_for_workers(out)  # nor a killed Ray run's tasks
     from_manifest = len(sources) == 1 and is_manifest(sources[0])
     scheme = "manifest" if from_manifest else spec.scheme
     out.check_ids(previous, scheme)

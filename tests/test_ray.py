@@ -5,11 +5,14 @@ budget for all workers, and a local folder refused on a remote cluster."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +177,63 @@ def test_a_local_folder_on_a_remote_cluster_is_refused_before_anything_is_sent(
     )  # fmt: skip
     assert code == 2
     assert "is a local path, which the cluster's nodes do not see" in output
+    assert f"the images of {SAMPLES} are on this machine too" in output
     assert "--shared-fs" in output
     assert server.count() == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bucket_folder_on_a_remote_cluster_is_refused_naming_the_fix(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    code, output = run_cli(
+        str(SAMPLES), "-o", "s3://bucket/out", "--endpoint", server.url, "--executor", "ray",
+        "--ray-address", "ray://10.20.30.40:10001",
+    )  # fmt: skip
+    assert code == 2
+    assert "not supported on a remote Ray cluster yet" in output
+    assert server.count() == 0
+
+
+def descendants(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    children = {int(p) for p in found.stdout.split()}
+    return children.union(*(descendants(c) for c in children))
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_driver_is_resumed_by_running_the_command_again(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    images = distinct_images(tmp_path / "imgs", 48)
+    server.delay = 0.2
+    args = [str(images), "-o", str(tmp_path / "out"), "--endpoint", server.url]
+    args += ["--executor", "ray", "--workers", "2", "--concurrency", "2"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", *args, "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    family: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while server.count() < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        family = descendants(driver.pid)  # its own local Ray, to clean up afterwards
+        driver.kill()
+        driver.wait()
+        before = server.requests_by_digest()
+        assert 16 <= sum(before.values()) < 48
+        code, output = run_cli(*args)
+        assert code == 0, output
+    finally:
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert len(rows(tmp_path / "out")) == 48
+    sent = server.requests_by_digest()
+    # Its workers folded their journals as Ray shut them down: at most the requests in
+    # flight at the kill (one per worker) are sent again.
+    assert sum(sent.values()) <= 48 + 2

@@ -20,13 +20,16 @@ batch, it ignores Retry-After, and a failed block is sent again whole.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import math
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -62,7 +65,7 @@ def is_remote_cluster(address: str | None) -> bool:
 
 def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
     """Refuse, before anything is sent, a job whose files a remote cluster cannot see."""
-    if spec.kind != "ray" or not is_remote_cluster(spec.address) or spec.shared_fs:
+    if spec.kind != "ray" or not is_remote_cluster(spec.address):
         return
     if is_remote(output):
         raise UsageError(
@@ -70,10 +73,66 @@ def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
             "supported on a remote Ray cluster yet; write to a path every node mounts and "
             "add --shared-fs, or run on a local Ray (no --ray-address)"
         )
+    if spec.shared_fs:
+        return
+    local_images = [
+        s for s in sources if not is_remote(s) and not s.startswith(("http://", "https://"))
+    ]
+    images = (
+        f", and the images of {local_images[0]} are on this machine too (a bucket, s3:// "
+        "or gs://, needs no shared path)"
+        if local_images
+        else ""
+    )
     raise UsageError(
         f"--ray-address {spec.address}: the output folder {output} is a local path, which "
-        "the cluster's nodes do not see; use a path every node mounts and add --shared-fs"
+        f"the cluster's nodes do not see{images}; use a path every node mounts and add "
+        "--shared-fs"
     )
+
+
+WORKERS_LOCK = "workers.lock"
+WAIT_FOR_WORKERS_S = 120.0
+
+
+@contextmanager
+def workers_lock(out: OutputDir, how: int) -> Iterator[None]:
+    """Every Ray task holds this lock shared while it writes the folder."""
+    fd = os.open(out.state / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)
+
+
+def wait_for_workers(out: OutputDir) -> None:
+    """Before a run touches the folder: the tasks of an earlier Ray run whose driver was
+    killed may still be writing it for a few seconds (Ray stops them once it notices).
+    Wait until none holds the workers' lock."""
+    path = out.state / WORKERS_LOCK
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + WAIT_FOR_WORKERS_S
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UsageError(
+                        f"{out.label}: Ray workers of an earlier run still write to it after "
+                        f"{WAIT_FOR_WORKERS_S:.0f} s; stop them (ray stop) and run again"
+                    ) from None
+                if not said:
+                    log.warning("waiting for the Ray workers of an earlier run to stop")
+                    said = True
+                time.sleep(0.2)
+    finally:
+        os.close(fd)  # releases the lock: this run's tasks take it shared
 
 
 def _init(spec: ExecutorSpec) -> Any:
@@ -117,6 +176,7 @@ def execute(
         )
     )
     task = ray.remote(run_block).options(num_cpus=1, max_retries=TASK_RETRIES)
+    run = uuid.uuid4().hex[:6]  # in shard names: a block's retries find their journals
     per_worker = max(1, math.ceil(limits.concurrency / workers))
     size = max(16, min(1000, math.ceil(total / (workers * 4))))
     tally, stop, unsaved = Tally(), StopReason(), 0
@@ -131,7 +191,13 @@ def execute(
                     break
                 number, block = item
                 ref = task.remote(
-                    number, block, config, api_key, str(out.path), account, per_worker
+                    f"{run}-{number:05d}",
+                    block,
+                    config,
+                    api_key,
+                    str(out.path),
+                    account,
+                    per_worker,
                 )
                 in_flight[ref] = number
             if not in_flight:
@@ -198,7 +264,7 @@ def _draw(bar: Any, totals: dict[str, float]) -> None:
 
 
 def run_block(
-    block: int,
+    block: str,
     rows: list[dict[str, Any]],
     config: JobConfig,
     api_key: str,
@@ -209,14 +275,27 @@ def run_block(
     """Caption one block into shards of its own (a Ray task). A retry of the block first
     folds what the earlier attempt journaled, and skips the rows it answered."""
     out = OutputDir(Path(out_path))
+    with workers_lock(out, fcntl.LOCK_SH):  # a later run waits for this task to end
+        return _run_block(block, rows, config, api_key, out, account, concurrency)
+
+
+def _run_block(
+    block: str,
+    rows: list[dict[str, Any]],
+    config: JobConfig,
+    api_key: str,
+    out: OutputDir,
+    account: Any,
+    concurrency: int,
+) -> tuple[Tally, tuple[str, str], int]:
     schema = out.result_schema()
-    prefix = f"part-r{block:05d}"
+    prefix = f"part-r{block}"
     for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
         fold_journal(journal, schema)
     shards = sorted(out.path.glob(f"{prefix}-*.parquet"))
     done = {i for s in shards for i in read_shard(s, columns=["id"])["id"].to_pylist()}
     if done:
-        log.info("block %d: %d row(s) answered by an earlier attempt", block, len(done))
+        log.info("block %s: %d row(s) answered by an earlier attempt", block, len(done))
     pending = [ManifestRow.from_dict(dict(r)) for r in rows if r["id"] not in done]
     writer = ShardWriter(
         out.path,
