@@ -1,8 +1,8 @@
 """Manifest reader: image sources -> one Parquet manifest with stable ids.
 
 A source is a folder (recursive), a glob, an http(s) URL, a single image, or a list file
-(.txt, .csv, .tsv, .jsonl, .parquet). Finding files is `walk.py`'s job, reading lists
-`lists.py`'s; this module gives each row its id, drops duplicates and writes the manifest.
+(.txt, .csv, .tsv, .jsonl, .parquet), local or in a bucket: `sources.py` turns each into
+entries; this module gives each row its id, drops duplicates and writes the manifest.
 Everything streams in batches: memory holds one batch and the set of 64-bit ids seen so
 far, never the whole list.
 
@@ -33,25 +33,11 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError, storage_error
 from pipeline.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.images import NOT_UTF8_PREFIX, is_url
-from pipeline.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list, record_batch
+from pipeline.lists import BATCH_ROWS, record_batch
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
-from pipeline.storage import (
-    check_scheme,
-    glob,
-    is_remote,
-    open_binary,
-    read_many,
-    upload,
-    walk_prefix,
-)
-from pipeline.walk import (
-    IMAGE_EXTENSIONS,
-    Links,
-    glob_files,
-    has_magic,
-    is_image_name,
-    walk,
-)
+from pipeline.sources import source_entries
+from pipeline.storage import is_remote, open_binary, read_many, upload
+from pipeline.walk import IMAGE_EXTENSIONS, Links
 
 log = logging.getLogger(__name__)
 
@@ -84,93 +70,6 @@ class Counts:
     links: Links = field(default_factory=Links)
 
 
-def _batched(pairs: Iterable[tuple[str, str]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for key, source in pairs:
-        batch.append({"key": key, "source": source})
-        if len(batch) >= BATCH_ROWS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _glob_images(pattern: str, links: Links) -> Iterator[tuple[str, str]]:
-    others = 0
-    found = False
-    for key, source in glob_files(pattern, links):
-        if is_image_name(key):
-            found = True
-            yield key, source
-        else:
-            others += 1
-    if not found:
-        raise UsageError(
-            f"source {pattern!r}: the glob matched no image files "
-            f"({others} file(s) of other types; images are "
-            f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-
-
-def _source_batches(source: str, spec: RowSpec, links: Links) -> Iterator[list[dict[str, Any]]]:
-    if is_url(source):
-        yield [{"key": source, "source": source}]
-        return
-    if is_remote(source):
-        yield from _bucket_batches(source, spec)
-        return
-    check_scheme(source)
-    if os.path.isdir(source):
-        yield from _batched(walk(source, links))
-        return
-    if os.path.exists(source):
-        ext = os.path.splitext(source)[1].lower()
-        if ext in IMAGE_EXTENSIONS:
-            yield [{"source": os.path.abspath(source)}]
-            return
-        if ext not in LIST_EXTENSIONS:
-            raise UsageError(
-                f"source {source!r}: unsupported file type {ext or '(none)'}; expected an "
-                f"image or a list file ({' '.join(sorted(LIST_EXTENSIONS))})"
-            )
-        try:
-            yield from read_list(source, spec.column, spec.id_column)
-        except UnicodeDecodeError as exc:
-            raise UsageError(
-                f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-            ) from None
-        except PermissionError:
-            raise UsageError(f"{source}: permission denied") from None
-        return
-    if has_magic(source):
-        yield from _batched(_glob_images(source, links))
-        return
-    raise UsageError(f"source {source!r}: no such file or folder")
-
-
-def _bucket_batches(source: str, spec: RowSpec) -> Iterator[list[dict[str, Any]]]:
-    """A bucket prefix walked like a folder (streamed), a glob, one object, or a list
-    file in a bucket. An object's id is hashed from its URL."""
-    ext = os.path.splitext(source)[1].lower()
-    if ext in LIST_EXTENSIONS and not has_magic(source):
-        try:
-            yield from read_list(source, spec.column, spec.id_column)
-        except FileNotFoundError:
-            raise UsageError(f"source {source!r}: no such object") from None
-        except PermissionError:
-            raise UsageError(f"source {source!r}: access denied") from None
-        return
-    if ext in IMAGE_EXTENSIONS and not has_magic(source):
-        yield [{"key": source, "source": source}]  # read (or found missing) by the run
-        return
-    entries = glob(source) if has_magic(source) else walk_prefix(source, is_image_name)
-    urls = (entry.url for entry in entries if is_image_name(entry.url))
-    yield from _batched((url, url) for url in urls)
-
-
-# ---------------------------------------------------------------------------------------
-
-
 def _renamed(columns: dict[str, Any]) -> dict[str, Any]:
     """User columns may not shadow ours: `id` becomes `input_id`, `source` `input_source`,
     `status` `input_status`..."""
@@ -193,7 +92,7 @@ def iter_manifest_rows(
     real = RealPaths()
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
         for source in sources:
-            for batch in _source_batches(source, spec, counts.links):
+            for batch in source_entries(source, spec, counts.links):
                 out = []
                 for raw, row_id in zip(batch, _ids(batch, source, spec, real, pool), strict=True):
                     fingerprint = _fingerprint(row_id, spec)

@@ -20,14 +20,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
-    EXIT_BUDGET,
-    EXIT_FATAL_API,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROW_ERRORS,
     EXIT_STORAGE,
@@ -41,6 +37,7 @@ from pipeline.executors.ray import wait_for_workers
 from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.mirror import BucketFolder
+from pipeline.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
@@ -138,14 +135,6 @@ def _prepare_manifest(
         )
     out.adopt_manifest(staged)
     return summary
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def run_job(
@@ -298,8 +287,8 @@ def _run_locked(
         if retry_errors:
             out.compact()
         final = out.scan()
-        exit_code = _exit_code(stop, final.errors)
-        meta["runs"].append(_run_record(config, run_started, total, tally, stop, exit_code, wall))
+        exit_code = exit_code_of(stop, final.errors)
+        meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
         meta["totals"] = {
             "manifest_rows": out.manifest_count(),
             "ok": final.ok,
@@ -317,124 +306,8 @@ def _run_locked(
         final = out.scan(include_journals=True)
         exit_code = EXIT_STORAGE
 
-    sent = f"{total - retried} new, {retried} retried" if retried else f"{total} new"
-    summary = (
-        f"{tally.ok} ok, {_count(tally.errors, 'error')} of {sent} "
-        f"({already} already done, {remaining} pending); "
-        f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
-        f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
+    summary = summary_line(
+        tally, Counted(total, retried, already, remaining), final, wall, ingest, config, out.label
     )
-    if ingest is not None and (ingest.duplicates or ingest.links_skipped):
-        summary += (
-            f"; ingest dropped {_count(ingest.duplicates, 'duplicate')} and skipped "
-            f"{_count(ingest.links_skipped, 'link')} (loops, second ways to a file, broken)"
-        )
-    if tally.bytes_sent:
-        summary += f"; {_megabytes(tally.bytes_sent)} sent"
-        if tally.images.reduced:
-            images = tally.images
-            how = (
-                "to the size the model bills them at"
-                if config.request.resize == "model"
-                else f"to {config.request.resize} px"
-            )
-            summary += (
-                f" ({images.reduced} image(s) reduced {how}: "
-                f"{_megabytes(images.reduced_from)} -> {_megabytes(images.reduced_to)})"
-            )
-    if tally.usage_estimated:
-        summary += (
-            f"; the server sent no usage for {_count(tally.usage_estimated, 'row')}: their "
-            "tokens are our own count (usage_source = estimated)"
-        )
-    if final.errors:
-        summary += (
-            f"\n{_count(final.errors, 'error row')} in {out.label}: `caption status {out.label}` shows "
-            "them by kind; rerun with --retry-errors to send them again"
-        )
-    message = _stop_message(stop, out, remaining, budget, unsaved, config)
+    message = stop_message(stop, out.label, remaining, budget, unsaved, config)
     return RunOutcome(exit_code, summary, message, tally, stop.kind)
-
-
-def _run_record(
-    config: JobConfig,
-    started_at: str,
-    new_rows: int,
-    tally: Tally,
-    stop: StopReason,
-    exit_code: int,
-    wall: float,
-) -> dict[str, Any]:
-    """One entry of run.json's history: what this run did, and how fast it was allowed to."""
-    limits = config.limits
-    return {
-        "started_at": started_at,
-        "finished_at": utc_now(),
-        "new_rows": new_rows,
-        "ok": tally.ok,
-        "errors": tally.errors,
-        "prompt_tokens": tally.prompt_tokens,
-        "completion_tokens": tally.completion_tokens,
-        "cost_usd": tally.cost_usd,
-        "wall_s": round(wall, 3),
-        "bytes_sent": tally.bytes_sent,
-        "image_bytes_read": tally.images.read,
-        "images_reduced": tally.images.reduced,
-        "stopped": stop.kind or None,
-        "exit_code": exit_code,
-        "settings": {
-            "concurrency": limits.concurrency,
-            "rpm": limits.rpm,
-            "tpm": limits.tpm,
-            "max_cost_usd": limits.max_cost_usd,
-            "resize": config.request.resize,
-        },
-    }
-
-
-def _exit_code(stop: StopReason, errors_in_folder: int) -> int:
-    """Why the run stopped; else whether the folder, not just this run, holds error rows
-    (a nightly rerun that sent nothing must not report success over last night's errors)."""
-    if stop.kind == "fatal":
-        return EXIT_FATAL_API
-    if stop.kind == "budget":
-        return EXIT_BUDGET
-    if stop.kind == "interrupted":
-        return EXIT_INTERRUPTED
-    if stop.kind == "storage":
-        return EXIT_STORAGE
-    return EXIT_ROW_ERRORS if errors_in_folder else EXIT_OK
-
-
-def _stop_message(
-    stop: StopReason,
-    out: OutputDir,
-    remaining: int,
-    budget: Budget,
-    unsaved: int,
-    config: JobConfig,
-) -> str | None:
-    resume = f"rerun the same command to resume ({remaining} rows pending in {out.label})"
-    if stop.kind == "fatal":
-        return f"stopped: the endpoint refused the job: {stop.message}; fix it and {resume}"
-    if stop.kind == "budget":
-        req = config.request
-        price = config.prices[req.model]
-        return (
-            f"stopped: budget cap ${budget.cap_usd:g} reached with ${budget.spent_usd:.4f} "
-            f"spent; the next row reserves up to ${budget.refused_usd:.4f}, its worst case: "
-            f"{req.n} x max_tokens {req.max_tokens} at ${price.output_per_1m:g}/1M output "
-            f"plus its prompt (x{budget.prompt_ratio:.2f}, what the server billed against "
-            f"the estimate); raise --max-cost, or lower max_tokens to reserve less, and "
-            f"{resume}"
-        )
-    if stop.kind == "interrupted":
-        return f"stopped: {stop.message}; {resume}"
-    if stop.kind == "storage":
-        lost = (
-            f"{unsaved} answered row(s) could not be saved and will be sent again; "
-            if unsaved
-            else "every answer received is saved; "
-        )
-        return f"stopped: {stop.message}; {lost}make room, then {resume}"
-    return None
