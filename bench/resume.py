@@ -26,7 +26,8 @@ from _measure import measure
 
 from pipeline.config import load_config
 from pipeline.ids import stable_id
-from pipeline.outdir import OutputDir, fingerprint, job_definition
+from pipeline.job import fingerprint, job_definition
+from pipeline.outdir import OutputDir
 from pipeline.records import RESULT_SCHEMA
 
 

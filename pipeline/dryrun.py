@@ -15,9 +15,10 @@ from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.estimate import Estimate, estimate
 from pipeline.ids import PATH_IDS, RowSpec
+from pipeline.job import fingerprint, job_definition
 from pipeline.manifest import Counts, sample_rows, without_done
 from pipeline.mirror import readable
-from pipeline.outdir import OutputDir, fingerprint, job_definition, read_shard
+from pipeline.outdir import OutputDir, read_shard
 from pipeline.records import ManifestRow
 
 

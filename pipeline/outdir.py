@@ -17,7 +17,6 @@ needs to tell what is done; `compact` leaves exactly one row per id.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -36,9 +35,9 @@ import pyarrow.parquet as pq
 from pipeline.arrow import combined, equals, read_parquet
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
+from pipeline.job import refuse_another_job, refuse_other_ids
 from pipeline.labels import result_schema
 from pipeline.manifest import remove_stale_workdirs
-from pipeline.prices import canonical_model
 from pipeline.records import MANIFEST_ID
 from pipeline.storage import download, is_remote
 from pipeline.upgrade import move_state_files
@@ -59,43 +58,6 @@ MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
 RUN_JSON = "run.json"
 LOCK_NAME = ".lock"
 RUN_JSON_VERSION = 1
-
-
-def job_definition(config: JobConfig) -> dict[str, Any]:
-    """Everything that changes the answer: model, prompts, request parameters, endpoint.
-
-    Never the key (nor the name of its variable): only what the server sees of the job.
-    Concurrency, limits and budget change how fast and how much, not what, so they are out.
-    """
-    req = config.request
-    schema = {} if req.json_schema is None else {"json_schema": req.json_schema}
-    # A cap in pixels changes what the model sees; "model" does not (the model scales
-    # every image to that size itself), so switching it on keeps the job the same.
-    if isinstance(req.resize, int):
-        schema["resize"] = req.resize
-    return {
-        "endpoint": config.endpoint.url,
-        "model": canonical_model(req.model),  # gpt-4o and gpt:gpt-4o are one model
-        "system_prompt": req.system_prompt,
-        "prompt": req.prompt,
-        "detail": req.detail,
-        "response_format": req.response_format,
-        "temperature": req.temperature,
-        "max_tokens": req.max_tokens,
-        "max_tokens_field": req.max_tokens_field,
-        "top_p": req.top_p,
-        "frequency_penalty": req.frequency_penalty,
-        "presence_penalty": req.presence_penalty,
-        "n": req.n,
-        "stream": req.stream,
-        "stop": req.stop,
-        **schema,  # only when set: the fingerprints of folders without one are unchanged
-    }
-
-
-def fingerprint(definition: dict[str, Any]) -> str:
-    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(slots=True)
@@ -237,35 +199,14 @@ class OutputDir:
             raise storage_error(self.path, exc) from None
 
     def check_fingerprint(self, config: JobConfig) -> dict[str, Any] | None:
-        """Refuse to mix answers of a different job into this folder."""
+        """Refuse to mix answers of a different job into this folder; its run.json."""
         previous = self.read_run_json()
-        if previous is None:
-            return None
-        definition = job_definition(config)
-        old = previous.get("job", {})
-        if previous.get("fingerprint") == fingerprint(definition) or _same_job(old, definition):
-            return previous
-        changed = [k for k in sorted(set(old) | set(definition)) if old.get(k) != definition.get(k)]
-        described = "; ".join(
-            f"{k}: {_short(old.get(k))} -> {_short(definition.get(k))}" for k in changed
-        )
-        raise UsageError(
-            f"{self.label} holds results of a different job ({described or 'fingerprint differs'}); "
-            "use a new output folder, or rerun with the original settings"
-        )
+        if previous is not None:
+            refuse_another_job(self.label, previous, config)
+        return previous
 
     def check_ids(self, previous: dict[str, Any] | None, scheme: str) -> None:
-        """Refuse a rerun whose ids are made another way than the folder's (`ids.py`):
-        every row would get a new id and be paid for again."""
-        old = ((previous or {}).get("ids") or {}).get("from")
-        if old in (None, "manifest", scheme) or scheme == "manifest":
-            return
-        flag = f"--id-column {old[7:]}" if old.startswith("column:") else f"--id-from {old}"
-        raise UsageError(
-            f"{self.label} holds results whose ids are from {old}, and this run's would be "
-            f"from {scheme}: every row would be sent and paid for again; rerun with {flag}, "
-            "or use a new output folder"
-        )
+        refuse_other_ids(self.label, previous, scheme)
 
     # -- manifest ---------------------------------------------------------------------
 
@@ -419,18 +360,6 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
             f"{path}: corrupt result shard ({exc}); move it out of the folder to send its "
             "rows again, or restore it from a backup"
         ) from None
-
-
-def _same_job(old: dict[str, Any], definition: dict[str, Any]) -> bool:
-    """A folder fingerprinted before model names were made canonical (`gpt-4o`)."""
-    if not isinstance(old.get("model"), str):
-        return False
-    return fingerprint({**old, "model": canonical_model(old["model"])}) == fingerprint(definition)
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def utc_now() -> str:

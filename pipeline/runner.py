@@ -35,10 +35,11 @@ from pipeline.executors import LOCAL, ExecutorSpec
 from pipeline.executors.local import execute, open_captioner
 from pipeline.executors.ray import wait_for_workers
 from pipeline.ids import ID_VERSION, PATH_IDS, RowSpec
+from pipeline.job import fingerprint, job_definition
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.mirror import BucketFolder
 from pipeline.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
-from pipeline.outdir import Done, OutputDir, fingerprint, job_definition, utc_now
+from pipeline.outdir import Done, OutputDir, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import check_scheme, is_remote

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.config import load_config
-from pipeline.outdir import OutputDir, fingerprint, job_definition
+from pipeline.job import fingerprint, job_definition
+from pipeline.outdir import OutputDir
 from pipeline.records import ResultRow
 from pipeline.writer import ShardWriter
 from tests.conftest import SAMPLES
