@@ -269,6 +269,7 @@ def _run_locked(
             config, out, iter(rows), api_key, budget, total, show_progress, executor
         )
         out.recover()  # journals of tasks that ended without folding (an interrupt)
+        out.compact()  # a row two attempts of a block both answered: kept once
     elif total:
         tally, stop, unsaved = asyncio.run(
             execute(
