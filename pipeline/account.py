@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pipeline.limiter import RATE_DECREASE, RATE_RECOVERY_STEP, SHRINK_COOLDOWN_S
 
 RECENT_S = 5.0
+DUST_USD = 1e-9
 # Of a known requests-per-minute limit. Lower than the local limiter's 98.5%: requests
 # from several processes reach the server with more jitter than one event loop's, and a
 # server counting a sliding second refuses the ones that bunch up.
@@ -54,6 +55,7 @@ class Lease:
     times: list[float]  # wall-clock times (time.time()) at which requests may be sent
     grant_usd: float  # budget the worker may reserve, on top of what it holds
     stop: tuple[str, str] | None = None  # (kind, message): the run stops
+    wait: bool = False  # no budget now, but others hold some that may come back: ask again
 
 
 @dataclass
@@ -72,12 +74,25 @@ class Account:
     _last_shrink: float = float("-inf")
     _issued: deque[float] = field(default_factory=deque)  # send times of the last seconds
 
-    def lease(self, n: int, tokens_each: float, want_usd: float, report: Report) -> Lease:
+    def lease(
+        self, n: int, tokens_each: float, want_usd: float, report: Report, need_usd: float = 0.0
+    ) -> Lease:
+        """Send times for `n` requests, and a budget slice of up to `want_usd` (at least
+        `need_usd`, a row's worst case, or none)."""
         now = time.time()
         self._take(report, now)
         if self.stopped is not None:
             return Lease([], 0.0, self.stopped)
-        return Lease(self._times(n, tokens_each, now), self._grant(report.worker, want_usd))
+        lease = Lease(self._times(n, tokens_each, now), 0.0)
+        if want_usd > 0:
+            lease.grant_usd = self._grant(report.worker, want_usd, need_usd)
+            if lease.grant_usd == 0.0:
+                if sum(self.held_usd.values()) > 0:
+                    lease.wait = True  # rows in flight may settle below their worst case
+                else:
+                    self.stop("budget", f"budget cap ${self.cap_usd:g} reached")
+                    lease.stop = self.stopped
+        return lease
 
     def stop(self, kind: str, message: str) -> None:
         if self.stopped is None:
@@ -100,7 +115,9 @@ class Account:
             self.totals[name] = self.totals.get(name, 0) + getattr(r, name)
         self.spent_usd += r.cost_usd
         held = self.held_usd.get(r.worker, 0.0) - r.cost_usd - r.returned_usd
-        self.held_usd[r.worker] = max(held, 0.0)
+        # Below a nano-dollar it is float residue (5e-19 was seen): nothing is held, and
+        # a worker waiting for held budget to come back must not wait for it.
+        self.held_usd[r.worker] = held if held > DUST_USD else 0.0
         if r.learned_rpm and (self.rpm is None or r.learned_rpm < self.rpm):
             self.rpm = r.learned_rpm
         if r.learned_tpm and (self.tpm is None or r.learned_tpm < self.tpm):
@@ -139,10 +156,14 @@ class Account:
             self._issued.popleft()
         return times
 
-    def _grant(self, worker: str, want_usd: float) -> float:
+    def _grant(self, worker: str, want_usd: float, need_usd: float) -> float:
         if self.cap_usd is None:
             return want_usd
         free = self.cap_usd - self.spent_usd - sum(self.held_usd.values())
-        grant = max(0.0, min(want_usd, free))
+        if free < need_usd or free <= 0:
+            return 0.0
+        # Half of what is free at most (but a row's worth): one worker's slice must not
+        # starve the others while it still has rows to send.
+        grant = min(want_usd, max(need_usd, free / 2), free)
         self.held_usd[worker] = self.held_usd.get(worker, 0.0) + grant
         return grant

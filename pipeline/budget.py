@@ -52,10 +52,13 @@ class Budget:
             self._estimated += estimated_prompt
             self._billed += billed_prompt
 
-    async def first_answer(self) -> None:
-        """With a cap, one row goes first: the ratio of billed to estimated is unknown
-        until an answer arrives, and a whole first wave valued at 1:1 could pass a small
-        cap before it is learned."""
+    async def ready(
+        self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float
+    ) -> None:
+        """Wait until a row of this worst case may be reserved. With a cap, one row goes
+        first: the ratio of billed to estimated is unknown until an answer arrives, and a
+        whole first wave valued at 1:1 could pass a small cap before it is learned. (A
+        shared budget, `leased.LeasedBudget`, also tops up its slice here.)"""
         if self.cap_usd is not None and self._rows and not self._first_settled.is_set():
             await self._first_settled.wait()
 

@@ -30,8 +30,9 @@ from pipeline.records import ResultRow
 LEASE_BATCH = 8  # send times per lease
 BUDGET_ROWS = 8  # worst-case rows per budget slice
 STALE_S = 0.05  # a send time this far in the past is not used
+BUDGET_WAIT_S = 0.2  # between asks while the budget is out with other workers
 
-LeaseCall = Callable[[int, float, float, Report], Awaitable[Lease]]
+LeaseCall = Callable[[int, float, float, Report, float], Awaitable[Lease]]
 
 
 class LeaseClient:
@@ -45,10 +46,12 @@ class LeaseClient:
         self.report = Report(worker=worker)
         self.stopped: tuple[str, str] | None = None
 
-    async def call(self, n: int, tokens_each: float, want_usd: float) -> Lease:
+    async def call(
+        self, n: int, tokens_each: float, want_usd: float, need_usd: float = 0.0
+    ) -> Lease:
         report, self.report = self.report, Report(worker=self.worker)
         try:
-            lease = await self._lease(n, tokens_each, want_usd, report)
+            lease = await self._lease(n, tokens_each, want_usd, report, need_usd)
         except Exception as exc:  # the account is gone: its driver died
             self.stopped = ("interrupted", f"the run's account is gone ({type(exc).__name__})")
             return Lease([], 0.0, self.stopped)
@@ -133,22 +136,35 @@ class LeasedLimiter(AdaptiveLimiter):
 
 
 class LeasedBudget(Budget):
-    def __init__(self, cap_usd: float | None, client: LeaseClient, row_worst_usd: float) -> None:
+    def __init__(self, cap_usd: float | None, client: LeaseClient) -> None:
         super().__init__(cap_usd)
         self.client = client
-        self.row_worst_usd = row_worst_usd
         self.slice_usd = 0.0
         # Worst cases reserved, by (prompt tokens, fixed): a row gives back what it held.
         self._held: dict[tuple[int, float], list[float]] = {}
 
-    async def first_answer(self) -> None:
-        await super().first_answer()
-        if self.cap_usd is not None and self.slice_usd < self.row_worst_usd * self.prompt_ratio:
+    async def ready(
+        self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float
+    ) -> None:
+        """Before a row is reserved: top the slice up to the row's worst case, waiting
+        while the budget is out with rows in flight, or stop at the cap."""
+        await super().ready(prompt_tokens, fixed_usd, usd_per_prompt_token)
+        need = usd_per_prompt_token * self.prompt_ratio * prompt_tokens + fixed_usd
+        while self.cap_usd is not None and self.slice_usd < need:
             async with self.client._lock:
-                lease = await self.client.call(0, 0.0, BUDGET_ROWS * self.row_worst_usd)
-            self.slice_usd += lease.grant_usd
+                if self.slice_usd >= need:
+                    break  # another of this worker's rows topped it up meanwhile
+                # What is left cannot pay for the row: it goes back, and a row's worth or
+                # more comes (the account hands out at most half of what is free).
+                self.client.report.returned_usd += self.slice_usd
+                self.slice_usd = 0.0
+                lease = await self.client.call(0, 0.0, BUDGET_ROWS * need, need)
+                self.slice_usd += lease.grant_usd
             if lease.stop is not None:
-                raise Stopping
+                self.refused_usd = need
+                raise BudgetReached
+            if lease.wait:
+                await asyncio.sleep(BUDGET_WAIT_S)
 
     def reserve(self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float) -> None:
         if self.cap_usd is None:

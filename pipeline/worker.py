@@ -205,8 +205,8 @@ class Captioner:
         prompt_estimate = self.prompt_tokens_estimate(width, height) if self.needs_estimates else 0
         fixed = 0.0
         if self.budget.cap_usd is not None:
-            await self.budget.first_answer()
             fixed = self.worst_completion_usd
+            await self.budget.ready(prompt_estimate, fixed, self.usd_per_prompt_token)
         self.budget.reserve(prompt_estimate, fixed, self.usd_per_prompt_token)
         body, prepared.body = prepared.body, b""  # the row's only copy from here on
         result: ResultRow | None = None

@@ -71,3 +71,17 @@ def test_a_stop_reaches_every_worker_at_its_next_lease() -> None:
     account.stop("budget", "budget cap reached")
     lease = account.lease(4, 0, 1.0, Report(worker="a"))
     assert (lease.times, lease.grant_usd, lease.stop) == ([], 0.0, ("budget", "budget cap reached"))
+
+
+def test_float_residue_is_not_held_budget() -> None:
+    """A worker's held budget that comes back as 5e-19, not 0, made others wait for ever."""
+    account = Account(cap_usd=0.01)
+    grant = account.lease(0, 0, 0.003, Report(worker="a"), need_usd=0.003).grant_usd
+    assert grant == 0.003
+    # Spent 0.00095, then 0.00105 and gave back 0.001: in floats 2e-19 is left.
+    account.lease(0, 0, 0, Report(worker="a", cost_usd=0.00095))
+    account.lease(0, 0, 0, Report(worker="a", cost_usd=0.00105, returned_usd=0.001))
+    assert account.held_usd["a"] == 0.0
+    account.spent_usd = 0.0099  # nearly all spent: a row of 0.001 no longer fits
+    lease = account.lease(0, 0, 0.002, Report(worker="b"), need_usd=0.001)
+    assert lease.stop == ("budget", "budget cap $0.01 reached")  # not told to wait

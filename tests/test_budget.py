@@ -150,7 +150,7 @@ def test_with_a_cap_the_first_row_goes_alone() -> None:
         order: list[str] = []
 
         async def row(name: str, delay: float) -> None:
-            await budget.first_answer()
+            await budget.ready(0, 0.0, 0.0)
             budget.reserve(10, 0.0, 0.0)
             order.append(f"{name} sent")
             await asyncio.sleep(delay)

@@ -39,6 +39,8 @@ def local_ray() -> Iterator[None]:
 
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["run", *args, "--quiet"])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        return result.exit_code, f"{result.output}\n{result.exception!r}"
     return result.exit_code, result.output
 
 

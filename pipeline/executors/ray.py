@@ -20,6 +20,7 @@ batch, it ignores Retry-After, and a failed block is sent again whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -44,7 +45,6 @@ from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
 from pipeline.outdir import OutputDir, read_shard
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import is_remote
-from pipeline.tokens import max_image_tokens
 from pipeline.work import StopReason, Tally, caption_rows
 from pipeline.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal
 
@@ -209,7 +209,8 @@ def execute(
                 tally = _merge(tally, part)
                 unsaved += part_unsaved
                 if part_stop[0]:
-                    stop.set(*part_stop)
+                    stop.set(part_stop[0], part_stop[1])
+                    budget.refused_usd = max(budget.refused_usd, part_stop[2])
             if bar is not None:
                 _draw(bar, ray.get(account.progress.remote()))
     except KeyboardInterrupt:
@@ -227,6 +228,7 @@ def execute(
         if bar is not None:
             bar.close()
         ray.kill(account)
+    budget.spent_usd += tally.cost_usd  # the driver's view, for the stop message
     return tally, stop, unsaved
 
 
@@ -271,7 +273,7 @@ def run_block(
     out_path: str,
     account: Any,
     concurrency: int,
-) -> tuple[Tally, tuple[str, str], int]:
+) -> tuple[Tally, tuple[str, str, float], int]:
     """Caption one block into shards of its own (a Ray task). A retry of the block first
     folds what the earlier attempt journaled, and skips the rows it answered."""
     out = OutputDir(Path(out_path))
@@ -287,7 +289,7 @@ def _run_block(
     out: OutputDir,
     account: Any,
     concurrency: int,
-) -> tuple[Tally, tuple[str, str], int]:
+) -> tuple[Tally, tuple[str, str, float], int]:
     schema = out.result_schema()
     prefix = f"part-r{block}"
     for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
@@ -318,15 +320,15 @@ async def _caption_block(
     account: Any,
     concurrency: int,
     worker: str,
-) -> tuple[Tally, tuple[str, str], int]:
-    async def lease(n: int, tokens: float, want: float, report: Any) -> Any:
-        return await account.lease.remote(n, tokens, want, report)
+) -> tuple[Tally, tuple[str, str, float], int]:
+    async def lease(n: int, tokens: float, want: float, report: Any, need: float) -> Any:
+        return await account.lease.remote(n, tokens, want, report, need)
 
     client = LeaseClient(worker, lease)
     stopping = asyncio.Event()
     limits = config.limits
     limiter = LeasedLimiter(client, concurrency, limits.max_retry_after)
-    budget = LeasedBudget(limits.max_cost_usd, client, row_worst_usd=0.0)
+    budget = LeasedBudget(limits.max_cost_usd, client)
     stop, tally = StopReason(), Tally()
 
     def progress(row: ResultRow, _tally: Tally) -> None:
@@ -336,11 +338,6 @@ async def _caption_block(
 
     try:
         async with open_captioner(config, api_key, stopping, budget, limiter=limiter) as captioner:
-            rule = captioner.price.image
-            most = max_image_tokens(rule, config.request.detail) if rule else 0
-            budget.row_worst_usd = captioner.worst_completion_usd + (
-                (captioner.text_tokens + most) * captioner.usd_per_prompt_token
-            )
             try:
                 await caption_rows(
                     rows,
@@ -357,8 +354,9 @@ async def _caption_block(
     finally:
         writer.close()
         if stop.kind in ("fatal", "budget"):
-            await account.stop.remote(stop.kind, stop.message)
+            with contextlib.suppress(Exception):  # the account is gone: so is the run
+                await account.stop.remote(stop.kind, stop.message)
         elif client.stopped is not None:
             stop.set(*client.stopped)
         await client.flush(returned_usd=max(budget.slice_usd, 0.0))
-    return tally, (stop.kind, stop.message), len(writer.unsaved)
+    return tally, (stop.kind, stop.message, budget.refused_usd), len(writer.unsaved)
