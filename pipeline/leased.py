@@ -41,7 +41,7 @@ class LeaseClient:
     def __init__(self, worker: str, lease: LeaseCall) -> None:
         self.worker = worker
         self._lease = lease
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one lease in flight; held while a slice is topped up
         self._times: deque[float] = deque()
         self.report = Report(worker=worker)
         self.stopped: tuple[str, str] | None = None
@@ -60,7 +60,7 @@ class LeaseClient:
         return lease
 
     async def send_time(self, tokens: float) -> float:
-        async with self._lock:
+        async with self.lock:
             # A time this worker could not use in time is dropped, not used late: late
             # ones would go out together with the next worker's, a burst.
             while self._times and self._times[0] < time.time() - STALE_S:
@@ -151,7 +151,7 @@ class LeasedBudget(Budget):
         await super().ready(prompt_tokens, fixed_usd, usd_per_prompt_token)
         need = usd_per_prompt_token * self.prompt_ratio * prompt_tokens + fixed_usd
         while self.cap_usd is not None and self.slice_usd < need:
-            async with self.client._lock:
+            async with self.client.lock:
                 if self.slice_usd >= need:
                     break  # another of this worker's rows topped it up meanwhile
                 # What is left cannot pay for the row: it goes back, and a row's worth or
