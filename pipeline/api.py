@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,25 +150,10 @@ def run(
         return pool.submit(_run, *args).result()
 
 
-async def arun(
-    sources: Sources,
-    output: str | Path,
-    *,
-    config: str | Path | None = None,
-    api_key: str | None = None,
-    retry_errors: bool = False,
-    accept_new_source: bool = False,
-    id_from: str = "path",
-    column: str | None = None,
-    id_column: str | None = None,
-    progress: bool = False,
-    **settings: Any,
-) -> RunResult:
-    """`run`, awaitable: the job runs on a thread, the caller's loop stays free."""
-    return await asyncio.to_thread(
-        _run, sources, output, config, api_key, retry_errors, accept_new_source,
-        RowSpec(column, id_column, id_from), progress, settings,
-    )  # fmt: skip
+async def arun(sources: Sources, output: str | Path, **options: Any) -> RunResult:
+    """`run`, awaitable, with the same arguments: the job runs on a thread, and the
+    caller's loop stays free."""
+    return await asyncio.to_thread(functools.partial(run, sources, output, **options))
 
 
 def estimate(
