@@ -73,6 +73,10 @@ _SHARD = re.compile(r"part-.*\.parquet$")
 _STATE_FILES = re.compile(r"(run\.json|manifest\.parquet|part-.*\.journal\.jsonl)$")
 
 
+# The bucket folder each local mirror of this process stands for, while its run lasts.
+ACTIVE: dict[Path, BucketFolder] = {}
+
+
 def cache_root() -> Path:
     if env := os.environ.get("CAPTION_CACHE_DIR"):
         return Path(env)
@@ -93,9 +97,12 @@ def _storage_error(url: str, exc: BaseException) -> StorageError:
 
 
 class BucketFolder:
-    def __init__(self, url: str, local: Path | None = None) -> None:
+    def __init__(self, url: str, local: Path | None = None, only: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.local = local or cache_folder(self.url)
+        # A Ray task's mirror keeps only its own block's shards and journals
+        # (`part-r<run>-<block>`), and run.json to read the job from.
+        self.only = only
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # What the bucket holds, as far as this mirror knows: relative name -> (size, mtime
         # of the local file when it was last pushed or pulled).
@@ -108,12 +115,19 @@ class BucketFolder:
     def _remote(self, rel: str) -> str:
         return join(self.url, *rel.split("/"))
 
+    def _mine(self, name: str) -> bool:
+        return self.only is None or name.startswith(self.only)
+
     def _local_files(self) -> dict[str, Path]:
         """Relative name -> path of what the mirror pushes: shards, then state files."""
-        files = {p.name: p for p in self.local.glob("part-*.parquet")}
+        files = {p.name: p for p in self.local.glob("part-*.parquet") if self._mine(p.name)}
         state = self.local / STATE
         if state.is_dir():
-            files |= {f"{STATE}/{p.name}": p for p in state.iterdir() if _STATE_FILES.match(p.name)}
+            files |= {
+                f"{STATE}/{p.name}": p
+                for p in state.iterdir()
+                if _STATE_FILES.match(p.name) and self._mine(p.name)
+            }
         return files
 
     def _remote_files(self) -> dict[str, int]:
@@ -123,19 +137,22 @@ class BucketFolder:
             for n, s in list_names(self._remote(STATE)).items()
             if _STATE_FILES.match(n)
         }
-        return shards | state
+        return {k: v for k, v in (shards | state).items() if self._mine(k.rsplit("/", 1)[-1])}
 
     # -- pull -------------------------------------------------------------------------
 
-    def pull(self) -> None:
-        """Bring the local mirror up to what the bucket holds. A local journal longer
+    def pull(self, only: str | None = None) -> None:
+        """Bring the local mirror up to what the bucket holds (or its files whose names
+        start with `only`: what a Ray run's tasks wrote there). A local journal longer
         than the bucket's copy is kept (this machine's run was killed after its last
         push); a bucket without run.json is a new folder, and the mirror starts empty."""
         try:
             remote = self._remote_files()
         except OSError as exc:
             raise _storage_error(self.url, exc) from None
-        if f"{STATE}/run.json" not in remote:
+        if only is not None:
+            remote = {k: v for k, v in remote.items() if k.rsplit("/", 1)[-1].startswith(only)}
+        elif self.only is None and f"{STATE}/run.json" not in remote:
             unpushed = list((self.local / STATE).glob("*.journal.jsonl"))
             if unpushed:
                 # A run here was killed before its first push: its answers are paid for.
@@ -192,7 +209,8 @@ class BucketFolder:
                 raise _storage_error(self._remote(rel), exc) from None
             self._pushed[rel] = stamp
             written += 1
-        for rel in sorted(set(self._pushed) - set(journals) - set(shards)):
+        mine = {r for r in self._pushed if self._mine(r.rsplit("/", 1)[-1])}
+        for rel in sorted(mine - set(journals) - set(shards)):
             if rel.endswith(".journal.jsonl"):
                 shard = rel.removeprefix(f"{STATE}/").removesuffix(".journal.jsonl") + ".parquet"
                 if shard not in self._pushed and (self.local / shard).exists():
@@ -262,6 +280,7 @@ class BucketFolder:
         """Lock, pull, push every few seconds while the body runs, push at the end,
         unlock. Yields the local folder to run on."""
         self.acquire()
+        ACTIVE[self.local] = self
         try:
             self.pull()
             syncer = threading.Thread(target=self._sync_loop, name="caption-mirror", daemon=True)
@@ -275,12 +294,31 @@ class BucketFolder:
                 raise self._failure
             self.push()
         finally:
+            ACTIVE.pop(self.local, None)
             self.release()
 
-    def _sync_loop(self) -> None:
+    @contextmanager
+    def task_session(self) -> Iterator[Path]:
+        """A Ray task's share of a bucket folder: its block's files only, pulled, then
+        pushed every few seconds and at the end, under the driver's lock (no lock of its
+        own). Yields the local folder to write the block in."""
+        self.pull()
+        syncer = threading.Thread(target=self._sync_loop, args=(False,), daemon=True)
+        syncer.start()
+        try:
+            yield self.local
+        finally:
+            self._stop.set()
+            syncer.join()
+        if self._failure is not None:
+            raise self._failure
+        self.push()
+
+    def _sync_loop(self, renew: bool = True) -> None:
         while not self._stop.wait(sync_every_s()):
             try:
-                self.renew()
+                if renew:
+                    self.renew()
                 self.push()
             except (OSError, StorageError, ValueError) as exc:
                 log.error("%s: could not update the bucket: %s", self.url, exc)

@@ -66,6 +66,12 @@ def configure(options: dict[str, Any]) -> None:
         _filesystems.clear()
 
 
+def options() -> dict[str, Any]:
+    """The storage options in force (to hand to other processes: Ray tasks)."""
+    with _lock:
+        return dict(_options)
+
+
 def filesystem(url: str) -> Any:
     """The fsspec filesystem of a bucket URL (one per scheme, shared), or a UsageError
     naming the extra to install."""

@@ -8,6 +8,9 @@ import pytest
 from pipeline import worker
 from tests.fakes import ScriptedServer, scripted_server
 
+# moto's S3 server and a bucket per test (tests/buckets.py), for any test module.
+pytest_plugins = ["tests.buckets"]
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
 FIXTURES = REPO / "data" / "fixtures"

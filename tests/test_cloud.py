@@ -6,7 +6,6 @@ and a missing extra."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -14,8 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,84 +21,18 @@ from click.testing import CliRunner
 
 pytest.importorskip("s3fs", reason="the cloud extra: pip install 'caption[cloud]'")
 boto3 = pytest.importorskip("boto3")
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 from pipeline import storage  # noqa: E402
 from pipeline.cli import cli  # noqa: E402
+from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
 from tests.conftest import KEY, SAMPLES  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402
 from tests.test_runner_faults import distinct_images  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A new bucket, with the environment a user would have: credentials and
-    AWS_ENDPOINT_URL; and a cache folder of this test's own."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_url,
-        "CAPTION_CACHE_DIR": str(tmp_path / "cache"),
-        "MEMORIES_API_KEY": KEY,
-    }.items():
-        monkeypatch.setenv(name, value)
-    name = f"b-{uuid.uuid4().hex[:12]}"
-    client().create_bucket(Bucket=name)
-    storage.configure({})  # no filesystem cached from another test
-    yield name
-    storage.configure({})
-
-
-def client(**kw: str) -> object:
-    return boto3.client(
-        "s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1", **kw
-    )
-
-
-def put_folder(bucket: str, prefix: str, folder: Path) -> list[str]:
-    keys = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            client().put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
-            keys.append(key)
-    return keys
-
-
-def keys_under(bucket: str, prefix: str) -> list[str]:
-    listing = client().list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for o in listing.get("Contents", []))
-
-
 def run_cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, ["run", *args, "--quiet"])
     return result.exit_code, result.output
-
-
-def bucket_results(bucket: str, prefix: str) -> list[dict]:
-    rows = []
-    for key in keys_under(bucket, prefix):
-        if key.rsplit("/", 1)[-1].startswith("part-") and key.endswith(".parquet"):
-            body = client().get_object(Bucket=bucket, Key=key)["Body"].read()
-            rows += pq.read_table(pa_buffer(body)).to_pylist()
-    return rows
-
-
-def pa_buffer(data: bytes) -> object:
-    import pyarrow as pa
-
-    return pa.BufferReader(data)
 
 
 def test_a_bucket_prefix_into_a_bucket_folder_resumes_from_the_bucket_alone(

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,13 +36,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipeline import storage
 from pipeline.account import Account
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.executors import ExecutorSpec
 from pipeline.executors.local import open_captioner
+from pipeline.job import job_definition
+from pipeline.labels import result_schema
 from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
+from pipeline.mirror import ACTIVE, BucketFolder
 from pipeline.outdir import OutputDir, read_shard
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import is_remote
@@ -67,17 +72,17 @@ def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
     """Refuse, before anything is sent, a job whose files a remote cluster cannot see."""
     if spec.kind != "ray" or not is_remote_cluster(spec.address):
         return
-    if is_remote(output):
-        raise UsageError(
-            f"--ray-address {spec.address}: an output folder in a bucket ({output}) is not "
-            "supported on a remote Ray cluster yet; write to a path every node mounts and "
-            "add --shared-fs, or run on a local Ray (no --ray-address)"
-        )
-    if spec.shared_fs:
-        return
     local_images = [
         s for s in sources if not is_remote(s) and not s.startswith(("http://", "https://"))
     ]
+    if spec.shared_fs or (is_remote(output) and not local_images):
+        return  # every node sees the files: a shared path, or buckets and URLs
+    if is_remote(output):
+        raise UsageError(
+            f"--ray-address {spec.address}: the images of {local_images[0]} are on this "
+            "machine, which the cluster's nodes do not see; put them in a bucket (s3://, "
+            "gs://) or on a path every node mounts and add --shared-fs"
+        )
     images = (
         f", and the images of {local_images[0]} are on this machine too (a bucket, s3:// "
         "or gs://, needs no shared path)"
@@ -177,6 +182,11 @@ def execute(
     )
     task = ray.remote(run_block).options(num_cpus=1, max_retries=TASK_RETRIES)
     run = uuid.uuid4().hex[:6]  # in shard names: a block's retries find their journals
+    # A bucket folder: each task writes its block there itself (its node may not see
+    # this machine's mirror); the driver pulls the run's files at the end.
+    bucket = ACTIVE.get(out.path) if is_remote(out.label) else None
+    target = bucket.url if bucket is not None else str(out.path)
+    storage_options = storage.options()  # --storage-options, for the tasks' buckets too
     per_worker = max(1, math.ceil(limits.concurrency / workers))
     size = max(16, min(1000, math.ceil(total / (workers * 4))))
     tally, stop, unsaved = Tally(), StopReason(), 0
@@ -195,9 +205,10 @@ def execute(
                     block,
                     config,
                     api_key,
-                    str(out.path),
+                    target,
                     account,
                     per_worker,
+                    storage_options,
                 )
                 in_flight[ref] = number
             if not in_flight:
@@ -229,6 +240,8 @@ def execute(
             bar.close()
         ray.kill(account)
     budget.spent_usd += tally.cost_usd  # the driver's view, for the stop message
+    if bucket is not None:
+        bucket.pull(only=f"part-r{run}-")
     return tally, stop, unsaved
 
 
@@ -273,9 +286,20 @@ def run_block(
     out_path: str,
     account: Any,
     concurrency: int,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[Tally, tuple[str, str, float], int]:
     """Caption one block into shards of its own (a Ray task). A retry of the block first
-    folds what the earlier attempt journaled, and skips the rows it answered."""
+    folds what the earlier attempt journaled, and skips the rows it answered. In a bucket
+    folder the task works on a mirror of its block alone, pushed every few seconds."""
+    if storage_options:
+        storage.configure(storage_options)
+    if is_remote(out_path):
+        with tempfile.TemporaryDirectory(prefix="caption-block-") as tmp:
+            mirror = BucketFolder(out_path, Path(tmp) / "out", only=f"part-r{block}-")
+            with mirror.task_session() as local:
+                out = OutputDir(local)
+                out.create()
+                return _run_block(block, rows, config, api_key, out, account, concurrency)
     out = OutputDir(Path(out_path))
     with workers_lock(out, fcntl.LOCK_SH):  # a later run waits for this task to end
         return _run_block(block, rows, config, api_key, out, account, concurrency)
@@ -290,7 +314,7 @@ def _run_block(
     account: Any,
     concurrency: int,
 ) -> tuple[Tally, tuple[str, str, float], int]:
-    schema = out.result_schema()
+    schema = result_schema(job_definition(config))  # a task's mirror holds no run.json
     prefix = f"part-r{block}"
     for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
         fold_journal(journal, schema)

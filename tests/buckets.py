@@ -1,0 +1,82 @@
+"""A real S3-protocol server for the tests (moto's), started once per session, and a new
+bucket per test with the environment a user would have."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import storage
+from tests.conftest import KEY
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new bucket, with the environment a user would have: credentials and
+    AWS_ENDPOINT_URL; and a cache folder of this test's own."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_url,
+        "CAPTION_CACHE_DIR": str(tmp_path / "cache"),
+        "MEMORIES_API_KEY": KEY,
+    }.items():
+        monkeypatch.setenv(name, value)
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    client().create_bucket(Bucket=name)
+    storage.configure({})  # no filesystem cached from another test
+    yield name
+    storage.configure({})
+
+
+def client(**kw: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1", **kw
+    )
+
+
+def put_folder(bucket: str, prefix: str, folder: Path) -> list[str]:
+    keys = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            client().put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            keys.append(key)
+    return keys
+
+
+def keys_under(bucket: str, prefix: str) -> list[str]:
+    listing = client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def bucket_results(bucket: str, prefix: str) -> list[dict]:
+    rows = []
+    for key in keys_under(bucket, prefix):
+        if key.rsplit("/", 1)[-1].startswith("part-") and key.endswith(".parquet"):
+            body = client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            rows += pq.read_table(pa.BufferReader(body)).to_pylist()
+    return rows
