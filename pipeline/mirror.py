@@ -97,12 +97,19 @@ def _storage_error(url: str, exc: BaseException) -> StorageError:
 
 
 class BucketFolder:
-    def __init__(self, url: str, local: Path | None = None, only: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        local: Path | None = None,
+        only: str | None = None,
+        sync_s: float | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.local = local or cache_folder(self.url)
         # A Ray task's mirror keeps only its own block's shards and journals
         # (`part-r<run>-<block>`), and run.json to read the job from.
         self.only = only
+        self.sync_s = sync_s or sync_every_s()  # a Ray task gets its driver's
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # What the bucket holds, as far as this mirror knows: relative name -> (size, mtime
         # of the local file when it was last pushed or pulled).
@@ -315,7 +322,7 @@ class BucketFolder:
         self.push()
 
     def _sync_loop(self, renew: bool = True) -> None:
-        while not self._stop.wait(sync_every_s()):
+        while not self._stop.wait(self.sync_s):
             try:
                 if renew:
                     self.renew()

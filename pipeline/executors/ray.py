@@ -46,7 +46,7 @@ from pipeline.executors.local import open_captioner
 from pipeline.job import job_definition
 from pipeline.labels import result_schema
 from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
-from pipeline.mirror import ACTIVE, BucketFolder
+from pipeline.mirror import ACTIVE, BucketFolder, sync_every_s
 from pipeline.outdir import OutputDir, read_shard
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import is_remote
@@ -209,6 +209,7 @@ def execute(
                     account,
                     per_worker,
                     storage_options,
+                    sync_every_s(),
                 )
                 in_flight[ref] = number
             if not in_flight:
@@ -287,6 +288,7 @@ def run_block(
     account: Any,
     concurrency: int,
     storage_options: dict[str, Any] | None = None,
+    sync_s: float | None = None,
 ) -> tuple[Tally, tuple[str, str, float], int]:
     """Caption one block into shards of its own (a Ray task). A retry of the block first
     folds what the earlier attempt journaled, and skips the rows it answered. In a bucket
@@ -295,7 +297,7 @@ def run_block(
         storage.configure(storage_options)
     if is_remote(out_path):
         with tempfile.TemporaryDirectory(prefix="caption-block-") as tmp:
-            mirror = BucketFolder(out_path, Path(tmp) / "out", only=f"part-r{block}-")
+            mirror = BucketFolder(out_path, Path(tmp) / "out", f"part-r{block}-", sync_s)
             with mirror.task_session() as local:
                 out = OutputDir(local)
                 out.create()
