@@ -289,17 +289,8 @@ class BucketFolder:
         self.acquire()
         ACTIVE[self.local] = self
         try:
-            self.pull()
-            syncer = threading.Thread(target=self._sync_loop, name="caption-mirror", daemon=True)
-            syncer.start()
-            try:
-                yield self.local
-            finally:
-                self._stop.set()
-                syncer.join()
-            if self._failure is not None:
-                raise self._failure
-            self.push()
+            with self._synced(renew=True) as local:
+                yield local
         finally:
             ACTIVE.pop(self.local, None)
             self.release()
@@ -309,8 +300,17 @@ class BucketFolder:
         """A Ray task's share of a bucket folder: its block's files only, pulled, then
         pushed every few seconds and at the end, under the driver's lock (no lock of its
         own). Yields the local folder to write the block in."""
+        with self._synced(renew=False) as local:
+            yield local
+
+    @contextmanager
+    def _synced(self, renew: bool) -> Iterator[Path]:
+        """Pull, push every few seconds (renewing the lock's lease if `renew`) while the
+        body runs, then push once more; a failed push in between is raised here."""
         self.pull()
-        syncer = threading.Thread(target=self._sync_loop, args=(False,), daemon=True)
+        syncer = threading.Thread(
+            target=self._sync_loop, args=(renew,), name="caption-mirror", daemon=True
+        )
         syncer.start()
         try:
             yield self.local
@@ -321,7 +321,7 @@ class BucketFolder:
             raise self._failure
         self.push()
 
-    def _sync_loop(self, renew: bool = True) -> None:
+    def _sync_loop(self, renew: bool) -> None:
         while not self._stop.wait(self.sync_s):
             try:
                 if renew:
