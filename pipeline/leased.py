@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from pipeline.account import Lease, Report
-from pipeline.answer import parse_reset
 from pipeline.budget import Budget, BudgetReached, Stopping
 from pipeline.limiter import AdaptiveLimiter
 from pipeline.records import ResultRow
@@ -109,30 +108,19 @@ class LeasedLimiter(AdaptiveLimiter):
         self.client.report.rate_limited += 1
         self.client.drop_times()
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learned limits and pauses go to the account (paced once, globally)."""
+    # The limiter reads the headers; what it learns goes to the account, which paces
+    # every worker at once, instead of pacing this one.
+
+    def _set_limit(self, kind: str, per_minute: float) -> None:
+        if kind == "requests":
+            self.client.report.learned_rpm = per_minute
+        else:
+            self.client.report.learned_tpm = per_minute
+
+    def _pause(self, now: float, seconds: float, why: str) -> None:
         report = self.client.report
-        for kind in ("requests", "tokens"):
-            try:
-                limit = float(headers.get(f"x-ratelimit-limit-{kind}", "nan"))
-            except ValueError:
-                limit = float("nan")
-            if limit >= 1:
-                if kind == "requests":
-                    report.learned_rpm = limit
-                else:
-                    report.learned_tpm = limit
-            remaining, reset = (
-                headers.get(f"x-ratelimit-remaining-{kind}"),
-                headers.get(f"x-ratelimit-reset-{kind}"),
-            )
-            try:
-                exhausted = remaining is not None and float(remaining) <= 0
-            except ValueError:
-                exhausted = False
-            if exhausted and reset is not None and (wait := parse_reset(reset)) is not None:
-                report.pause_s = max(report.pause_s, wait)
-                self.client.drop_times()
+        report.pause_s = max(report.pause_s, seconds)
+        self.client.drop_times()
 
 
 class LeasedBudget(Budget):

@@ -247,6 +247,11 @@ class AdaptiveLimiter:
         if not math.isfinite(per_minute) or per_minute < 1 or self._learned.get(kind) == per_minute:
             return
         self._learned[kind] = int(per_minute)
+        self._set_limit(kind, per_minute)
+
+    def _set_limit(self, kind: str, per_minute: float) -> None:
+        """Pace at a limit the server announced (`requests` or `tokens` per minute), or
+        the user's, whichever is lower."""
         given = self._limits[kind]
         limit = min(given, per_minute) if given else per_minute
         now = self._clock()
