@@ -212,6 +212,8 @@ async def caption_rows(
         for task in (producer, *tasks):
             task.cancel()
         await asyncio.gather(producer, *tasks, return_exceptions=True)
+        tally.bytes_sent = captioner.bytes_sent  # cancelled too (a second Ctrl-C)
+        tally.images = captioner.preparer.sizes
     if failed:
         raise failed[0]
     if (wrong := captioner.breaker.verdict()) is not None:

@@ -193,13 +193,9 @@ async def execute(
             )
             # Fatal answers and the budget let requests in flight finish and be written;
             # an interrupt gives them a grace period, a second one none (`stop_now`).
-            try:
-                await asyncio.wait({work})
-                if not work.cancelled():
-                    work.result()
-            finally:
-                tally.bytes_sent = captioner.bytes_sent
-                tally.images = captioner.preparer.sizes
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.result()
     finally:
         if redraw is not None:
             redraw.cancel()

@@ -364,19 +364,15 @@ async def _caption_block(
 
     try:
         async with open_captioner(config, api_key, stopping, budget, limiter=limiter) as captioner:
-            try:
-                await caption_rows(
-                    rows,
-                    captioner,
-                    writer,
-                    workers=concurrency,
-                    stop=stop,
-                    progress=progress,
-                    tally=tally,
-                )
-            finally:
-                tally.bytes_sent = captioner.bytes_sent
-                tally.images = captioner.preparer.sizes
+            await caption_rows(
+                rows,
+                captioner,
+                writer,
+                workers=concurrency,
+                stop=stop,
+                progress=progress,
+                tally=tally,
+            )
     finally:
         writer.close()
         if stop.kind in ("fatal", "budget"):
