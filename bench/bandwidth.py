@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure
+from throughput import free_port, wait_for_port
 
 
 def camera_jpeg(seed: int) -> bytes:
@@ -42,12 +42,6 @@ def camera_jpeg(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=92)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resize_cpu(paths: list[Path]) -> tuple[float, float]:
@@ -99,7 +93,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in paths)
         print(f"{args.images} photos of 4000x3000, {size / args.images / 1e6:.1f} MB each; "
               f"uplink {args.mbps:g} Mbit/s, latency {args.latency:g} s")  # fmt: skip
-        time.sleep(1.0)
+        wait_for_port(port)
         env = {**os.environ, "MEMORIES_API_KEY": "bench"}
         url = f"http://127.0.0.1:{port}/chat/completions"
         rates = {}

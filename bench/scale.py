@@ -20,25 +20,18 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure
 from bandwidth import camera_jpeg
+from throughput import free_port, wait_for_port
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(*options: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -47,7 +40,7 @@ def serve(*options: str) -> tuple[subprocess.Popen[bytes], str]:
         [sys.executable, "-m", "pipeline", "fake-endpoint", "--port", str(port), *options],
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.5)
+    wait_for_port(port)
     return proc, f"http://127.0.0.1:{port}/chat/completions"
 
 

@@ -88,7 +88,7 @@ def _run(
 
     outcome = run_job(
         _sources(sources),
-        output if isinstance(output, Path) or "://" not in str(output) else str(output),
+        output,
         _config(config, settings),
         retry_errors=retry_errors,
         show_progress=progress,

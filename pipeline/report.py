@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pipeline.outdir import OutputDir, read_shard
 from pipeline.records import PARSED
 from pipeline.status import Status, read_status
-from pipeline.storage import is_remote, read_bytes
+from pipeline.storage import read_bytes
 from pipeline.svg import bars, histogram
 
 SAMPLE = 24
@@ -154,7 +154,7 @@ def _thumbnail(source: str) -> str | None:
     if source.startswith(("http://", "https://")):
         return None
     try:
-        data = read_bytes(source) if is_remote(source) else Path(source).read_bytes()
+        data = read_bytes(source)  # a file, or a bucket object
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMB_PX, THUMB_PX))
             im = im.convert("RGB")

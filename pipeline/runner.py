@@ -109,6 +109,7 @@ def _prepare_manifest(
     done: Done,
     accept_new_source: bool,
     before: list[str] | None,
+    given_manifest: bool,
 ) -> IngestSummary | None:
     """Build the manifest beside the old one and swap it in, unless the folder holds
     results and the new manifest shares no id with them: that is another dataset, or the
@@ -116,7 +117,6 @@ def _prepare_manifest(
     pay for every row again."""
     if len(sources) == 1 and out.is_own_manifest(Path(sources[0])):
         return None  # rerun over its own manifest (by its legacy name too, now renamed)
-    given_manifest = len(sources) == 1 and is_manifest(sources[0])
     staged = out.staged_manifest()
     summary = None
     if given_manifest:
@@ -239,7 +239,9 @@ def _run_locked(
     out.compact()
     done = out.scan()
     before = (previous or {}).get("sources")
-    ingest = _prepare_manifest(out, sources, spec, done, accept_new_source, before)
+    ingest = _prepare_manifest(
+        out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
+    )
     skip = done.ok_ids if retry_errors else done.ids
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)

@@ -27,6 +27,7 @@ from pipeline.cli import cli  # noqa: E402
 from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
 from tests.conftest import KEY, SAMPLES  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402
+from tests.test_fake_server import free_port  # noqa: E402
 from tests.test_runner_faults import distinct_images  # noqa: E402
 
 
@@ -110,12 +111,6 @@ def test_a_missing_object_is_an_error_row_with_a_message(
     assert rows["sunset.jpg"]["status"] == "ok"
     assert rows["gone.png"]["error"] == f"s3://{bucket}/imgs/gone.png: no such object"
     assert server.count() == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(90)
