@@ -121,12 +121,16 @@ def _ids(
     pool: ThreadPoolExecutor,
 ) -> list[str]:
     """The ids of one batch of entries (and their sources made storable, in place)."""
-    keys: list[str] = []
     for raw in batch:
         path = raw[MANIFEST_SOURCE]
         if type(path) is str and not path.isascii() and not _is_utf8(path):
             raw[MANIFEST_SOURCE] = raw["key"] = _not_utf8(path)
-        keys.append(raw.get("key") or (path if is_url(path) or is_remote(path) else real(path)))
+
+    def key(raw: dict[str, Any]) -> str:
+        """What a path id hashes (resolved only when a path id is wanted)."""
+        path = raw[MANIFEST_SOURCE]
+        return raw.get("key") or (path if is_url(path) or is_remote(path) else real(path))
+
     if spec.id_column is not None:
         return [_user_id(raw, source, spec.id_column) for raw in batch]
     if spec.id_from == "content":
@@ -139,8 +143,8 @@ def _ids(
             )
         digests = content_ids([raw[MANIFEST_SOURCE] for raw in batch], pool, read_many)
         # An unreadable file keeps its path id: the run makes it an error row.
-        return [d or stable_id(k) for d, k in zip(digests, keys, strict=True)]
-    return [stable_id(k) for k in keys]
+        return [d or stable_id(key(raw)) for d, raw in zip(digests, batch, strict=True)]
+    return [stable_id(key(raw)) for raw in batch]
 
 
 def _user_id(raw: dict[str, Any], source: str, id_column: str) -> str:
