@@ -12,7 +12,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -253,10 +253,21 @@ def as_text(value: Any) -> str | None:
 
 
 def parse_usage(raw: Any) -> Usage:
+    """The usage block as the server reported it. One that is missing, or whose token
+    counts are not non-negative integers (a string, -5, 1e400), is not evidence of what
+    was billed: it is `reported=False`, and the worker counts the tokens itself rather
+    than recording a free answer."""
     if not isinstance(raw, dict):
         return Usage(reported=False)
-    prompt_details = raw.get("prompt_tokens_details") or {}
-    completion_details = raw.get("completion_tokens_details") or {}
+    counts = [raw.get("prompt_tokens"), raw.get("completion_tokens")]
+    if any(_fitting(v) is None for v in counts) or (
+        raw.get("total_tokens") is not None and _fitting(raw.get("total_tokens")) is None
+    ):
+        return Usage(reported=False)
+    prompt_details = raw.get("prompt_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
+    completion_details = raw.get("completion_tokens_details")
+    completion_details = completion_details if isinstance(completion_details, dict) else {}
     prompt = as_count(raw.get("prompt_tokens"))
     completion = as_count(raw.get("completion_tokens"))
     return Usage(
@@ -295,6 +306,7 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise unusable(f"HTTP {status} without choices", status, body.get("usage"))
+    text = _scrubbing(endpoint)
     parsed = []
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
@@ -305,17 +317,28 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
         parsed.append(
             Choice(
                 index=i if index is None else index,
-                content=as_text(message.get("content")),
-                refusal=as_text(message.get("refusal")),
-                finish_reason=as_text(ch.get("finish_reason")),
+                content=text(message.get("content")),
+                refusal=text(message.get("refusal")),
+                finish_reason=text(ch.get("finish_reason")),
             )
         )
     return Completion(
         choices=tuple(parsed),
         usage=parse_usage(body.get("usage")),
-        response_id=as_text(body.get("id")),
-        model=as_text(body.get("model")),
+        response_id=text(body.get("id")),
+        model=text(body.get("model")),
         created=_fitting(body.get("created")),
-        service_tier=as_text(body.get("service_tier")),
-        system_fingerprint=as_text(body.get("system_fingerprint")),
+        service_tier=text(body.get("service_tier")),
+        system_fingerprint=text(body.get("system_fingerprint")),
     )
+
+
+def _scrubbing(endpoint: Redacts) -> Callable[[Any], str | None]:
+    """`as_text`, with the key taken out: a server that echoes it back in an answer must
+    not get it stored in the shards (the caption, the parsed labels, any column)."""
+
+    def text(value: Any) -> str | None:
+        value = as_text(value)
+        return endpoint.redact(value) if value else value
+
+    return text

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from pipeline.errors import UsageError
@@ -32,6 +33,15 @@ from pipeline.records import PARSED, RESULT_SCHEMA
 STRUCTURED = ("json_object", "json_schema")
 CUT_OFF = {"length": "max_tokens", "content_filter": "the content filter"}
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Parquet refuses to read a schema nested past 100 levels, and an array takes three of
+# them (LIST, its repeated group, the element): 24 levels of objects and arrays stay
+# well inside, and deeper label schemas are not seen in practice.
+MAX_SCHEMA_DEPTH = 24
+# An answer is parsed only this large and this deep; past that it is `invalid_output`.
+MAX_ANSWER_BYTES = 4 << 20
+MAX_ANSWER_DEPTH = 64
+# How much of a value an error message quotes.
+QUOTE_CHARS = 60
 
 
 class Mismatch(ValueError):
@@ -45,10 +55,10 @@ def load_schema_file(path: Path) -> dict[str, Any]:
     """A JSON Schema file as OpenAI's `json_schema` object (`name`, `strict`, `schema`).
     The file holds either that object or a bare schema (named after the file)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = orjson.loads(Path(path).read_bytes())  # refuses nesting past 1,024 levels
     except FileNotFoundError:
         raise UsageError(f"schema {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(f"schema {path}: not readable JSON ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("schema"), dict):
         return data
@@ -64,10 +74,63 @@ def check_json_schema(value: Any) -> str | None:
         return "an object whose 'name' is 1 to 64 letters, digits, _ or -"
     if not isinstance(value.get("strict", True), bool):
         return "an object whose 'strict' is true or false"
+    schema = value["schema"]
+    problem = _shape_problem(schema)
+    if problem is not None:
+        return problem
+    from jsonschema import Draft202012Validator, SchemaError
+
     try:
-        arrow_type(value["schema"])
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        return f"a valid JSON Schema: at $schema{where}, {_quote(exc.instance)} {_reason(exc)}"
+    try:
+        arrow_type(schema)
     except Mismatch as exc:
         return f"a schema this tool can type: {exc}"
+    return None
+
+
+def _reason(exc: Any) -> str:
+    """The validator's complaint without the whole offending value in it."""
+    if exc.validator == "type":
+        return f"is not of type {exc.validator_value!r}"
+    if exc.validator == "minItems":
+        return f"should have at least {exc.validator_value} item(s)"
+    if exc.validator == "uniqueItems":
+        return "has repeated items"
+    return f"fails the meta-schema's {exc.validator!r} rule"
+
+
+def _quote(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+def _shape_problem(schema: Any) -> str | None:
+    """Nesting that Parquet cannot store, or a `$ref` back to an enclosing schema
+    (recursion): refused before anything is sent. Walked without recursion, so a schema
+    nested thousands deep is refused, not a RecursionError."""
+    stack: list[tuple[Any, str, int]] = [(schema, "#", 0)]
+    while stack:
+        node, pointer, depth = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and (ref == "#" or pointer.startswith(ref.rstrip("/") + "/")):
+                return f"a schema without recursion: {pointer} refers back to {ref}"
+            typed = isinstance(node.get("properties"), dict) or "items" in node
+            if typed and depth + 1 > MAX_SCHEMA_DEPTH:
+                return (
+                    f"a schema nested at most {MAX_SCHEMA_DEPTH} levels of objects and arrays "
+                    f"(Parquet cannot store deeper columns); {pointer} is deeper"
+                )
+            for key, sub in node.items():
+                stack.append((sub, f"{pointer}/{key}", depth + typed))
+        elif isinstance(node, list):
+            if len(pointer) > 20_000:
+                return "a schema nested less deeply (it has lists inside lists without end)"
+            stack.extend((sub, f"{pointer}/{i}", depth) for i, sub in enumerate(node))
     return None
 
 
@@ -138,7 +201,7 @@ def conform(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
             return None
         raise Mismatch(f"{where} is null")
     if "enum" in schema and value not in schema["enum"]:
-        raise Mismatch(f"{where} is {json.dumps(value)[:60]}, not one of {schema['enum']}")
+        raise Mismatch(f"{where} is {_quote(value)}, not one of the schema's enum")
     if kind == "object" and _is_struct(schema):
         if not isinstance(value, dict):
             raise Mismatch(f"{where} is not an object")
@@ -184,8 +247,17 @@ def conform(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
     return json.dumps(value, ensure_ascii=False)  # outside the typed subset: its JSON text
 
 
-def _no_constants(token: str) -> Any:
-    raise ValueError(f"{token} is not JSON")
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` nests more than `limit` arrays and objects deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 class Labels:
@@ -214,10 +286,17 @@ class Labels:
                     f"(finish_reason {finish_reason}); its text is kept in `caption`"
                 ),
             )
+        raw = (text or "").encode("utf-8", "surrogatepass")
+        if len(raw) > MAX_ANSWER_BYTES:
+            return None, "invalid_output", f"the answer is over {MAX_ANSWER_BYTES} bytes of JSON"
         try:
-            value = json.loads(text or "", parse_constant=_no_constants)
+            # orjson: strict JSON (no NaN), and it refuses nesting past 1,024 levels
+            # where json would raise RecursionError.
+            value = orjson.loads(raw)
         except ValueError as exc:
-            return None, "invalid_output", f"the answer is not JSON ({exc})"
+            return None, "invalid_output", f"the answer is not JSON ({str(exc)[:200]})"
+        if _depth_over(value, MAX_ANSWER_DEPTH):
+            return None, "invalid_output", f"the answer is nested over {MAX_ANSWER_DEPTH} levels"
         if self.schema is None:
             return (text or "").strip(), None, None  # json_object: the text, known to parse
         try:

@@ -76,7 +76,7 @@ def summary_line(
             )
     if tally.usage_estimated:
         summary += (
-            f"; the server sent no usage for {_count(tally.usage_estimated, 'row')}: their "
+            f"; the server sent no usage, or none that reads, for {_count(tally.usage_estimated, 'row')}: their "
             "tokens are our own count (usage_source = estimated)"
         )
     if final.errors:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
+# The most of an answer's text an `invalid_output` row keeps when reading it failed.
+MAX_KEPT_TEXT = 64 * 1024
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -218,7 +220,7 @@ class Captioner:
             self.budget.settle(prompt_estimate, fixed, actual)
 
     async def _send(self, prepared: Prepared, body: bytes, prompt_estimate: int) -> ResultRow:
-        row, started = prepared.row, prepared.started
+        row = prepared.row
         tries = _Tries()
         tokens = prompt_estimate + self.max_completion
 
@@ -247,6 +249,20 @@ class Captioner:
         except TransientError as exc:
             kind = "rate_limited" if isinstance(exc, RateLimited) else "transient"
             return self._error_row(prepared, exc, tries, kind=kind)
+        try:
+            return self._interpret(prepared, answer, tries, prompt_estimate)
+        except Exception as exc:  # the row's business, never the run's
+            # A paid answer that breaks our reading of it (a parser or pricing bug, an
+            # answer shaped to hurt) becomes this row's error, with its text and cost;
+            # ending the run here would lose the answers in flight and buy them again.
+            log.exception("row %s: reading its answer failed", row.id)
+            return self._unreadable(prepared, answer, tries, exc)
+
+    def _interpret(
+        self, prepared: Prepared, answer: Answer, tries: _Tries, prompt_estimate: int
+    ) -> ResultRow:
+        """A usable answer as a result row: usage (ours when the server's is missing or
+        does not read), cost, and a structured job's labels."""
         completion = answer.completion
         if completion.usage.reported:
             self.budget.observe(prompt_estimate, completion.usage.prompt_tokens)
@@ -257,11 +273,11 @@ class Captioner:
             )
             completion = replace(completion, usage=estimated_usage(completion, estimate))
         result = ResultRow(
-            id=row.id,
-            source=row.source,
+            id=prepared.row.id,
+            source=prepared.row.source,
             status="ok",
             attempts=tries.sent,
-            latency_s=time.perf_counter() - started,
+            latency_s=time.perf_counter() - prepared.started,
             finished_at_ms=now_ms(),
             http_status=answer.http_status,
             completion=completion,
@@ -279,6 +295,37 @@ class Captioner:
             if result.error_kind is not None:
                 result.status = "error"
         return result
+
+    def _unreadable(
+        self, prepared: Prepared, answer: Answer, tries: _Tries, exc: Exception
+    ) -> ResultRow:
+        """An `invalid_output` row for an answer whose reading raised: the text kept
+        (capped), the cost at the server's usage when it reads, else at our count."""
+        completion = answer.completion
+        choices = tuple(
+            replace(ch, content=ch.content[:MAX_KEPT_TEXT] if ch.content else ch.content)
+            for ch in completion.choices
+        )
+        try:
+            usage = completion.usage
+            if not usage.reported:
+                estimate = self.prompt_tokens_estimate(prepared.width, prepared.height)
+                usage = estimated_usage(completion, estimate)
+            cost: float | None = self._cost(usage) + tries.billed_usd
+        except Exception:  # the row is recorded all the same
+            usage, cost = completion.usage, tries.billed_usd or None
+        row = error_row(
+            prepared.row,
+            ApiError(f"the answer could not be read: {type(exc).__name__}: {str(exc)[:200]}"),
+            prepared.started,
+            "invalid_output",
+        )
+        row.attempts = tries.sent
+        row.http_status = answer.http_status
+        row.completion = replace(completion, choices=choices, usage=usage)
+        row.cost_usd = cost
+        row.image_width, row.image_height = prepared.width, prepared.height
+        return row
 
     def _cost(self, usage: Usage) -> float:
         return cost_usd(
