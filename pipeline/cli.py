@@ -107,6 +107,8 @@ def ingest(sources: tuple[str, ...], output: str, spec: RowSpec) -> None:
     from pipeline.manifest import write_manifest
     from pipeline.storage import check_scheme, is_remote
 
+    if not output.strip():
+        raise UsageError("the manifest file is an empty path; name a file (-o FILE)")
     check_scheme(output)
     summary = write_manifest(list(sources), output if is_remote(output) else Path(output), spec)
     click.echo(summary.line())

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.books import read_shard
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.estimate import Estimate, estimate
@@ -18,7 +19,7 @@ from pipeline.ids import PATH_IDS, RowSpec
 from pipeline.job import fingerprint, job_definition
 from pipeline.manifest import Counts, sample_rows, without_done
 from pipeline.mirror import readable
-from pipeline.outdir import OutputDir, read_shard
+from pipeline.outdir import OutputDir
 from pipeline.records import ManifestRow
 
 
@@ -83,7 +84,14 @@ def estimate_sources(
                 f"mean of a pilot of {pilot_report['ok']} requests on {config.request.model}",
             )
     counts = Counts()
-    batches: Iterable[pa.RecordBatch] = source_batches(sources, spec, counts)
+    found = [0]  # source rows before the folder's done rows are left out
+
+    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            found[0] += batch.num_rows
+            yield batch
+
+    batches: Iterable[pa.RecordBatch] = counted(source_batches(sources, spec, counts))
     observed: tuple[float, str] | None = None
     notes: list[str] = []
     if output is not None:
@@ -109,6 +117,7 @@ def estimate_sources(
     )
     result.pilot = pilot_report
     result.duplicates = counts.duplicates
+    result.found = found[0]
     result.notes.extend(notes)
     return result
 
@@ -182,6 +191,11 @@ def dry_run(
         problems.append(str(exc))
         exit_code = 2
     report = estimate_sources(sources, config, [], output=output, spec=spec)
+    if report.found == 0 and not report.skipped_count:
+        problems.append(
+            f"no images found in {' '.join(sources)}: `caption run` would refuse this source"
+        )
+        exit_code = 2
     if report.skipped_count:
         problems.append(f"{report.skipped_count} file(s) would be error rows (listed above)")
         exit_code = max(exit_code, 1)

@@ -78,6 +78,7 @@ class Estimate:
     # Rows the ingest dropped: the same id twice (identical bytes with --id-from content).
     duplicates: int = 0
     uploads: Uploads | None = None  # the bytes a job would send, with and without resizing
+    found: int = -1  # rows the sources gave, before a folder's done rows were left out
 
     def to_json(self) -> dict[str, Any]:
         return {

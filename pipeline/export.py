@@ -11,7 +11,7 @@ written. Read-only for the output folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -21,8 +21,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.arrow import combined, read_parquet
+from pipeline.books import read_shard
 from pipeline.errors import UsageError, storage_error
-from pipeline.outdir import OutputDir, read_shard
+from pipeline.outdir import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
 
 FORMATS = (".parquet", ".jsonl", ".csv")
@@ -87,7 +88,7 @@ class _writer:
     def __init__(self, fmt: str, path: Path, schema: pa.Schema) -> None:
         self.fmt, self.path, self.schema = fmt, path, schema
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Callable[[pa.Table], None]:
         if self.fmt == ".parquet":
             self._pq = pq.ParquetWriter(self.path, self.schema)
             return self._pq.write_table
@@ -141,4 +142,18 @@ def _flat(table: pa.Table) -> pa.Table:
         if pa.types.is_nested(field.type):
             text = [None if v is None else orjson.dumps(v).decode() for v in table[i].to_pylist()]
             table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            table = table.set_column(i, field.name, formula_safe(table[i]))
     return table
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
+_FORMULA = r"^[=+\-@\t\r]"
+
+
+def formula_safe(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text cells a spreadsheet would run as formulas, prefixed with `'` (OWASP's advice):
+    an answer or a file name never becomes a formula when the CSV is opened."""
+    risky = pc.match_substring_regex(column, _FORMULA)
+    return pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)

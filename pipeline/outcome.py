@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.books import Done
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -17,7 +18,7 @@ from pipeline.errors import (
     EXIT_STORAGE,
 )
 from pipeline.manifest import IngestSummary
-from pipeline.outdir import Done, utc_now
+from pipeline.outdir import utc_now
 from pipeline.work import StopReason, Tally
 
 

@@ -4,14 +4,15 @@
     OUT_DIR/.caption/manifest.parquet       the manifest the job runs over
     OUT_DIR/.caption/run.json               the job's definition, fingerprint and totals
     OUT_DIR/.caption/part-N.journal.jsonl   the shard being written (folded on restart)
+    OUT_DIR/.caption/superseded-N.ledger    paid attempts a later answer replaced (`books.py`)
     OUT_DIR/.lock                           held by the run writing the folder
 
 `pd.read_parquet(OUT_DIR)` and pyarrow skip the hidden folder, and `OUT_DIR/*.parquet`
 (duckdb, polars) matches the shards alone. Folders of older versions are read as they
 are and brought up to date by the next run (`upgrade.py`).
 
-`recover` puts a folder left by a crash back in order; `scan` reads only the columns it
-needs to tell what is done; `compact` leaves exactly one row per id.
+`recover` puts a folder left by a crash back in order; `scan` (what is done) and
+`compact` (one row per id, superseded attempts kept in the ledger) are `books.py`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.arrow import combined, equals, read_parquet
+from pipeline import books
+from pipeline.arrow import read_parquet
+from pipeline.books import Done
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError, storage_error
 from pipeline.job import refuse_another_job, refuse_other_ids
@@ -47,9 +49,7 @@ from pipeline.writer import (
     STATE_DIR,
     TMP_SUFFIX,
     fold_journal,
-    read_journal,
     state_dir,
-    write_parquet_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -58,33 +58,6 @@ MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
 RUN_JSON = "run.json"
 LOCK_NAME = ".lock"
 RUN_JSON_VERSION = 1
-
-
-@dataclass(slots=True)
-class Done:
-    """What the output folder already holds, by id."""
-
-    ok_ids: pa.Array
-    error_ids: pa.Array
-    rows: int = 0
-    cost_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    journaled: int = 0
-
-    @property
-    def ok(self) -> int:
-        return len(self.ok_ids)
-
-    @property
-    def errors(self) -> int:
-        return len(self.error_ids)
-
-    @property
-    def ids(self) -> pa.Array:
-        """Every id the folder holds a row for, ok or error."""
-        return pa.concat_arrays([self.ok_ids, self.error_ids])
 
 
 class OutputDir:
@@ -182,12 +155,21 @@ class OutputDir:
     # -- run.json ---------------------------------------------------------------------
 
     def read_run_json(self) -> dict[str, Any] | None:
+        """run.json, checked for the shape every command relies on (a hand edit that
+        breaks it is one error naming the file and the field, not a traceback later)."""
         try:
-            return json.loads(self.run_json.read_text())
+            data = json.loads(self.run_json.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise UsageError(f"{self.run_json}: unreadable ({exc})") from None
+        problem = _run_json_problem(data)
+        if problem is not None:
+            raise UsageError(
+                f"{self.run_json}: {problem}; restore it from a backup, or remove the field "
+                "(the next run writes it again)"
+            )
+        return data
 
     def write_run_json(self, data: dict[str, Any]) -> None:
         tmp = self.run_json.with_name(self.run_json.name + TMP_SUFFIX)
@@ -264,84 +246,14 @@ class OutputDir:
                 log.info("recovered %s from the journal of an interrupted run", shard.name)
 
     def compact(self) -> int:
-        """Keep one row per id: the newest (an `ok` beats an `error` of the same moment).
-
-        Rows are superseded when `--retry-errors` answers an id again. Each shard that holds
-        a superseded row is rewritten without it (temporary name, then rename), so a crash
-        at any point leaves at worst a duplicate that the next compaction removes.
-        """
-        shards = self.shards()
-        if not shards:
-            return 0
-        reads = [read_shard(s, columns=["id", "status", "finished_at"]) for s in shards]
-        ids = pa.concat_tables(reads)["id"]
-        if pc.count_distinct(ids).as_py() == len(ids):
-            return 0  # the common case: nothing superseded, nothing more to build
-        parts = [
-            t.append_column("shard", pa.array([i] * t.num_rows, pa.int32())).append_column(
-                "row", pa.array(range(t.num_rows), pa.int64())
-            )
-            for i, t in enumerate(reads)
-        ]
-        table = pa.concat_tables(parts)
-        ranked = table.append_column("is_ok", equals(table["status"], "ok")).sort_by(
-            [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
-        )
-        ids = ranked["id"].to_pylist()
-        drop: dict[int, list[int]] = {}
-        shard_col = ranked["shard"].to_pylist()
-        row_col = ranked["row"].to_pylist()
-        for k in range(1, len(ids)):
-            if ids[k] == ids[k - 1]:
-                drop.setdefault(shard_col[k], []).append(row_col[k])
-        removed = 0
-        for i, rows in drop.items():
-            shard = shards[i]
-            data = read_shard(shard)
-            keep = pc.invert(pc.is_in(pa.array(range(data.num_rows)), pa.array(rows)))
-            kept = data.filter(keep)
-            removed += data.num_rows - kept.num_rows
-            if kept.num_rows:
-                write_parquet_atomic(kept, shard)
-            else:
-                shard.unlink()
-        log.info("compacted: %d superseded row(s) removed", removed)
-        return removed
+        """One row per id in the shards; superseded attempts to the ledger (`books.py`)."""
+        return books.compact(self)
 
     # -- what is done -----------------------------------------------------------------
 
     def scan(self, include_journals: bool = False) -> Done:
-        """Ids answered ok or with an error, and the spend so far. Reads only the columns
-        it needs, so it stays fast at a million rows. With `include_journals`, rows still
-        in a killed run's journal count too (read-only: nothing is folded)."""
-        columns = ["id", "status", "cost_usd", "prompt_tokens", "completion_tokens", "error_kind"]
-        tables = [read_shard(s, columns=columns) for s in self.shards()]
-        journaled = 0
-        if include_journals:
-            for journal in self.journals():
-                core = read_journal(journal, self.result_schema())
-                journaled += core.num_rows
-                tables.append(core.select(columns))
-        if not tables:
-            empty = pa.nulls(0, pa.string())
-            return Done(ok_ids=empty, error_ids=empty)
-        table = pa.concat_tables(tables, promote_options="permissive")
-        ok_mask = equals(table["status"], "ok")
-        errors = table.filter(pc.invert(ok_mask))
-        by_kind: dict[str, int] = {}
-        for k in pc.value_counts(errors["error_kind"]).to_pylist():
-            kind = k["values"] or "unknown"  # shards from before error_kind existed
-            by_kind[kind] = by_kind.get(kind, 0) + k["counts"]
-        return Done(
-            ok_ids=combined(table["id"].filter(ok_mask)),
-            error_ids=combined(errors["id"]),
-            rows=table.num_rows,
-            cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
-            prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
-            completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
-            errors_by_kind=by_kind,
-            journaled=journaled,
-        )
+        """What is done and what it cost, every paid attempt included (`books.py`)."""
+        return books.scan(self, include_journals)
 
     def manifest_count(self) -> int:
         return pq.ParquetFile(self.manifest).metadata.num_rows
@@ -351,15 +263,26 @@ class OutputDir:
         return ids.length() - (pc.sum(pc.is_in(ids, value_set=skip)).as_py() or 0)
 
 
-def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A result shard, or a UsageError naming it when it is not readable Parquet."""
-    try:
-        return read_parquet(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UsageError(
-            f"{path}: corrupt result shard ({exc}); move it out of the folder to send its "
-            "rows again, or restore it from a backup"
-        ) from None
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "job": dict,
+    "runs": list,
+    "totals": dict,
+    "sources": list,
+    "ids": dict,
+    "price": dict,
+    "fingerprint": str,
+}
+
+
+def _run_json_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    for name, kind in _FIELDS.items():
+        if name in data and not isinstance(data[name], kind):
+            return f"{name!r} is not a JSON {'object' if kind is dict else 'array' if kind is list else 'string'}"
+    if any(not isinstance(run, dict) for run in data.get("runs", [])):
+        return "'runs' holds an entry that is not a JSON object"
+    return None
 
 
 def utc_now() -> str:

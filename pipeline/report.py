@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import random
+import stat
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -27,14 +30,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.outdir import OutputDir, read_shard
+from pipeline.books import read_shard
+from pipeline.outdir import OutputDir
 from pipeline.records import PARSED
 from pipeline.status import Status, read_status
-from pipeline.storage import read_bytes
+from pipeline.storage import is_remote, read_bytes
 from pipeline.svg import bars, histogram
 
 SAMPLE = 24
 THUMB_PX = 160
+THUMB_MAX_BYTES = 64 << 20  # a sampled image larger than this is not read
+THUMB_TIMEOUT_S = 10.0
 NUMERIC = ["status", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "error_kind"]
 
 
@@ -143,27 +149,57 @@ def _sample(shards: list[Path], ok_rows: int) -> list[dict[str, Any]]:
             full = read_shard(shard, columns=["source", "caption", "prompt_tokens", "cost_usd"])
             rows += full.take(pa.array(ok_index[mine])).to_pylist()
     for row in rows:
-        row["thumbnail"] = _thumbnail(row["source"])
+        row["thumbnail"], row["no_thumbnail"] = _thumbnail(row["source"])
     return rows
 
 
-def _thumbnail(source: str) -> str | None:
-    """A small JPEG of the image as a data URI, or None (a URL, or unreadable)."""
+def _thumbnail(source: str) -> tuple[str | None, str | None]:
+    """A small JPEG of the image as a data URI, or None and why not. The source is read
+    bounded: only a regular file (or object) of at most THUMB_MAX_BYTES, in a thread
+    given THUMB_TIMEOUT_S, so a FIFO, a device or a stalled mount never hangs the report."""
     from PIL import Image
 
     if source.startswith(("http://", "https://")):
-        return None
+        return None, "a URL (not fetched)"
+    result: list[bytes | str] = []
+    reader = threading.Thread(target=lambda: result.append(_bounded_read(source)), daemon=True)
+    reader.start()
+    reader.join(THUMB_TIMEOUT_S)
+    if not result:
+        return None, f"not read within {THUMB_TIMEOUT_S:.0f} s"
+    data = result[0]
+    if isinstance(data, str):
+        return None, data
     try:
-        data = read_bytes(source)  # a file, or a bucket object
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMB_PX, THUMB_PX))
-            im = im.convert("RGB")
-            im.thumbnail((THUMB_PX, THUMB_PX))
+            thumb = im.convert("RGB")
+            thumb.thumbnail((THUMB_PX, THUMB_PX))
             buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=75)
-    except Exception:  # any unreadable image is shown without its thumbnail
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+            thumb.save(buf, "JPEG", quality=75)
+    except Exception:  # any image Pillow cannot draw is shown without its thumbnail
+        return None, "not a readable image"
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), None
+
+
+def _bounded_read(source: str) -> bytes | str:
+    """The source's bytes, or why they were not read (a reason, as a string)."""
+    cap = THUMB_MAX_BYTES
+    try:
+        if is_remote(source):
+            data = read_bytes(source, 0, cap + 1)
+        else:
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return "not a regular file"
+                data = f.read(cap + 1)
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if len(data) > cap:
+        return f"over {cap >> 20} MiB"
+    return data
 
 
 # -- the page ---------------------------------------------------------------------------
@@ -237,7 +273,7 @@ def render(f: Figures) -> str:
         img = (
             f'<img alt="" src="{row["thumbnail"]}">'
             if row["thumbnail"]
-            else '<p class="none">(no thumbnail)</p>'
+            else f'<p class="none">(no thumbnail: {escape(row["no_thumbnail"] or "")})</p>'
         )
         parts.append(
             f'<div class="item">{img}<p>{escape(row["caption"] or "")}</p>'

@@ -17,10 +17,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.books import Done
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
 from pipeline.errors import (
@@ -39,7 +40,7 @@ from pipeline.job import fingerprint, job_definition
 from pipeline.manifest import IngestSummary, is_manifest, read_manifest, sample_rows, write_manifest
 from pipeline.mirror import BucketFolder
 from pipeline.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
-from pipeline.outdir import Done, OutputDir, utc_now
+from pipeline.outdir import OutputDir, utc_now
 from pipeline.prices import price_entry
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import check_scheme, is_remote
@@ -152,13 +153,18 @@ def run_job(
     api_key: str | None = None,
     handle_signals: bool = True,
     executor: ExecutorSpec = LOCAL,
+    on_lost: list[Callable[[str], None]] | None = None,
 ) -> RunOutcome:
     """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
     With `accept_new_source`, sources that share no id with the folder's results are
     added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://).
     `api_key` overrides the environment; `handle_signals` False (a library call) leaves
-    the process's signal handlers alone."""
+    the process's signal handlers alone. `on_lost` (a bucket folder's mirror's) is where
+    the run subscribes to be told to stop sending when the folder's lock is lost."""
     started = time.perf_counter()
+    if not str(out_path).strip():
+        # Path("") is the working folder: a job would write its shards there.
+        raise UsageError("the output folder is an empty path; name a folder (-o OUT)")
     check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
     if executor.kind == "ray":
         from pipeline.executors.ray import check_cluster
@@ -182,8 +188,9 @@ def run_job(
                 api_key=api_key,
                 handle_signals=handle_signals,
                 executor=executor,
+                on_lost=bucket.on_lost,
             )
-    out = OutputDir(out_path, label=label)
+    out = OutputDir(Path(out_path), label=label)
     if out.exists():
         out.check_fingerprint(config)  # before anything else: refuse a changed job at once
     key = read_api_key(config, api_key)
@@ -204,6 +211,7 @@ def run_job(
                 started=started,
                 handle_signals=handle_signals,
                 executor=executor,
+                on_lost=on_lost,
             )
     except UsageError:
         if created:
@@ -225,6 +233,7 @@ def _run_locked(
     started: float,
     handle_signals: bool,
     executor: ExecutorSpec,
+    on_lost: list[Callable[[str], None]] | None,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
     wait_for_workers(out)  # nor a killed Ray run's tasks
@@ -268,7 +277,7 @@ def _run_locked(
         from pipeline.executors.ray import execute as execute_on_ray
 
         tally, stop, unsaved = execute_on_ray(
-            config, out, iter(rows), api_key, budget, total, show_progress, executor
+            config, out, iter(rows), api_key, budget, total, show_progress, executor, on_lost
         )
         out.recover()  # journals of tasks that ended without folding (an interrupt)
         out.compact()  # a row two attempts of a block both answered: kept once
@@ -283,6 +292,7 @@ def _run_locked(
                 total,
                 show_progress,
                 handle_signals,
+                on_lost,
             )
         )
     wall = time.perf_counter() - started
@@ -300,6 +310,7 @@ def _run_locked(
             "prompt_tokens": final.prompt_tokens,
             "completion_tokens": final.completion_tokens,
             "cost_usd": final.cost_usd,
+            "superseded_attempts": final.superseded,
         }
         out.write_run_json(meta)
     except StorageError:

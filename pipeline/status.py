@@ -13,8 +13,9 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.arrow import equals, int_numpy
+from pipeline.books import read_shard
 from pipeline.errors import UsageError
-from pipeline.outdir import OutputDir, read_shard
+from pipeline.outdir import OutputDir
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Status:
     completion_tokens: int
     cost_usd: float
     journaled: int
+    superseded: int
     runs: int
     running: bool
     estimate: dict[str, Any] | None = field(default=None)
@@ -53,6 +55,12 @@ class Status:
             f"tokens       {self.prompt_tokens} prompt, {self.completion_tokens} completion",
             f"cost         ${self.cost_usd:.4f}",
         ]
+        if self.superseded:
+            out[-2] += " (every paid attempt)"
+            out.append(
+                f"superseded   {self.superseded} earlier attempt(s) replaced by later answers "
+                "(--retry-errors), kept in .caption/superseded-*.ledger and counted above"
+            )
         if self.running:
             out.append(
                 f"running      a run is writing this folder now ({self.journaled} journaled)"
@@ -99,6 +107,7 @@ def read_status(path: Path, label: str | None = None) -> Status:
         completion_tokens=done.completion_tokens,
         cost_usd=done.cost_usd,
         journaled=done.journaled,
+        superseded=done.superseded,
         runs=len(meta.get("runs", [])),
         running=out.is_running(),
         estimate=reconcile(out, meta),

@@ -129,6 +129,41 @@ def missing_or_forbidden(url: str, exc: BaseException) -> str:
     return f"{url}: cannot read ({type(exc).__name__}: {str(exc)[:200]})"
 
 
+def bucket_problem(url: str, exc: BaseException) -> str:
+    """What went wrong with a bucket call, in words, from the error's type and the
+    service's error code (never its message text): a missing bucket, access denied,
+    the service unreachable, or the library's own one-line reason."""
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    code = _error_code(exc)
+    if code == "NoSuchBucket":
+        return f"no such bucket: {bucket}"
+    if isinstance(exc, PermissionError) or code in ("AccessDenied", "Forbidden", "403"):
+        return f"access denied to {bucket} (check the credentials and the bucket's policy)"
+    if _is_unreachable(exc):
+        return f"the storage service is unreachable ({type(exc).__name__}: {str(exc)[:160]})"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 or GCS error code behind an exception, looked up along its causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            if code:
+                return str(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    names = {c.__name__ for c in type(exc).__mro__}
+    transport = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
+    transport |= {"ClientConnectorError", "ServerDisconnectedError", "ConnectionClosedError"}
+    return bool(names & transport) or isinstance(exc, ConnectionError | TimeoutError)
+
+
 def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
     """An object's bytes, or those in [start, end)."""
     if not is_remote(url):
@@ -228,7 +263,9 @@ def list_names(url: str) -> dict[str, int]:
     fs = filesystem(url)
     try:
         listing = fs.ls(_key(url), detail=True, refresh=True)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if _error_code(exc) == "NoSuchBucket":
+            raise  # not an empty folder: the bucket itself is missing
         return {}
     return {
         name_of(info["name"]): int(info.get("size") or 0)

@@ -54,7 +54,7 @@ def unify_shards(out: OutputDir) -> int:
     own columns are in the manifest), newer columns as nulls. A shard whose rows the
     manifest does not hold keeps its columns, and a warning says so. Reads only each
     shard's footer unless it needs rewriting."""
-    from pipeline.outdir import read_shard
+    from pipeline.books import read_shard
 
     rewritten = 0
     manifest_ids: pa.Array | None = None
@@ -96,7 +96,7 @@ def rehash_ids(out: OutputDir) -> int:
     """Version-1 path ids -> real-path ids in the shards, then the manifest. Each file is
     replaced whole (temporary name, rename), and a row already rehashed is left alone, so
     a run killed half-way is finished by the next. Returns the rows whose id changed."""
-    from pipeline.outdir import read_shard
+    from pipeline.books import read_shard
 
     if not out.manifest.exists():
         return 0

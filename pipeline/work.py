@@ -16,6 +16,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.budget import BudgetReached, Stopping
 from pipeline.errors import FatalApiError, StorageError
 from pipeline.prepare import Prepared, Sizes
@@ -53,6 +56,24 @@ class Tally:
             self.completion_tokens += usage.completion_tokens
             self.usage_estimated += not usage.reported
         self.cost_usd += row.cost_usd or 0.0
+
+    def add_saved(self, table: pa.Table) -> None:
+        """Count rows already in shards, as `add` counts rows as they are answered (a
+        Ray block's retry counts what its killed attempt saved: this run paid for it)."""
+        statuses = table.column("status").to_pylist()
+        kinds = table.column("error_kind").to_pylist()
+        for status, kind in zip(statuses, kinds, strict=True):
+            if status == "ok":
+                self.ok += 1
+            else:
+                self.errors += 1
+                kind = kind or "unknown"
+                self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+        self.prompt_tokens += int(pc.sum(table.column("prompt_tokens")).as_py() or 0)
+        self.completion_tokens += int(pc.sum(table.column("completion_tokens")).as_py() or 0)
+        self.cost_usd += float(pc.sum(table.column("cost_usd")).as_py() or 0.0)
+        estimated = pc.equal(table.column("usage_source"), "estimated")
+        self.usage_estimated += int(pc.sum(estimated).as_py() or 0)
 
     @property
     def done(self) -> int:

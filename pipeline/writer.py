@@ -149,10 +149,11 @@ def read_journal(path: Path, schema: pa.Schema = RESULT_SCHEMA) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write under a temporary name, fsync, rename: visible only complete. A failure
-    (no space left, say) leaves nothing behind and raises StorageError."""
-    tmp = state_dir(path.parent) / (path.name + TMP_SUFFIX)
+def write_parquet_atomic(table: pa.Table, path: Path, tmp: Path | None = None) -> None:
+    """Write under a temporary name (in the state folder, unless `tmp` names it), fsync,
+    rename: visible only complete. A failure (no space left, say) leaves nothing behind
+    and raises StorageError."""
+    tmp = tmp or state_dir(path.parent) / (path.name + TMP_SUFFIX)
     try:
         tmp.parent.mkdir(exist_ok=True)
         pq.write_table(table, tmp)

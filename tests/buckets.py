@@ -3,8 +3,11 @@ bucket per test with the environment a user would have."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +83,84 @@ def bucket_results(bucket: str, prefix: str) -> list[dict]:
             body = client().get_object(Bucket=bucket, Key=key)["Body"].read()
             rows += pq.read_table(pa.BufferReader(body)).to_pylist()
     return rows
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server, which a test can cut (an
+    outage: connections closed, new ones refused) and restore on the same port."""
+
+    def __init__(self, target_url: str) -> None:
+        host_port = target_url.split("://", 1)[1]
+        self.target = (host_port.split(":")[0], int(host_port.split(":")[1]))
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.port = 0
+        self.restore()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                b.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def proxied_bucket(
+    bucket: str, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, CuttableProxy]]:
+    """A bucket reached through a proxy the test can cut."""
+    proxy = CuttableProxy(moto_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    storage.configure({})
+    try:
+        yield bucket, proxy
+    finally:
+        proxy.cut()
+        storage.configure({})

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "samples"
 FIXTURES = REPO / "data" / "fixtures"
 KEY = "sk-mavi-TESTSECRET-0123456789"
+
+
+def spawn_run(*args: str) -> subprocess.Popen[str]:
+    """`caption run ARGS --quiet` in a process of its own (to kill, race or cut off)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", *args, "--quiet"],
+        env={**os.environ, "MEMORIES_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture

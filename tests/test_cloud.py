@@ -25,7 +25,7 @@ boto3 = pytest.importorskip("boto3")
 from pipeline import storage  # noqa: E402
 from pipeline.cli import cli  # noqa: E402
 from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
-from tests.conftest import KEY, SAMPLES  # noqa: E402
+from tests.conftest import KEY, SAMPLES, spawn_run  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402
 from tests.test_fake_server import free_port  # noqa: E402
 from tests.test_runner_faults import distinct_images  # noqa: E402
@@ -44,11 +44,15 @@ def test_a_bucket_prefix_into_a_bucket_folder_resumes_from_the_bucket_alone(
     code, output = run_cli(f"s3://{bucket}/imgs", "-o", out, "--endpoint", server.url)
     assert code == 0, output
     assert server.count() == 6
-    assert keys_under(bucket, "out") == [
+    keys = keys_under(bucket, "out")
+    assert [k for k in keys if not k.startswith("out/.lock/")] == [
         "out/.caption/manifest.parquet",
         "out/.caption/run.json",
         "out/part-00000.parquet",
-    ]  # no lock left, no journal
+    ]  # no journal
+    (lock,) = [k for k in keys if k.startswith("out/.lock/")]  # the newest generation,
+    body = json.loads(client().get_object(Bucket=bucket, Key=lock)["Body"].read())
+    assert body["released"] is True  # released: the next run takes the next number
     rows = bucket_results(bucket, "out")
     assert sorted(r["source"] for r in rows) == sorted(
         f"s3://{bucket}/imgs/{p.relative_to(SAMPLES).as_posix()}"
@@ -185,16 +189,6 @@ def test_a_forbidden_object_is_an_error_row_with_a_message(
         proc.wait()
 
 
-def spawn_run(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", *args, "--quiet"],
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.timeout(120)
 def test_kill_9_into_a_bucket_resumes_on_this_machine_and_on_another(
     bucket: str, server: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -213,7 +207,12 @@ def test_kill_9_into_a_bucket_resumes_on_this_machine_and_on_another(
     answered_before = set(server.answered)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
-    assert keys_under(bucket, "out/.lock") == ["out/.lock"]  # the killed run's lock stays
+    (lock,) = keys_under(bucket, "out/.lock/")  # the killed run's lock stays
+    # As if the killed run had been on another machine (on this one, a holder whose
+    # process is gone is taken over at once: tests/test_cloud_safety.py).
+    held = json.loads(client().get_object(Bucket=bucket, Key=lock)["Body"].read())
+    held["host"] = "another-machine"
+    client().put_object(Bucket=bucket, Key=lock, Body=json.dumps(held).encode())
 
     code, output = run_cli(*args)  # at once: the lease has not run out
     assert code == 2

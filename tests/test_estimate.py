@@ -325,3 +325,15 @@ def test_a_custom_model_without_an_image_rule_is_estimated_on_text(tmp_path: Pat
     assert (model["model"], model["images"], model["image_tokens"]) == ("vllm:llava", 6, 0)
     assert model["text_tokens"] > 0
     assert any("image tokens are not counted" in note for note in report["notes"])
+
+
+def test_dry_run_of_a_source_run_would_refuse_is_not_ready(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--endpoint", server.url]
+    dry = CliRunner().invoke(cli, ["run", *args, "--dry-run"])
+    real = CliRunner().invoke(cli, ["run", *args])
+    assert (dry.exit_code, real.exit_code) == (2, 2)
+    assert "ready" not in dry.output
+    assert "no images found" in dry.output

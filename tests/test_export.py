@@ -134,3 +134,29 @@ def test_shards_of_an_older_version_get_the_one_schema(
     assert CliRunner().invoke(cli, ["export", str(out), "-o", str(target)]).exit_code == 0
     rows = pq.read_table(target).to_pylist()
     assert sorted(r["label"] for r in rows) == [f"l{i}" for i in range(len(names))]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_made_text(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """OWASP's CSV-injection advice: `=`, `+`, `-`, `@`, tab and CR lead a formula."""
+    from tests.fakes import Reply
+    from tests.test_structured import completion
+
+    server.default = Reply(body=completion('=HYPERLINK("http://x","click")'))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    target = tmp_path / "all.csv"
+    result = CliRunner().invoke(cli, ["export", str(out), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(target.open()))
+    assert {r["caption"] for r in rows} == {'\'=HYPERLINK("http://x","click")'}
+    assert all(not r["cost_usd"].startswith("'") for r in rows)  # numbers stay numbers
+    parquet = tmp_path / "all.parquet"
+    CliRunner().invoke(cli, ["export", str(out), "-o", str(parquet)])
+    assert set(pq.read_table(parquet)["caption"].to_pylist()) == {
+        '=HYPERLINK("http://x","click")'
+    }  # only the CSV is changed

@@ -134,3 +134,27 @@ def test_a_folder_of_the_older_layout_is_read_and_moved(
     result = CliRunner().invoke(cli, [*legacy, "--quiet"])
     assert result.exit_code == 0, result.output
     assert server.count() == 6
+
+
+def test_a_hand_edited_run_json_is_one_error_naming_it(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    import json
+
+    out = tmp_path / "out"
+    args = ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    run_json = out / ".caption" / "run.json"
+    meta = json.loads(run_json.read_text())
+    for broken in ({**meta, "runs": "yesterday"}, {**meta, "job": []}, [1, 2]):
+        run_json.write_text(json.dumps(broken))
+        for command in (
+            ["export", str(out), "-o", str(tmp_path / "x.csv")],
+            ["report", str(out), "-o", str(tmp_path / "r.html")],
+            ["status", str(out)],
+        ):
+            result = CliRunner().invoke(cli, command)
+            assert result.exit_code == 2, (command, result.output)
+            assert str(run_json) in result.output
+            assert "Traceback" not in result.output
+            assert len(result.output.strip().splitlines()) == 1

@@ -22,12 +22,13 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install 'caption[ray]'")
 
+from pipeline import storage  # noqa: E402
 from pipeline.cli import cli  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.executors import ExecutorSpec  # noqa: E402
 from pipeline.executors.ray import check_cluster  # noqa: E402
 from pipeline.fake_server import FakeEndpoint, FakeOptions  # noqa: E402
-from tests.buckets import bucket_results, keys_under, put_folder  # noqa: E402
+from tests.buckets import CuttableProxy, bucket_results, keys_under, put_folder  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402
 from tests.test_runner_faults import distinct_images  # noqa: E402
@@ -103,6 +104,8 @@ def test_a_worker_killed_mid_block_resends_only_what_was_in_flight(
     assert killed, "no Ray worker was found to kill"
     assert code == 0, output
     assert len(rows(tmp_path / "out")) == 48
+    # The rows the killed attempt saved were paid by this run: counted, not left pending.
+    assert "48 ok, 0 errors of 48 new (0 already done, 0 pending)" in output
     sent = server.requests_by_digest()
     twice = [d for d, n in sent.items() if n > 1]
     # One request in flight per worker (concurrency 2 over 2 workers): at most that one
@@ -290,3 +293,52 @@ def test_a_killed_driver_is_resumed_by_running_the_command_again(
     # Its workers folded their journals as Ray shut them down: at most the requests in
     # flight at the kill (one per worker) are sent again.
     assert sum(sent.values()) <= 48 + 2
+
+
+@pytest.mark.timeout(180)
+def test_a_bucket_gone_mid_run_stops_every_task(
+    tmp_path: Path,
+    proxied_bucket: tuple[str, CuttableProxy],
+    server: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver's lease cannot be renewed: the account stops leasing, so the tasks stop
+    sending too, and the run ends with one line and exit 5."""
+    bucket, proxy = proxied_bucket
+    monkeypatch.setenv("CAPTION_LOCK_LEASE_S", "6")
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "endpoint_url": proxy.url,
+        # botocore's own retries make each call to the cut bucket take 5-10 s; ours remain
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
+    imgs = distinct_images(tmp_path / "imgs", 120)
+    server.delay = 0.2
+    server.on_request = lambda n: proxy.cut() if n == 8 else None
+    result = CliRunner().invoke(cli, [
+        "--storage-options", json.dumps(options), "run", str(imgs),
+        "-o", f"s3://{bucket}/out", "--endpoint", server.url, "--quiet",
+        "--executor", "ray", "--workers", "2", "--concurrency", "2",
+    ])  # fmt: skip
+    assert result.exit_code == 5, f"{result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output
+    assert bucket in result.output
+    paid = server.count()
+    assert paid < 120  # it stopped sending
+    time.sleep(1.5)
+    assert server.count() == paid  # and no task sends after the run ended
+
+    # The tasks' answers the bucket never took were handed to the driver's mirror: the
+    # rerun, once the bucket is back, pushes them and sends only the rest.
+    server.on_request, server.delay = None, 0
+    proxy.restore()
+    storage.configure({})
+    again = CliRunner().invoke(cli, [
+        "run", str(imgs), "-o", f"s3://{bucket}/out", "--endpoint", server.url, "--quiet",
+    ])  # fmt: skip
+    assert again.exit_code == 0, f"{again.output}\n{again.exception!r}"
+    results = bucket_results(bucket, "out")
+    assert len({r["id"] for r in results}) == len(results) == 120
+    twice = [d for d, n in server.requests_by_digest().items() if n > 1]
+    assert len(twice) <= 4, twice  # at most what was in flight (2 workers x 2)

@@ -93,3 +93,34 @@ def test_the_page_in_a_real_browser(folder: Path, tmp_path: Path) -> None:
     shot = (tmp_path / "report.png").read_bytes()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(shot) > 20_000
+
+
+@pytest.mark.timeout(60)
+def test_sampled_sources_are_read_bounded_never_hanging(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """A FIFO, a link to /dev/zero and an oversized file in sampled rows' places: the
+    report neither hangs nor fills the memory, and says why each has no thumbnail."""
+    imgs = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, imgs)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["run", str(imgs), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    (imgs / "sunset.jpg").unlink()
+    os.mkfifo(imgs / "sunset.jpg")
+    (imgs / "poster.jpg").unlink()
+    (imgs / "poster.jpg").symlink_to("/dev/zero")
+    with open(imgs / "forest.webp", "wb") as f:
+        f.truncate((64 << 20) + 1)  # sparse: over the cap without using the disk
+    figures = compute(out, "out")
+    reasons = {Path(r["source"]).name: r["no_thumbnail"] for r in figures.sample}
+    assert reasons["sunset.jpg"] == "not a regular file"
+    assert reasons["poster.jpg"] == "not a regular file"
+    assert reasons["forest.webp"] == "over 64 MiB"
+    assert reasons["checkerboard.png"] is None
+    page = tmp_path / "r.html"
+    result = CliRunner().invoke(cli, ["report", str(out), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "(no thumbnail: not a regular file)" in page.read_text()

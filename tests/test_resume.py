@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from pipeline.outdir import OutputDir
 from pipeline.records import RESULT_SCHEMA, ResultRow
 from pipeline.status import read_status
 from pipeline.writer import journal_line
-from tests.conftest import KEY, SAMPLES
+from tests.conftest import KEY, SAMPLES, spawn_run
 from tests.fakes import HANG, ScriptedServer, digest_of_file, json_error
 from tests.test_runner import results
 
@@ -46,17 +44,6 @@ def run_cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "MEMORIES_API_KEY": KEY}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", *args, "--quiet"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def ids_once(out: Path) -> list[str]:
     rows = results(out)
     ids = [r["id"] for r in rows]
@@ -69,7 +56,7 @@ def test_kill_9_resends_at_most_what_was_in_flight(
     tmp_path: Path, many: Path, server: ScriptedServer, key: str, concurrency: int
 ) -> None:
     out = tmp_path / "out"
-    proc = spawn(
+    proc = spawn_run(
         str(many),
         "-o",
         str(out),
@@ -116,7 +103,7 @@ def test_sigterm_stops_flushes_and_says_how_to_resume(
     tmp_path: Path, many: Path, server: ScriptedServer, key: str
 ) -> None:
     out = tmp_path / "out"
-    proc = spawn(str(many), "-o", str(out), "--endpoint", server.url, "--concurrency", "2")
+    proc = spawn_run(str(many), "-o", str(out), "--endpoint", server.url, "--concurrency", "2")
 
     def term(received: int) -> None:
         if received == 10:
@@ -156,7 +143,7 @@ def test_a_second_ctrl_c_ends_the_grace_period_at_once(
     for path in hanging:
         server.plan(digest_of_file(path), HANG)
     out = tmp_path / "out"
-    proc = spawn(str(many), "-o", str(out), "--endpoint", server.url, "--concurrency", "4")
+    proc = spawn_run(str(many), "-o", str(out), "--endpoint", server.url, "--concurrency", "4")
     deadline = time.monotonic() + 30
     while sum(server.answered.values()) < 5 or server.count() < 9:
         assert time.monotonic() < deadline, "the run did not get going"

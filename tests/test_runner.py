@@ -493,3 +493,22 @@ def test_a_normal_run_says_only_the_summary(
     result = caption(str(imgs), "-o", str(out), "--endpoint", server.url, "--retry-errors")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("1 ok, 0 errors of 0 new, 1 retried (5 already done")
+
+
+def test_an_empty_output_path_is_refused_not_the_working_folder(
+    tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    for command in (
+        ["run", str(SAMPLES), "-o", "", "--endpoint", server.url],
+        ["ingest", str(SAMPLES), "-o", " "],
+    ):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert "empty path" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing written where we stand
+    assert server.count() == 0

@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -134,11 +134,14 @@ async def execute(
     total: int,
     show_progress: bool,
     handle_signals: bool = True,
+    on_lost: list[Callable[[str], None]] | None = None,
 ) -> tuple[Tally, StopReason, int]:
     """The local executor: one event loop, one session, one limiter, one writer.
 
     Returns what the run did, why it stopped, and how many answered rows could not be
-    saved (the disk stayed full): those are sent again by the next run.
+    saved (the disk stayed full): those are sent again by the next run. Through
+    `on_lost` a bucket folder's mirror tells it (from its own thread) to stop sending:
+    rows in flight finish and are written, the rest stay pending.
     """
     stop = StopReason()
     stopping = asyncio.Event()
@@ -172,6 +175,15 @@ async def execute(
             INTERRUPT_GRACE_S, stop_now, f"still in flight after {INTERRUPT_GRACE_S:.0f} s"
         )
 
+    def lost(message: str) -> None:  # from the mirror's thread
+        def stop_sending() -> None:
+            stop.set("storage", message)
+            stopping.set()
+
+        loop.call_soon_threadsafe(stop_sending)
+
+    if on_lost is not None:
+        on_lost.append(lost)
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig.name)
@@ -201,6 +213,8 @@ async def execute(
             redraw.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if on_lost is not None:
+            on_lost.remove(lost)
         if progress is not None:
             progress.close()
         try:

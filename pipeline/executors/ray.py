@@ -30,33 +30,47 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipeline import storage
 from pipeline.account import Account
+from pipeline.books import read_shard
 from pipeline.budget import Budget
 from pipeline.config import JobConfig
-from pipeline.errors import UsageError
+from pipeline.errors import StorageError, UsageError
 from pipeline.executors import ExecutorSpec
 from pipeline.executors.local import open_captioner
 from pipeline.job import job_definition
 from pipeline.labels import result_schema
 from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
 from pipeline.mirror import ACTIVE, BucketFolder, sync_every_s
-from pipeline.outdir import OutputDir, read_shard
+from pipeline.outdir import OutputDir
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.storage import is_remote
 from pipeline.work import StopReason, Tally, caption_rows
-from pipeline.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal
+from pipeline.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
 INTERRUPT_GRACE_S = 10.0
 TASK_RETRIES = 3
+SAVED_COLUMNS = [
+    "id",
+    "status",
+    "error_kind",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "usage_source",
+]
 
 
 def is_remote_cluster(address: str | None) -> bool:
@@ -168,9 +182,16 @@ def execute(
     total: int,
     show_progress: bool,
     spec: ExecutorSpec,
+    on_lost: list[Callable[[str], None]] | None = None,
 ) -> tuple[Tally, StopReason, int]:
-    """Run the pending `rows` on Ray; what they did, why the run stopped, rows unsaved."""
+    """Run the pending `rows` on Ray; what they did, why the run stopped, rows unsaved.
+    Through `on_lost` a bucket folder's mirror tells the run (from its own thread) that
+    the folder's lock is being lost: the account stops leasing, so every task stops
+    sending after the rows it holds."""
     ray = _init(spec)
+    lost: list[str] = []  # appended from the mirror's thread, read by the loop below
+    if on_lost is not None:
+        on_lost.append(lost.append)
     workers = spec.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     limits = config.limits
     account = (
@@ -193,6 +214,7 @@ def execute(
     bar = _bar(total) if show_progress else None
     blocks = enumerate(_blocks(rows, size))
     in_flight: dict[Any, int] = {}
+    told = False  # the account was told that the folder's lock is being lost
     try:
         while True:
             while not stop.kind and len(in_flight) < workers:
@@ -214,15 +236,23 @@ def execute(
                 in_flight[ref] = number
             if not in_flight:
                 break
+            if lost and not told:
+                told = True
+                stop.set("storage", lost[0])
+                ray.get(account.stop.remote("storage", lost[0]))
+                continue  # no new block: see what the tasks hand back
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in done:
                 del in_flight[ref]
-                part, part_stop, part_unsaved = ray.get(ref)
-                tally = _merge(tally, part)
-                unsaved += part_unsaved
-                if part_stop[0]:
-                    stop.set(part_stop[0], part_stop[1])
-                    budget.refused_usd = max(budget.refused_usd, part_stop[2])
+                part = ray.get(ref)
+                tally = _merge(tally, part.tally)
+                unsaved += part.unsaved
+                _keep(out, part.handed)
+                if part.stop[0] == "storage":
+                    lost.append(part.stop[1])  # the bucket failed a task: stop them all
+                elif part.stop[0]:
+                    stop.set(part.stop[0], part.stop[1])
+                    budget.refused_usd = max(budget.refused_usd, part.stop[2])
             if bar is not None:
                 _draw(bar, ray.get(account.progress.remote()))
     except KeyboardInterrupt:
@@ -232,18 +262,31 @@ def execute(
             list(in_flight), num_returns=len(in_flight), timeout=INTERRUPT_GRACE_S
         )
         for ref in done:
-            part, _, part_unsaved = ray.get(ref)
-            tally, unsaved = _merge(tally, part), unsaved + part_unsaved
+            part = ray.get(ref)
+            tally, unsaved = _merge(tally, part.tally), unsaved + part.unsaved
+            _keep(out, part.handed)
         for ref in late:
             ray.cancel(ref, force=True)
     finally:
+        if on_lost is not None:
+            on_lost.remove(lost.append)
         if bar is not None:
             bar.close()
         ray.kill(account)
     budget.spent_usd += tally.cost_usd  # the driver's view, for the stop message
-    if bucket is not None:
+    if bucket is not None and not told:  # the bucket is gone: what it lacks was handed
         bucket.pull(only=f"part-r{run}-")
     return tally, stop, unsaved
+
+
+def _keep(out: OutputDir, handed: list[tuple[str, bytes]]) -> None:
+    """Shards a task could not push to the bucket, kept in the driver's mirror (whose
+    unpushed rows are never deleted, and go up with the next push or run)."""
+    for name, data in handed:
+        target = out.path / name
+        if not target.exists():
+            write_parquet_atomic(pq.read_table(pa.BufferReader(data)), target)
+            log.warning("kept %s, which the bucket did not take, in the local mirror", name)
 
 
 def _merge(a: Tally, b: Tally) -> Tally:
@@ -279,6 +322,17 @@ def _draw(bar: Any, totals: dict[str, float]) -> None:
 # -- in the worker -------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class BlockResult:
+    """What a task did: its tally, why it stopped (kind, message, the budget it was
+    refused), rows answered but unsaved, and shards the bucket did not take."""
+
+    tally: Tally
+    stop: tuple[str, str, float]
+    unsaved: int
+    handed: list[tuple[str, bytes]] = field(default_factory=list)
+
+
 def run_block(
     block: str,
     rows: list[dict[str, Any]],
@@ -289,19 +343,33 @@ def run_block(
     concurrency: int,
     storage_options: dict[str, Any] | None = None,
     sync_s: float | None = None,
-) -> tuple[Tally, tuple[str, str, float], int]:
+) -> BlockResult:
     """Caption one block into shards of its own (a Ray task). A retry of the block first
     folds what the earlier attempt journaled, and skips the rows it answered. In a bucket
-    folder the task works on a mirror of its block alone, pushed every few seconds."""
+    folder the task works on a mirror of its block alone, pushed every few seconds; when
+    the bucket fails, the block's shards go back to the driver instead (`handed`), since
+    the task's disk is gone when it ends."""
     if storage_options:
         storage.configure(storage_options)
     if is_remote(out_path):
         with tempfile.TemporaryDirectory(prefix="caption-block-") as tmp:
             mirror = BucketFolder(out_path, Path(tmp) / "out", f"part-r{block}-", sync_s)
-            with mirror.task_session() as local:
-                out = OutputDir(local)
-                out.create()
-                return _run_block(block, rows, config, api_key, out, account, concurrency)
+            result: BlockResult | None = None
+            try:
+                with mirror.task_session() as local:
+                    out = OutputDir(local)
+                    out.create()
+                    result = _run_block(block, rows, config, api_key, out, account, concurrency)
+                    if result.stop[0] == "storage":
+                        raise StorageError(result.stop[1])  # no last push: hand them back
+            except StorageError as exc:
+                if result is None:
+                    raise
+                result.stop = ("storage", str(exc), 0.0)
+                result.handed = [
+                    (p.name, p.read_bytes()) for p in sorted(mirror.local.glob(f"part-r{block}-*"))
+                ]
+            return result
     out = OutputDir(Path(out_path))
     with workers_lock(out, fcntl.LOCK_SH):  # a later run waits for this task to end
         return _run_block(block, rows, config, api_key, out, account, concurrency)
@@ -315,13 +383,20 @@ def _run_block(
     out: OutputDir,
     account: Any,
     concurrency: int,
-) -> tuple[Tally, tuple[str, str, float], int]:
+) -> BlockResult:
     schema = result_schema(job_definition(config))  # a task's mirror holds no run.json
     prefix = f"part-r{block}"
     for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
         fold_journal(journal, schema)
     shards = sorted(out.path.glob(f"{prefix}-*.parquet"))
-    done = {i for s in shards for i in read_shard(s, columns=["id"])["id"].to_pylist()}
+    # Rows an earlier attempt of this block answered (its worker was killed): not sent
+    # again, and counted in this block's tally, since this run paid for them.
+    earlier = Tally()
+    done: set[str] = set()
+    for shard in shards:
+        saved = read_shard(shard, columns=SAVED_COLUMNS)
+        done.update(saved.column("id").to_pylist())
+        earlier.add_saved(saved)
     if done:
         log.info("block %s: %d row(s) answered by an earlier attempt", block, len(done))
     pending = [ManifestRow.from_dict(dict(r)) for r in rows if r["id"] not in done]
@@ -333,9 +408,10 @@ def _run_block(
         schema=schema,
     )
     worker = f"{os.getpid()}-{block}"
-    return asyncio.run(
+    tally, stop, unsaved = asyncio.run(
         _caption_block(pending, config, api_key, writer, account, concurrency, worker)
     )
+    return BlockResult(_merge(tally, earlier), stop, unsaved)
 
 
 async def _caption_block(
