@@ -311,14 +311,14 @@ def parse_completion(body: Any, status: int, endpoint: Redacts) -> Completion:
     for i, ch in enumerate(choices):
         if not isinstance(ch, dict):
             raise unusable(f"HTTP {status} with a malformed choice", status, body.get("usage"))
-        message = ch.get("message")
-        message = message if isinstance(message, dict) else {}
+        given = ch.get("message")
+        said: dict[str, Any] = given if isinstance(given, dict) else {}
         index = _fitting(ch.get("index"), 2**31)
         parsed.append(
             Choice(
                 index=i if index is None else index,
-                content=text(message.get("content")),
-                refusal=text(message.get("refusal")),
+                content=text(said.get("content")),
+                refusal=text(said.get("refusal")),
                 finish_reason=text(ch.get("finish_reason")),
             )
         )

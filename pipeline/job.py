@@ -20,7 +20,7 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
     Concurrency, limits and budget change how fast and how much, not what, so they are out.
     """
     req = config.request
-    schema = {} if req.json_schema is None else {"json_schema": req.json_schema}
+    schema: dict[str, Any] = {} if req.json_schema is None else {"json_schema": req.json_schema}
     # A cap in pixels changes what the model sees; "model" does not (the model scales
     # every image to that size itself), so switching it on keeps the job the same.
     if isinstance(req.resize, int):

@@ -321,7 +321,8 @@ def sample_value(schema: dict[str, Any], seed: str, where: str = "$") -> Any:
             k: sample_value(sub, seed, f"{where}.{k}") for k, sub in schema["properties"].items()
         }
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {"type": "string"}
+        given = schema.get("items")
+        items: dict[str, Any] = given if isinstance(given, dict) else {"type": "string"}
         return [sample_value(items, seed, f"{where}[{i}]") for i in range(1 + h % 3)]
     if kind == "integer":
         return h % 100

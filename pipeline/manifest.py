@@ -238,12 +238,12 @@ def write_manifest(
                 f"no images found in {', '.join(sources)} (images are "
                 f"{' '.join(sorted(IMAGE_EXTENSIONS))}); nothing was written"
             )
-        tmp = workdir / "manifest.parquet"
-        with pq.ParquetWriter(tmp, schema) as out:
+        staged = workdir / "manifest.parquet"
+        with pq.ParquetWriter(staged, schema) as out:
             for part in parts:
                 for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
                     out.write_table(conform(pa.Table.from_batches([rb]), schema))
-        os.replace(tmp, output)
+        os.replace(staged, output)
     except OSError as exc:
         raise storage_error(output.parent, exc) from None
     finally:

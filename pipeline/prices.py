@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -101,7 +101,7 @@ class PriceTable(Mapping[str, ModelPrice]):
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and canonical_model(name) in self._prices
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self._prices)
 
     def __len__(self) -> int:

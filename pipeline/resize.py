@@ -54,8 +54,7 @@ def reduce_image(data: bytes, size: tuple[int, int]) -> Reduced | None:
             alpha = im.mode in ("RGBA", "LA", "PA") or (
                 im.mode == "P" and "transparency" in im.info
             )
-            im = im.convert("RGBA" if alpha else "RGB")
-            out = im.resize(size, Image.Resampling.LANCZOS)
+            out = im.convert("RGBA" if alpha else "RGB").resize(size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     if orientation in _UPRIGHT:

@@ -34,7 +34,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def column_ints(batch: pa.RecordBatch, name: str) -> list[int | None]:
     if name not in batch.schema.names:
         return [None] * batch.num_rows
-    out = []
+    out: list[int | None] = []
     for v in batch.column(name).to_pylist():
         if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
             out.append(None)

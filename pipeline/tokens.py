@@ -91,7 +91,7 @@ def billed_size(
     if isinstance(rule, TileRule):
         longest, shortest = max(width, height), min(width, height)
         if detail == "low":  # a fixed price: the model sees 512x512 at most
-            scale = Fraction(min(1, Fraction(TILE_SIZE, longest)))
+            scale = min(Fraction(1), Fraction(TILE_SIZE, longest))
         else:
             scale = Fraction(1)
             if longest > TILE_FIT:
