@@ -46,7 +46,7 @@ def camera_jpeg(seed: int) -> bytes:
 
 def resize_cpu(paths: list[Path]) -> tuple[float, float]:
     """CPU seconds per image: reduce_image (draft mode), and a full decode + resize."""
-    from pipeline.resize import reduce_image
+    from pipeline.engine.resize import reduce_image
 
     start = time.process_time()
     for path in paths:

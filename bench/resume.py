@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure
 
-from pipeline.config import load_config
-from pipeline.ids import stable_id
-from pipeline.job import fingerprint, job_definition
-from pipeline.outdir import OutputDir
+from pipeline.config.identity import fingerprint, job_definition
+from pipeline.config.settings import load_config
+from pipeline.output.folder import OutputDir
 from pipeline.records import RESULT_SCHEMA
+from pipeline.sources.ids import stable_id
 
 
 def build(out: Path, rows: int, per_shard: int) -> None:

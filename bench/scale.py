@@ -6,7 +6,7 @@
    20 ms latency, local executor against Ray with 2 workers.
 2. CPU-heavy preparation: 12 MP photos with --resize model (bench/bandwidth.py's camera
    photos), Ray with 1 worker against 2 workers. Each worker resizes on every core
-   (`prepare.py`'s process pool), so on a 2-core machine the second worker adds
+   (`engine/prepare.py`'s process pool), so on a 2-core machine the second worker adds
    little: the figure says how much.
 3. The global limiter: a server allowing 200 requests/s, --rpm 12000, 2 workers: the
    share of requests it refused, and the rate achieved.

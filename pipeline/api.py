@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import FatalApiError, StorageError
-from pipeline.ids import RowSpec
+from pipeline.sources.ids import RowSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.config import JobConfig
+    from pipeline.config.settings import JobConfig
 
 Sources = str | Path | Iterable[str | Path]
 
@@ -68,7 +68,7 @@ def _sources(sources: Sources) -> list[str]:
 
 
 def _config(config: str | Path | None, settings: dict[str, Any]) -> JobConfig:
-    from pipeline.config import load_config
+    from pipeline.config.settings import load_config
 
     return load_config(Path(config) if config is not None else None, settings)
 
@@ -84,7 +84,7 @@ def _run(
     progress: bool,
     settings: dict[str, Any],
 ) -> RunResult:
-    from pipeline.runner import run_job
+    from pipeline.engine.runner import run_job
 
     outcome = run_job(
         _sources(sources),
@@ -171,7 +171,7 @@ def estimate(
     and output tokens, expected and worst-case cost in USD, as `caption estimate`."""
     import pandas as pd
 
-    from pipeline.dryrun import estimate_sources
+    from pipeline.cost.dryrun import estimate_sources
 
     report = estimate_sources(
         _sources(sources),
@@ -190,9 +190,9 @@ def read_results(output: str | Path) -> pd.DataFrame:
     import pyarrow as pa
 
     from pipeline.errors import UsageError
-    from pipeline.export import flatten_parsed, joined
-    from pipeline.mirror import readable
-    from pipeline.outdir import OutputDir
+    from pipeline.output.export import flatten_parsed, joined
+    from pipeline.output.folder import OutputDir
+    from pipeline.output.mirror import readable
 
     with readable(str(output)) as folder:
         out = OutputDir(folder)

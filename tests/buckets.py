@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import storage
+from pipeline.output import storage
 from tests.conftest import KEY
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import worker
+from pipeline.engine import captioner as worker
 from tests.fakes import ScriptedServer, scripted_server
 
 # moto's S3 server and a bucket per test (tests/buckets.py), for any test module.

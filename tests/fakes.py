@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.fake_server import BadRequest, completion_for, image_digest, respond
-from pipeline.prices import load_price_table
+from pipeline.config.prices import load_price_table
+from pipeline.testing.fake_server import BadRequest, completion_for, image_digest, respond
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pipeline.account import PACE, Account, Report
+from pipeline.executors.account import PACE, Account, Report
 
 
 def test_send_times_are_paced_globally_whoever_asks() -> None:

@@ -7,13 +7,6 @@ from email.utils import format_datetime
 
 import pytest
 
-from pipeline.answer import (
-    classify,
-    parse_completion,
-    parse_duration,
-    parse_retry_after,
-)
-from pipeline.client import Endpoint
 from pipeline.errors import (
     ApiError,
     FatalApiError,
@@ -21,7 +14,14 @@ from pipeline.errors import (
     RequestRejected,
     TransientError,
 )
-from pipeline.stream import assemble_stream
+from pipeline.http.answer import (
+    classify,
+    parse_completion,
+    parse_duration,
+    parse_retry_after,
+)
+from pipeline.http.client import Endpoint
+from pipeline.http.stream import assemble_stream
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
 

@@ -1,4 +1,4 @@
-"""The folder's books (`pipeline/books.py`): every paid attempt counted once, through
+"""The folder's books (`pipeline/output/books.py`): every paid attempt counted once, through
 --retry-errors, a compaction cut short, and a shard copied in twice."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import books
 from pipeline.cli import cli
-from pipeline.outdir import OutputDir
-from pipeline.prices import cost_usd, load_price_table
-from pipeline.status import read_status
+from pipeline.config.prices import cost_usd, load_price_table
+from pipeline.output import books
+from pipeline.output.folder import OutputDir
+from pipeline.report.status import read_status
 from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer
 from tests.test_structured import SCHEMA, completion

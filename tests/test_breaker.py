@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from pipeline import breaker as breaker_module
-from pipeline.breaker import TRIP_AFTER, CircuitBreaker
 from pipeline.errors import FatalApiError, RequestRejected, TransientError
+from pipeline.http import breaker as breaker_module
+from pipeline.http.breaker import TRIP_AFTER, CircuitBreaker
 from pipeline.records import ResultRow
 from tests.fakes import Reply, ScriptedServer, digest_of_file, json_error
 from tests.test_runner import by_name, results

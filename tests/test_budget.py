@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.budget import Budget, BudgetReached
-from pipeline.config import load_config
-from pipeline.prices import cost_usd
-from pipeline.tokens import image_tokens, prompt_text_tokens, text_tokens
+from pipeline.config.prices import cost_usd
+from pipeline.config.settings import load_config
+from pipeline.cost.tokens import image_tokens, prompt_text_tokens, text_tokens
+from pipeline.engine.budget import Budget, BudgetReached
 from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 from tests.test_runner import by_name, results

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pipeline.client import Answer, Endpoint, post_completion
 from pipeline.errors import FatalApiError, ResponseTooLarge
+from pipeline.http.client import Answer, Endpoint, post_completion
 from tests.fakes import serve_in_thread
 
 COMPLETION = {

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 pytest.importorskip("s3fs", reason="the cloud extra: pip install 'caption[cloud]'")
 boto3 = pytest.importorskip("boto3")
 
-from pipeline import storage  # noqa: E402
 from pipeline.cli import cli  # noqa: E402
+from pipeline.output import storage  # noqa: E402
 from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
 from tests.conftest import KEY, SAMPLES, spawn_run  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402

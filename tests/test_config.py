@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (
+from pipeline.config.settings import (
     FLAG_SETTINGS,
     EndpointConfig,
     JobConfig,
@@ -176,7 +176,7 @@ def test_config_is_frozen() -> None:
 
 
 def test_a_misspelt_model_is_matched_by_the_name_after_its_prefix() -> None:
-    from pipeline.config import closest_model
+    from pipeline.config.settings import closest_model
 
     known = ["gpt:o3", "gpt:gpt-4o", "gpt:gpt-4o-mini", "gpt:gpt-5-mini"]
     assert closest_model("gpt4o", known) == "gpt:gpt-4o"

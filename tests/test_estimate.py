@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.prices import load_price_table
-from pipeline.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+from pipeline.config.prices import load_price_table
+from pipeline.cost.tokens import image_tokens, max_image_tokens, prompt_text_tokens
 from tests.conftest import KEY, SAMPLES
 from tests.fakes import ScriptedServer, json_error, serve_in_thread
 
@@ -301,8 +301,8 @@ def test_a_pilot_into_the_output_folder_is_never_paid_for_twice(
 
 
 def test_a_pilot_sample_is_random_but_repeatable(tmp_path: Path) -> None:
-    from pipeline.manifest import sample_rows
     from pipeline.records import ManifestRow
+    from pipeline.sources.manifest import sample_rows
 
     rows = [ManifestRow(id=str(i), source=f"/{i}") for i in range(1000)]
     first = [r.id for r in sample_rows(iter(rows), 10)]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.config import RequestConfig
-from pipeline.fake_server import FakeOptions, caption_for, make_app, stream_events
-from pipeline.request import build_payload
+from pipeline.config.settings import RequestConfig
+from pipeline.http.request import build_payload
+from pipeline.testing.fake_server import FakeOptions, caption_for, make_app, stream_events
 from tests.conftest import SAMPLES
 from tests.fakes import digest_of_file
 

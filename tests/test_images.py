@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import RequestRejected
-from pipeline.images import header_size, load_image, local_size, sniff_mime
+from pipeline.sources.images import header_size, load_image, local_size, sniff_mime
 from tests.conftest import SAMPLES
 
 

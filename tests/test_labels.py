@@ -6,9 +6,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config.settings import load_config
+from pipeline.engine.labels import (
+    Labels,
+    Mismatch,
+    arrow_type,
+    conform,
+    load_schema_file,
+    sample_value,
+)
 from pipeline.errors import UsageError
-from pipeline.labels import Labels, Mismatch, arrow_type, conform, load_schema_file, sample_value
 
 SCHEMA = {
     "type": "object",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.engine.work import Tally
 from pipeline.executors.local import Progress
 from pipeline.records import ResultRow
-from pipeline.work import Tally
 
 
 def row(i: int) -> ResultRow:

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.ids import RowSpec, stable_id
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.sources.ids import RowSpec, stable_id
+from pipeline.sources.manifest import read_manifest, write_manifest
 from tests.conftest import SAMPLES
 
 

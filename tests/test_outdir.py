@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import load_config
-from pipeline.job import fingerprint, job_definition
-from pipeline.outdir import OutputDir
+from pipeline.config.identity import fingerprint, job_definition
+from pipeline.config.settings import load_config
+from pipeline.output.folder import OutputDir
+from pipeline.output.writer import ShardWriter
 from pipeline.records import ResultRow
-from pipeline.writer import ShardWriter
 from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
 from tests.test_runner import results

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.prices import (
+from pipeline.config.prices import (
     ModelPrice,
     PatchRule,
     TileRule,
@@ -16,6 +15,7 @@ from pipeline.prices import (
     cost_usd,
     load_price_table,
 )
+from pipeline.errors import UsageError
 from tests.conftest import FIXTURES
 
 ROW = re.compile(r"^\| ([a-z0-9.\-]+) \| \$([\d.]+)/1M tokens \| \$([\d.]+)/1M tokens \|$")

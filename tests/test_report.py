@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.report import compute
+from pipeline.report.page import compute
 from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pipeline.config import RequestConfig
+from pipeline.config.settings import RequestConfig
 from pipeline.errors import UsageError
-from pipeline.request import BodyTemplate, build_payload
+from pipeline.http.request import BodyTemplate, build_payload
 from tests.conftest import SAMPLES
 
 JOBS = [

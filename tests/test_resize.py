@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.prices import PatchRule, TileRule
-from pipeline.resize import reduce_image
-from pipeline.tokens import billed_size, image_tokens
+from pipeline.config.prices import PatchRule, TileRule
+from pipeline.cost.tokens import billed_size, image_tokens
+from pipeline.engine.resize import reduce_image
 from tests.fakes import ScriptedServer
 
 RULES = [

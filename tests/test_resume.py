@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.manifest import write_manifest
-from pipeline.outdir import OutputDir
+from pipeline.output.folder import OutputDir
+from pipeline.output.writer import journal_line
 from pipeline.records import RESULT_SCHEMA, ResultRow
-from pipeline.status import read_status
-from pipeline.writer import journal_line
+from pipeline.report.status import read_status
+from pipeline.sources.manifest import write_manifest
 from tests.conftest import KEY, SAMPLES, spawn_run
 from tests.fakes import HANG, ScriptedServer, digest_of_file, json_error
 from tests.test_runner import results

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.fake_server import caption_for
+from pipeline.testing.fake_server import caption_for
 from tests.conftest import KEY, SAMPLES
 from tests.fakes import (
     DROP,

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.fake_server import FakeOptions, caption_for, make_app
+from pipeline.testing.fake_server import FakeOptions, caption_for, make_app
 from tests.conftest import SAMPLES
 from tests.fakes import ENDLESS, Reply, ScriptedServer, digest_of_file, serve_in_thread
 from tests.test_runner import by_name, results

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.status import read_status
+from pipeline.report.status import read_status
 from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from pipeline.prices import PatchRule, TileRule, load_price_table
-from pipeline.tokens import (
+from pipeline.config.prices import PatchRule, TileRule, load_price_table
+from pipeline.cost.tokens import (
     image_tokens,
     image_tokens_array,
     max_image_tokens,

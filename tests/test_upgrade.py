@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.ids import ID_VERSION, stable_id
-from pipeline.status import read_status
+from pipeline.report.status import read_status
+from pipeline.sources.ids import ID_VERSION, stable_id
 from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
 

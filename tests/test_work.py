@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import prepare
 from pipeline.cli import cli
-from pipeline.images import LoadedImage
+from pipeline.engine import prepare
+from pipeline.sources.images import LoadedImage
 from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
 from tests.test_runner import results

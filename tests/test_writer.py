@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import writer as writer_module
+from pipeline.engine.labels import result_schema
 from pipeline.errors import StorageError
-from pipeline.labels import result_schema
+from pipeline.output import writer as writer_module
+from pipeline.output.writer import ShardWriter, fold_journal, read_journal
 from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage
-from pipeline.writer import ShardWriter, fold_journal, read_journal
 
 
 def row(i: int, status: str = "ok") -> ResultRow:

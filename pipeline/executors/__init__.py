@@ -1,6 +1,6 @@
-"""Executors: where the unit of work (`pipeline.work.caption_rows`) runs. `local` runs it
+"""Executors: where the unit of work (`pipeline.engine.work.caption_rows`) runs. `local` runs it
 on one event loop in this process; `ray` runs it over blocks of rows on a Ray cluster,
-with one account (`pipeline.account`) for the rate limits and the budget."""
+with one account (`pipeline.executors.account`) for the rate limits and the budget."""
 
 from __future__ import annotations
 

@@ -15,16 +15,16 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from pipeline.budget import Budget
-from pipeline.client import Endpoint
-from pipeline.config import JobConfig
+from pipeline.config.settings import JobConfig
+from pipeline.engine.budget import Budget
+from pipeline.engine.captioner import Captioner
+from pipeline.engine.work import StopReason, Tally, caption_rows
 from pipeline.errors import StorageError
-from pipeline.limiter import AdaptiveLimiter
-from pipeline.outdir import OutputDir
+from pipeline.http.client import Endpoint
+from pipeline.http.limiter import AdaptiveLimiter
+from pipeline.output.folder import OutputDir
+from pipeline.output.writer import ShardWriter
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.work import StopReason, Tally, caption_rows
-from pipeline.worker import Captioner
-from pipeline.writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ INTERRUPT_GRACE_S = 10.0
 @asynccontextmanager
 async def endpoint_url(config: JobConfig) -> AsyncIterator[str]:
     if config.endpoint.is_fake:
-        from pipeline.fake_server import FakeEndpoint
+        from pipeline.testing.fake_server import FakeEndpoint
 
         async with FakeEndpoint() as fake:
             yield fake.url

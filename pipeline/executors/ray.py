@@ -1,11 +1,11 @@
 """The Ray executor: one job, many workers, one account.
 
 The driver (this process) has already recovered, compacted and scanned the output folder
-(`runner.py`, as for the local executor). It splits the pending rows into blocks and runs
+(`engine/runner.py`, as for the local executor). It splits the pending rows into blocks and runs
 one Ray task per block, at most `workers` at once. A task runs the same unit of work as
 the local executor (`work.caption_rows`) with its own HTTP session and its own shard names
 (`part-r<block>-N`), and takes its send times and its budget from one named actor holding
-the job's account (`account.py`, leased in small batches: `leased.py`). So the rate
+the job's account (`executors/account.py`, leased in small batches: `executors/leased.py`). So the rate
 limits, the 429 back-off and the budget cap are global, not per worker.
 
 A task whose worker process dies (`kill -9`, a lost node) is retried by Ray. The retry
@@ -40,23 +40,23 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.account import Account
-from pipeline.books import read_shard
-from pipeline.budget import Budget
-from pipeline.config import JobConfig
+from pipeline.config.identity import job_definition
+from pipeline.config.settings import JobConfig
+from pipeline.engine.budget import Budget
+from pipeline.engine.labels import result_schema
+from pipeline.engine.work import StopReason, Tally, caption_rows
 from pipeline.errors import StorageError, UsageError
 from pipeline.executors import ExecutorSpec
+from pipeline.executors.account import Account
+from pipeline.executors.leased import LeaseClient, LeasedBudget, LeasedLimiter
 from pipeline.executors.local import open_captioner
-from pipeline.job import job_definition
-from pipeline.labels import result_schema
-from pipeline.leased import LeaseClient, LeasedBudget, LeasedLimiter
-from pipeline.mirror import ACTIVE, BucketFolder, sync_every_s
-from pipeline.outdir import OutputDir
+from pipeline.output import storage
+from pipeline.output.books import read_shard
+from pipeline.output.folder import OutputDir
+from pipeline.output.mirror import ACTIVE, BucketFolder, sync_every_s
+from pipeline.output.storage import is_remote
+from pipeline.output.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal, write_parquet_atomic
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.storage import is_remote
-from pipeline.work import StopReason, Tally, caption_rows
-from pipeline.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 

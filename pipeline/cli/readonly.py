@@ -1,0 +1,211 @@
+"""The `caption` commands that read, show or serve rather than run a job: `prices`,
+`status`, `export`, `report` and `fake-endpoint` (the group and the job commands are in
+`cli/group.py`). Heavy libraries are imported inside the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.errors import UsageError
+
+
+@click.command(short_help="Show the price table (USD per 1M tokens).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Job config whose [prices] tables add to or override the shipped table.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def prices(config_path: Path | None, as_json: bool) -> None:
+    """Print every model's input and output price per 1M tokens."""
+    from pipeline.config.prices import load_price_table
+    from pipeline.config.settings import load_config
+
+    table = load_config(config_path).prices if config_path else load_price_table()
+    rows = [price_entry_row(p) for p in table.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["model"]) for r in rows)
+    click.echo(
+        f"{'model':<{width}}  {'input $/1M':>10}  {'cached $/1M':>11}  {'output $/1M':>11}  image rule"
+    )
+    for r in rows:
+        cached = "" if r["cached_input_per_1m"] is None else f"{r['cached_input_per_1m']:g}"
+        click.echo(
+            f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {cached:>11}  "
+            f"{r['output_per_1m']:>11g}  {describe_rule(r['image'])}"
+        )
+
+
+def price_entry_row(price: Any) -> dict[str, Any]:
+    """A price as `caption prices` shows it: per-1M prices and the image rule."""
+    from pipeline.config.prices import price_entry
+
+    entry = price_entry(price)
+    return {
+        "model": price.model,
+        "input_per_1m": price.input_per_1m,
+        "cached_input_per_1m": entry.get("cached_input_per_1m"),
+        "output_per_1m": price.output_per_1m,
+        "image": entry.get("image"),
+    }
+
+
+def describe_rule(rule: dict[str, Any] | None) -> str:
+    if rule is None:
+        return "none (images not counted)"
+    if rule.get("rule") == "tile":
+        return f"tile: {rule['base']} + {rule['per_tile']} per 512-px tile"
+    return f"patch: 32-px patches x {rule['multiplier']:g}, at most {rule['budget']}"
+
+
+@click.command(short_help="Show what an output folder holds: done, errors, pending, cost.")
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(output: str, as_json: bool) -> None:
+    """Report rows done (ok, errors by kind), pending against the manifest, tokens, cost and
+    the job fingerprint of OUTPUT (a folder, or s3:// or gs://). Reads only the output
+    folder; changes nothing."""
+    from pipeline.output.mirror import readable
+    from pipeline.report.status import read_status
+
+    with readable(output) as folder:
+        report = read_status(folder, label=output)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo("\n".join(report.lines()))
+
+
+@click.command(short_help="Write the results as one file, with the sources' own columns.")
+@click.argument("output_dir")
+@click.option(
+    "-o",
+    "--output",
+    "target",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write: .parquet, .jsonl or .csv.",
+)
+def export(output_dir: str, target: Path) -> None:
+    """Join the results in OUTPUT_DIR with the manifest's own columns (your labels,
+    splits, ids) into one file, one row per answered image. Nested columns such as
+    `choices` become JSON text in a CSV. Reads the folder only."""
+    from pipeline.output.export import export as write
+    from pipeline.output.mirror import readable
+
+    with readable(output_dir) as folder:
+        rows = write(folder, target)
+    click.echo(f"exported {rows} rows to {target}")
+
+
+@click.command(short_help="Write an HTML report of an output folder, for operators.")
+@click.argument("output")
+@click.option(
+    "-o",
+    "--output",
+    "target",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write.",
+)
+def report(output: str, target: Path) -> None:
+    """One self-contained HTML page about OUTPUT (a folder, or s3:// or gs://): totals,
+    runs, token and latency distributions, errors by kind, the estimate against what was
+    billed, label counts of a structured job, and a sample of captions with thumbnails.
+    Reads the folder only."""
+    from pipeline.output.mirror import readable
+    from pipeline.report.page import write_report
+
+    with readable(output) as folder:
+        write_report(folder, output, target)
+    click.echo(f"wrote {target}")
+
+
+@click.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
+@click.option("--port", type=int, default=8099, show_default=True)
+@click.option(
+    "--latency", type=float, default=0.0, show_default=True, help="Seconds added to every answer."
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests answered 500 or 429.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=1),
+    help="Allow at most this many requests per sliding second; answer 429 past it, with "
+    "x-ratelimit-* headers (per minute, as OpenAI sends them).",
+)
+@click.option(
+    "--rate-limit-form",
+    type=click.Choice(["openai", "memories"]),
+    default="openai",
+    show_default=True,
+    help="openai: HTTP 429; memories: HTTP 200 with memories.ai's code 0429 envelope.",
+)
+@click.option(
+    "--flaky-429",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests refused with a one-off 429 (Retry-After: 1, no real cap).",
+)
+@click.option(
+    "--uplink-mbps",
+    type=click.FloatRange(min=0.001),
+    help="One shared bandwidth cap, in Mbit/s, on the request bodies it reads (a slow "
+    "upload link).",
+)
+def fake_endpoint(
+    port: int,
+    latency: float,
+    error_rate: float,
+    seed: int,
+    rate_limit: int | None,
+    rate_limit_form: str,
+    flaky_429: float,
+    uplink_mbps: float | None,
+) -> None:
+    """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
+    usage, for trying jobs without a real key: it accepts any key
+    (MEMORIES_API_KEY=any caption run ... --endpoint URL)."""
+    from aiohttp import web
+
+    from pipeline.testing.fake_server import FakeOptions, make_app
+
+    url = f"http://127.0.0.1:{port}/chat/completions"
+    options = FakeOptions(
+        latency=latency,
+        error_rate=error_rate,
+        seed=seed,
+        rate_limit=rate_limit,
+        rate_limit_form=rate_limit_form,
+        flaky_429=flaky_429,
+        uplink_mbps=uplink_mbps,
+    )
+
+    def started(_message: str) -> None:
+        click.echo(
+            f"fake endpoint: {url} (it accepts any key); try:\n"
+            f"  MEMORIES_API_KEY=any caption run data/samples -o out/try --endpoint {url}",
+            err=True,
+        )
+
+    try:
+        web.run_app(make_app(options), host="127.0.0.1", port=port, print=started, access_log=None)
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({reason})") from None

@@ -1,0 +1,3 @@
+"""What a job is: its settings from flags and TOML (`settings.py`), the price table
+(`prices.py`), and the job's identity, the fingerprint a folder is bound to
+(`identity.py`)."""

@@ -1,0 +1,413 @@
+"""Job configuration: TOML file -> frozen, validated dataclasses.
+
+Precedence is flag > file > default. Defaults live here, in the dataclasses; the documented
+copy in `configs/default.toml` is checked against them by the tests. Every value is checked
+on construction (`__post_init__`), and an error names where the value came from (a file's
+`[section] key`, or a flag), the value, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pipeline.config.prices import PriceTable, load_price_table, parse_price_entries
+from pipeline.engine.labels import check_json_schema, load_schema_file
+from pipeline.errors import UsageError
+
+FAKE_ENDPOINT = "fake"
+DEFAULT_URL = "https://mavi-backend.memories.ai/serve/api/v2/iu/chat/completions"
+
+AuthScheme = Literal["raw", "bearer"]
+Detail = Literal["auto", "low", "high"]
+ResponseFormat = Literal["text", "json_object", "json_schema"]
+MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
+
+
+def _setting(
+    default: Any,
+    *,
+    kinds: tuple[type, ...],
+    allowed: str,
+    check: Callable[[Any], bool] = lambda _v: True,
+) -> Any:
+    """A config field: accepted Python types, a range check, and the text that explains both."""
+    return field(default=default, metadata={"kinds": kinds, "allowed": allowed, "check": check})
+
+
+class SettingError(UsageError):
+    """One setting is wrong; carries which, so the caller can say where it came from."""
+
+    def __init__(self, section: str, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"[{section}] {key} = {value!r}: must be {allowed}")
+        self.section = section
+        self.key = key
+
+
+def _validate(section: str, obj: object) -> None:
+    for f in fields(obj):  # type: ignore[arg-type]
+        meta = f.metadata
+        if not meta:
+            continue
+        value = getattr(obj, f.name)
+        kinds: tuple[type, ...] = meta["kinds"]
+        if value is None and type(None) in kinds:
+            continue
+        # bool is an int in Python; a flag set to `true` must not pass as a number.
+        wrong_kind = isinstance(value, bool) and bool not in kinds
+        if wrong_kind or not isinstance(value, kinds) or not meta["check"](value):
+            raise SettingError(section, f.name, value, meta["allowed"])
+
+
+def _is_url(value: str) -> bool:
+    if value == FAKE_ENDPOINT:
+        return True
+    parsed = urlparse(value)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def _in(lo: float, hi: float) -> Callable[[Any], bool]:
+    return lambda v: math.isfinite(v) and lo <= v <= hi
+
+
+def _is_stop(value: Any) -> bool:
+    if isinstance(value, str):
+        return value != ""
+    return (
+        isinstance(value, list)
+        and 1 <= len(value) <= 4
+        and all(isinstance(s, str) and s for s in value)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConfig:
+    url: str = _setting(
+        DEFAULT_URL,
+        kinds=(str,),
+        allowed=f"an http(s) URL of a chat-completions endpoint, or {FAKE_ENDPOINT!r}",
+        check=_is_url,
+    )
+    api_key_env: str = _setting(
+        "MEMORIES_API_KEY",
+        kinds=(str,),
+        allowed="the name of an environment variable (letters, digits, _)",
+        check=lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+    )
+    auth_scheme: AuthScheme = _setting(
+        "raw",
+        kinds=(str,),
+        allowed="'raw' (Authorization: <key>) or 'bearer' (Authorization: Bearer <key>)",
+        check=lambda v: v in ("raw", "bearer"),
+    )
+    timeout: float = _setting(
+        120.0, kinds=(int, float), allowed="seconds, from 1 to 3600", check=_in(1, 3600)
+    )
+
+    def __post_init__(self) -> None:
+        _validate("endpoint", self)
+
+    @property
+    def is_fake(self) -> bool:
+        return self.url == FAKE_ENDPOINT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestConfig:
+    model: str = _setting(
+        "gpt:gpt-4o", kinds=(str,), allowed="a model name such as 'gpt:gpt-4o'", check=bool
+    )
+    system_prompt: str = _setting("", kinds=(str,), allowed="a string ('' for none)")
+    prompt: str = _setting(
+        "Describe this image in one concise sentence.",
+        kinds=(str,),
+        allowed="a non-empty string",
+        check=lambda v: v.strip() != "",
+    )
+    detail: Detail | None = _setting(
+        None,
+        kinds=(str, type(None)),
+        allowed="'auto', 'low' or 'high' (unset: not sent)",
+        check=lambda v: v in ("auto", "low", "high"),
+    )
+    response_format: ResponseFormat | None = _setting(
+        None,
+        kinds=(str, type(None)),
+        allowed="'text', 'json_object' or 'json_schema' (unset: not sent)",
+        check=lambda v: v in ("text", "json_object", "json_schema"),
+    )
+    # OpenAI's `json_schema` object: name, strict, schema. A string in the file (or
+    # --schema) names a JSON file holding it, or a bare JSON Schema.
+    json_schema: dict[str, Any] | None = _setting(
+        None, kinds=(dict, type(None)), allowed="a JSON Schema (see [request] json_schema)"
+    )
+    temperature: float | None = _setting(
+        None, kinds=(int, float, type(None)), allowed="a number from 0 to 2", check=_in(0, 2)
+    )
+    max_tokens: int = _setting(
+        1000, kinds=(int,), allowed="a whole number from 1 to 1000000", check=_in(1, 1_000_000)
+    )
+    max_tokens_field: MaxTokensField = _setting(
+        "max_tokens",
+        kinds=(str,),
+        allowed="'max_tokens' or 'max_completion_tokens'",
+        check=lambda v: v in ("max_tokens", "max_completion_tokens"),
+    )
+    top_p: float | None = _setting(
+        None, kinds=(int, float, type(None)), allowed="a number from 0 to 1", check=_in(0, 1)
+    )
+    frequency_penalty: float | None = _setting(
+        None, kinds=(int, float, type(None)), allowed="a number from -2 to 2", check=_in(-2, 2)
+    )
+    presence_penalty: float | None = _setting(
+        None, kinds=(int, float, type(None)), allowed="a number from -2 to 2", check=_in(-2, 2)
+    )
+    n: int = _setting(1, kinds=(int,), allowed="a whole number from 1 to 128", check=_in(1, 128))
+    stream: bool = _setting(False, kinds=(bool,), allowed="true or false")
+    stop: str | list[str] | None = _setting(
+        None,
+        kinds=(str, list, type(None)),
+        allowed="a non-empty string or a list of 1 to 4 non-empty strings",
+        check=_is_stop,
+    )
+
+    # "off": images byte for byte; "model": reduced to the size the model bills them at
+    # (same tokens, far fewer bytes); a number: longest side in pixels.
+    resize: str | int = _setting(
+        "off",
+        kinds=(str, int),
+        allowed="'off', 'model', or the longest side in pixels (64 to 16384)",
+        check=lambda v: v in ("off", "model") or (isinstance(v, int) and 64 <= v <= 16384),
+    )
+    # Download http(s) images to resize them (otherwise the endpoint fetches them as they are).
+    fetch_urls: bool = _setting(False, kinds=(bool,), allowed="true or false")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resize, str) and self.resize.isdigit():  # --resize 1024
+            object.__setattr__(self, "resize", int(self.resize))
+        _validate("request", self)
+        if self.json_schema is not None:
+            problem = check_json_schema(self.json_schema)
+            if problem is not None:
+                raise SettingError("request", "json_schema", "...", problem)
+            if self.response_format is None:
+                object.__setattr__(self, "response_format", "json_schema")
+            elif self.response_format != "json_schema":
+                raise SettingError(
+                    "request",
+                    "response_format",
+                    self.response_format,
+                    "'json_schema' (or unset) when a json_schema is given",
+                )
+        elif self.response_format == "json_schema":
+            raise SettingError(
+                "request", "response_format", "json_schema", "given with a json_schema (--schema)"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    concurrency: int = _setting(
+        16, kinds=(int,), allowed="a whole number from 1 to 1024", check=_in(1, 1024)
+    )
+    rpm: int | None = _setting(
+        None,
+        kinds=(int, type(None)),
+        allowed="requests per minute, a whole number >= 1 (unset: no cap)",
+        check=_in(1, 10_000_000),
+    )
+    tpm: int | None = _setting(
+        None,
+        kinds=(int, type(None)),
+        allowed="tokens per minute, a whole number >= 1 (unset: no cap)",
+        check=_in(1, 10_000_000_000),
+    )
+    max_attempts: int = _setting(
+        6, kinds=(int,), allowed="a whole number from 1 to 100", check=_in(1, 100)
+    )
+    max_rate_limit_waits: int = _setting(
+        30, kinds=(int,), allowed="a whole number from 0 to 1000", check=_in(0, 1000)
+    )
+    max_retry_after: float = _setting(
+        120.0, kinds=(int, float), allowed="seconds, from 0 to 3600", check=_in(0, 3600)
+    )
+    max_cost_usd: float | None = _setting(
+        None,
+        kinds=(int, float, type(None)),
+        allowed="US dollars > 0 (unset: no cap)",
+        check=lambda v: math.isfinite(v) and v > 0,
+    )
+    max_image_mb: float = _setting(
+        20.0, kinds=(int, float), allowed="megabytes, from 0.001 to 1024", check=_in(0.001, 1024)
+    )
+    max_response_mb: float = _setting(
+        32.0, kinds=(int, float), allowed="megabytes, from 0.001 to 1024", check=_in(0.001, 1024)
+    )
+
+    def __post_init__(self) -> None:
+        _validate("limits", self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputConfig:
+    rows_per_shard: int = _setting(
+        10_000, kinds=(int,), allowed="a whole number from 1 to 10000000", check=_in(1, 10_000_000)
+    )
+
+    def __post_init__(self) -> None:
+        _validate("output", self)
+
+
+def closest_model(name: str, known: list[str]) -> str | None:
+    """The known model whose name after its provider prefix is closest to `name`'s, so
+    `gpt4o` suggests `gpt:gpt-4o`, not `gpt:o3` (whole names share the `gpt:` prefix)."""
+    by_suffix: dict[str, str] = {}
+    for model in known:
+        by_suffix.setdefault(model.split(":", 1)[-1], model)
+    near = difflib.get_close_matches(name.split(":", 1)[-1], list(by_suffix), n=1)
+    return by_suffix[near[0]] if near else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobConfig:
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    request: RequestConfig = field(default_factory=RequestConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    prices: PriceTable = field(default_factory=load_price_table)
+
+    def __post_init__(self) -> None:
+        if self.request.model not in self.prices:
+            near = closest_model(self.request.model, list(self.prices))
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise UsageError(
+                f"[request] model = {self.request.model!r}: no price for this model{hint}; "
+                'use one listed by `caption prices`, or add a [prices."<model>"] table '
+                "with input_per_1m and output_per_1m"
+            )
+
+
+_SECTIONS: dict[str, type] = {
+    "endpoint": EndpointConfig,
+    "request": RequestConfig,
+    "limits": LimitsConfig,
+    "output": OutputConfig,
+}
+
+# CLI flag -> (section, key). Flags override the file; the file overrides the defaults.
+FLAG_SETTINGS: dict[str, tuple[str, str]] = {
+    "endpoint": ("endpoint", "url"),
+    "api_key_env": ("endpoint", "api_key_env"),
+    "auth_scheme": ("endpoint", "auth_scheme"),
+    "timeout": ("endpoint", "timeout"),
+    "model": ("request", "model"),
+    "prompt": ("request", "prompt"),
+    "system_prompt": ("request", "system_prompt"),
+    "detail": ("request", "detail"),
+    "max_tokens": ("request", "max_tokens"),
+    "temperature": ("request", "temperature"),
+    "schema": ("request", "json_schema"),
+    "resize": ("request", "resize"),
+    "fetch_urls": ("request", "fetch_urls"),
+    "concurrency": ("limits", "concurrency"),
+    "rpm": ("limits", "rpm"),
+    "tpm": ("limits", "tpm"),
+    "max_attempts": ("limits", "max_attempts"),
+    "max_cost": ("limits", "max_cost_usd"),
+    "rows_per_shard": ("output", "rows_per_shard"),
+}
+
+
+def setting_key(name: str) -> tuple[str, str]:
+    """(section, key) of a setting named as a flag (`max_cost`) or as in the TOML
+    (`max_cost_usd`, `top_p`): what the Python API's keyword arguments may be."""
+    if name in FLAG_SETTINGS:
+        return FLAG_SETTINGS[name]
+    for section, cls in _SECTIONS.items():
+        if name in {f.name for f in fields(cls)}:
+            return section, name
+    known = sorted({*FLAG_SETTINGS, *(f.name for c in _SECTIONS.values() for f in fields(c))})
+    raise _unknown_key("setting", name, known)
+
+
+def _unknown_key(where: str, key: str, allowed: list[str]) -> UsageError:
+    near = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return UsageError(f"{where} {key}: unknown key; {hint}allowed: {', '.join(allowed)}")
+
+
+def _build_section(
+    name: str, raw: Mapping[str, Any], origins: Mapping[str, str], source: str
+) -> object:
+    cls = _SECTIONS[name]
+    allowed = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in allowed:
+            raise _unknown_key(f"{source}: [{name}]", key, allowed)
+    try:
+        return cls(**raw)
+    except SettingError as exc:
+        # Name the flag when the bad value came from one, else the file.
+        raise UsageError(f"{origins.get(exc.key, source)}: {exc}") from None
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    prices_path: Path | None = None,
+) -> JobConfig:
+    """Read a job config (or none: defaults), apply flag overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise UsageError(f"config {path}: no such file") from None
+        except OSError as exc:
+            raise UsageError(f"config {path}: cannot read ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config {path}: not valid TOML ({exc})") from None
+
+    sections = [*_SECTIONS, "prices"]
+    for key, value in raw.items():
+        if key not in sections:
+            raise _unknown_key(f"{source}:", key, sections)
+        if not isinstance(value, dict):
+            raise UsageError(f"{source}: {key} = {value!r}: must be a [{key}] table")
+
+    merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
+    origins: dict[str, dict[str, str]] = {name: {} for name in _SECTIONS}
+    for flag, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = setting_key(flag)
+        merged[section][key] = value
+        origins[section][key] = (
+            "--" + flag.replace("_", "-") if flag in FLAG_SETTINGS else f"{flag}="
+        )
+
+    schema = merged["request"].get("json_schema")
+    if isinstance(schema, str | Path):
+        # Relative to the config file when named there, else to the working folder.
+        named_in_file = "json_schema" not in origins["request"] and path is not None
+        where = Path(path).parent / schema if named_in_file and path else Path(schema)
+        merged["request"]["json_schema"] = load_schema_file(where)
+    built = {name: _build_section(name, merged[name], origins[name], source) for name in _SECTIONS}
+    prices = load_price_table(prices_path)
+    if "prices" in raw:
+        prices = prices.with_overrides(parse_price_entries(raw["prices"], source, table="prices"))
+    try:
+        return JobConfig(prices=prices, **built)  # type: ignore[arg-type]
+    except UsageError as exc:
+        origin = origins["request"].get("model", source)
+        raise UsageError(f"{origin}: {exc}") from None

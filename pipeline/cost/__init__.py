@@ -1,0 +1,3 @@
+"""What a job will cost before anything is sent: image and text tokens
+(`tokens.py`), image sizes (`sizes.py`), the estimate per model (`estimate.py`), and the
+dry run (`dryrun.py`)."""

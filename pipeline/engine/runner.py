@@ -1,0 +1,334 @@
+"""`caption run`: manifest -> pending rows -> worker pool -> writer, resumable.
+
+The shape of a run:
+
+1. check the output folder: same job (fingerprint) or a new folder;
+2. (re)build the manifest from the sources, so a grown source adds rows;
+3. recover from a crash (fold journals) and compact, then scan what is done;
+4. stream the pending rows through an executor (`pipeline.executors.local`), which runs
+   the engine-agnostic unit of work (`pipeline.engine.work.caption_rows`): rows in, result rows
+   out through a journal-protected `ShardWriter`;
+5. record the totals in run.json and report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config.identity import fingerprint, job_definition
+from pipeline.config.prices import price_entry
+from pipeline.config.settings import JobConfig
+from pipeline.engine.budget import Budget
+from pipeline.engine.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
+from pipeline.engine.work import StopReason, Tally, caption_rows
+from pipeline.errors import (
+    EXIT_OK,
+    EXIT_ROW_ERRORS,
+    EXIT_STORAGE,
+    FatalApiError,
+    StorageError,
+    UsageError,
+)
+from pipeline.executors import LOCAL, ExecutorSpec
+from pipeline.executors.local import execute, open_captioner
+from pipeline.executors.ray import wait_for_workers
+from pipeline.output.books import Done
+from pipeline.output.folder import OutputDir, utc_now
+from pipeline.output.mirror import BucketFolder
+from pipeline.output.storage import check_scheme, is_remote
+from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
+from pipeline.records import ManifestRow, ResultRow
+from pipeline.sources.ids import ID_VERSION, PATH_IDS, RowSpec
+from pipeline.sources.manifest import (
+    IngestSummary,
+    is_manifest,
+    read_manifest,
+    sample_rows,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+FAKE_API_KEY = "fake-key"
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    exit_code: int
+    summary: str
+    message: str | None = None  # one line for stderr when the run stopped early
+    tally: Tally = field(default_factory=Tally)
+    stopped: str = ""  # why the run stopped early: fatal, budget, interrupted, storage
+
+
+# A pilot (a sampled run) whose rows all have an outcome, errors included, measured fine.
+EXIT_PILOT_OK = (EXIT_OK, EXIT_ROW_ERRORS)
+
+
+def read_api_key(config: JobConfig, given: str | None = None) -> str:
+    """The key: `given` (the Python API's api_key=), else the environment variable."""
+    if config.endpoint.is_fake:
+        return FAKE_API_KEY
+    if given:
+        return given
+    key = os.environ.get(config.endpoint.api_key_env, "").strip()
+    if not key:
+        raise UsageError(
+            f"no API key: set the environment variable {config.endpoint.api_key_env} "
+            "([endpoint] api_key_env names it)"
+        )
+    return key
+
+
+class _Discard:
+    """A result sink that keeps nothing: a pilot without an output folder is only measured."""
+
+    def write(self, row: ResultRow) -> None:
+        pass
+
+
+async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> Tally:
+    stop = StopReason()
+    async with open_captioner(config, key, asyncio.Event(), Budget(None)) as captioner:
+        tally = await caption_rows(
+            rows, captioner, _Discard(), workers=config.limits.concurrency, stop=stop
+        )
+    if stop.kind == "fatal":
+        raise FatalApiError(stop.message)
+    return tally
+
+
+def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
+    """Send real requests for `rows` (a sample) and measure them; nothing is written."""
+    return asyncio.run(_pilot(config, read_api_key(config), rows))
+
+
+def _prepare_manifest(
+    out: OutputDir,
+    sources: list[str],
+    spec: RowSpec,
+    done: Done,
+    accept_new_source: bool,
+    before: list[str] | None,
+    given_manifest: bool,
+) -> IngestSummary | None:
+    """Build the manifest beside the old one and swap it in, unless the folder holds
+    results and the new manifest shares no id with them: that is another dataset, or the
+    same files moved (ids are hashed from each file's real path), and sending it would
+    pay for every row again."""
+    if len(sources) == 1 and out.is_own_manifest(Path(sources[0])):
+        return None  # rerun over its own manifest (by its legacy name too, now renamed)
+    staged = out.staged_manifest()
+    summary = None
+    if given_manifest:
+        out.copy_in(sources[0], staged)
+    else:
+        summary = write_manifest(sources, staged, spec)
+        log.info("%s", summary.line())
+    if done.rows and not accept_new_source and not out.shares_ids(staged, done.ids):
+        staged.unlink()
+        earlier = " ".join(before) if before else "its earlier sources"
+        raise UsageError(
+            f"{out.label} holds {done.rows} results of {earlier}, and none of their ids is "
+            f"among the rows of {' '.join(sources)}: another dataset, or the same files "
+            "moved or copied (ids are hashed from each file's real path; --id-from content "
+            "hashes the bytes). Use a new output folder, or add --accept-new-source to add "
+            "these rows to this folder anyway"
+        )
+    out.adopt_manifest(staged)
+    return summary
+
+
+def run_job(
+    sources: list[str],
+    out_path: Path | str,
+    config: JobConfig,
+    *,
+    retry_errors: bool = False,
+    show_progress: bool = True,
+    spec: RowSpec = PATH_IDS,
+    sample: int = 0,
+    accept_new_source: bool = False,
+    label: str | None = None,
+    api_key: str | None = None,
+    handle_signals: bool = True,
+    executor: ExecutorSpec = LOCAL,
+    on_lost: list[Callable[[str], None]] | None = None,
+) -> RunOutcome:
+    """Run the job; with `sample`, only that many pending rows, chosen at random (a pilot).
+    With `accept_new_source`, sources that share no id with the folder's results are
+    added to it rather than refused. `out_path` may be a bucket URL (s3://, gs://).
+    `api_key` overrides the environment; `handle_signals` False (a library call) leaves
+    the process's signal handlers alone. `on_lost` (a bucket folder's mirror's) is where
+    the run subscribes to be told to stop sending when the folder's lock is lost."""
+    started = time.perf_counter()
+    if not str(out_path).strip():
+        # Path("") is the working folder: a job would write its shards there.
+        raise UsageError("the output folder is an empty path; name a folder (-o OUT)")
+    check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
+    if executor.kind == "ray":
+        from pipeline.executors.ray import check_cluster
+
+        check_cluster(executor, str(out_path), sources)
+    if is_remote(str(out_path)):
+        # A bucket folder: the run works on its local mirror (`output/mirror.py`), which holds
+        # the bucket's lock and pushes the folder to it every few seconds and at the end.
+        bucket = BucketFolder(str(out_path))
+        with bucket.session() as local:
+            return run_job(
+                sources,
+                local,
+                config,
+                retry_errors=retry_errors,
+                show_progress=show_progress,
+                spec=spec,
+                sample=sample,
+                accept_new_source=accept_new_source,
+                label=bucket.url,
+                api_key=api_key,
+                handle_signals=handle_signals,
+                executor=executor,
+                on_lost=bucket.on_lost,
+            )
+    out = OutputDir(Path(out_path), label=label)
+    if out.exists():
+        out.check_fingerprint(config)  # before anything else: refuse a changed job at once
+    key = read_api_key(config, api_key)
+    created = not out.exists()
+    out.create()
+    try:
+        with out.lock():
+            return _run_locked(
+                out,
+                sources,
+                config,
+                api_key=key,
+                retry_errors=retry_errors,
+                show_progress=show_progress,
+                spec=spec,
+                sample=sample,
+                accept_new_source=accept_new_source,
+                started=started,
+                handle_signals=handle_signals,
+                executor=executor,
+                on_lost=on_lost,
+            )
+    except UsageError:
+        if created:
+            out.remove_if_unused()  # a missing or empty source leaves no folder behind
+        raise
+
+
+def _run_locked(
+    out: OutputDir,
+    sources: list[str],
+    config: JobConfig,
+    *,
+    api_key: str,
+    retry_errors: bool,
+    show_progress: bool,
+    spec: RowSpec,
+    sample: int,
+    accept_new_source: bool,
+    started: float,
+    handle_signals: bool,
+    executor: ExecutorSpec,
+    on_lost: list[Callable[[str], None]] | None,
+) -> RunOutcome:
+    previous = out.check_fingerprint(config)  # again, now that no other run can write
+    wait_for_workers(out)  # nor a killed Ray run's tasks
+    from_manifest = len(sources) == 1 and is_manifest(sources[0])
+    scheme = "manifest" if from_manifest else spec.scheme
+    out.check_ids(previous, scheme)
+    out.migrate()
+    out.recover()
+    unify_shards(out)  # against the manifest the older shards were written with
+    if needs_rehash(previous):
+        rehash_ids(out)
+    out.compact()
+    done = out.scan()
+    before = (previous or {}).get("sources")
+    ingest = _prepare_manifest(
+        out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
+    )
+    skip = done.ok_ids if retry_errors else done.ids
+    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
+    pending = out.pending_count(skip)
+    already = out.manifest_count() - pending
+    retried = pending - out.pending_count(done.ids) if retry_errors else 0
+    total = pending  # rows this run sends: all pending ones, or a pilot's sample of them
+    if sample:
+        rows = sample_rows(rows, sample)
+        total = len(rows)
+
+    definition = job_definition(config)
+    meta = previous or {"version": 1, "created_at": utc_now(), "runs": []}
+    meta.update({"fingerprint": fingerprint(definition), "job": definition})
+    meta["sources"] = sources  # as given: the guard above names them
+    meta["ids"] = {"from": scheme, "version": ID_VERSION}
+    # The price the rows are costed at, kept for `caption status` and for audits.
+    meta["price"] = price_entry(config.prices[config.request.model])
+    out.write_run_json(meta)
+
+    budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
+    run_started = utc_now()
+    tally, stop, unsaved = Tally(), StopReason(), 0
+    if total and executor.kind == "ray":
+        from pipeline.executors.ray import execute as execute_on_ray
+
+        tally, stop, unsaved = execute_on_ray(
+            config, out, iter(rows), api_key, budget, total, show_progress, executor, on_lost
+        )
+        out.recover()  # journals of tasks that ended without folding (an interrupt)
+        out.compact()  # a row two attempts of a block both answered: kept once
+    elif total:
+        tally, stop, unsaved = asyncio.run(
+            execute(
+                config,
+                out,
+                iter(rows),
+                api_key,
+                budget,
+                total,
+                show_progress,
+                handle_signals,
+                on_lost,
+            )
+        )
+    wall = time.perf_counter() - started
+    remaining = pending - tally.done
+    try:
+        if retry_errors:
+            out.compact()
+        final = out.scan()
+        exit_code = exit_code_of(stop, final.errors)
+        meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
+        meta["totals"] = {
+            "manifest_rows": out.manifest_count(),
+            "ok": final.ok,
+            "errors": final.errors,
+            "prompt_tokens": final.prompt_tokens,
+            "completion_tokens": final.completion_tokens,
+            "cost_usd": final.cost_usd,
+            "superseded_attempts": final.superseded,
+        }
+        out.write_run_json(meta)
+    except StorageError:
+        if stop.kind != "storage":
+            raise
+        # The disk is still full: the rows are safe in shards and journals, and the next
+        # run, once there is space, brings run.json up to date.
+        final = out.scan(include_journals=True)
+        exit_code = EXIT_STORAGE
+
+    summary = summary_line(
+        tally, Counted(total, retried, already, remaining), final, wall, ingest, config, out.label
+    )
+    message = stop_message(stop, out.label, remaining, budget, unsaved, config)
+    return RunOutcome(exit_code, summary, message, tally, stop.kind)

@@ -1,0 +1,229 @@
+"""The folder's books: what is done, and every paid attempt, kept once.
+
+A folder holds one current row per id in its shards. When `--retry-errors` (or a retried
+Ray block) answers an id again, the older row is superseded: `compact` moves it out of
+the shards into the hidden ledger, `.caption/superseded-N.ledger` (Parquet, the shards'
+schema), rather than deleting it. So the folder's cost and tokens, `caption status`, the
+report and the budget cap count every attempt that was paid for, and its lineage is kept.
+
+Crash safety: the ledger file is written (temporary name, rename) before the shards are
+rewritten, and a row already in the ledger is never added again, so a crash at any point
+leaves at worst a superseded row in both places; `scan` counts it once, and the next
+compaction removes it from the shards. A row that is an exact copy of another (a shard
+copied into the folder twice) is the same attempt, not a new one: dropped, not ledgered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import UsageError
+from pipeline.output.arrow import combined, equals, read_parquet
+from pipeline.output.writer import TMP_SUFFIX, read_journal, write_parquet_atomic
+
+if TYPE_CHECKING:
+    from pipeline.output.folder import OutputDir
+
+log = logging.getLogger(__name__)
+
+LEDGER_GLOB = "superseded-*.ledger"
+_TOTALS = ["cost_usd", "prompt_tokens", "completion_tokens"]
+
+
+@dataclass(slots=True)
+class Done:
+    """What the output folder already holds, by id, and what it has cost."""
+
+    ok_ids: pa.Array
+    error_ids: pa.Array
+    rows: int = 0  # current rows (one per id)
+    cost_usd: float = 0.0  # every paid attempt: current rows and superseded ones
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    journaled: int = 0
+    superseded: int = 0  # attempts replaced by a later answer, kept in the ledger
+
+    @property
+    def ok(self) -> int:
+        return len(self.ok_ids)
+
+    @property
+    def errors(self) -> int:
+        return len(self.error_ids)
+
+    @property
+    def ids(self) -> pa.Array:
+        """Every id the folder holds a row for, ok or error."""
+        return pa.concat_arrays([self.ok_ids, self.error_ids])
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A result shard (or ledger file), or a UsageError naming it when it is not
+    readable Parquet."""
+    try:
+        return read_parquet(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UsageError(
+            f"{path}: corrupt result shard ({exc}); move it out of the folder to send its "
+            "rows again, or restore it from a backup"
+        ) from None
+
+
+def ledger_files(out: OutputDir) -> list[Path]:
+    return sorted(out.state.glob(LEDGER_GLOB))
+
+
+def _keys(table: pa.Table) -> pa.Array:
+    """One value per attempt: its id and the moment it finished."""
+    ms = pc.cast(pc.cast(table["finished_at"], pa.int64()), pa.string())
+    return combined(pc.binary_join_element_wise(table["id"], pc.fill_null(ms, "-"), "@"))
+
+
+def _unique_attempts(table: pa.Table) -> pa.Table:
+    """`table` with exact copies of an attempt (same id, same finish) dropped."""
+    if pc.count_distinct(table["id"]).as_py() == table.num_rows:
+        return table  # the common case: one row per id, nothing to look at
+    keyed = table.append_column("_key", _keys(table)).append_column(
+        "_row", pa.array(np.arange(table.num_rows))
+    )
+    first = keyed.group_by("_key", use_threads=False).aggregate([("_row", "min")])
+    return table.take(pc.sort_indices(first["_row_min"]))
+
+
+# -- what is done -------------------------------------------------------------------------
+
+
+def scan(out: OutputDir, include_journals: bool = False) -> Done:
+    """Ids answered ok or with an error, and the spend so far (ledger included). Reads
+    only the columns it needs. With `include_journals`, rows still in a killed run's
+    journal count too (read-only: nothing is folded)."""
+    columns = ["id", "status", *_TOTALS, "error_kind", "finished_at"]
+    tables = [read_shard(s, columns=columns) for s in out.shards()]
+    journaled = 0
+    if include_journals:
+        for journal in out.journals():
+            core = read_journal(journal, out.result_schema())
+            journaled += core.num_rows
+            tables.append(core.select(columns))
+    ledger = _ledger(out, columns)
+    if not tables:
+        empty = pa.nulls(0, pa.string())
+        return _with_ledger(Done(ok_ids=empty, error_ids=empty), ledger)
+    table = _unique_attempts(pa.concat_tables(tables, promote_options="permissive"))
+    if ledger.num_rows:
+        # A ledgered row still in a shard (a compaction cut short) is history: counted
+        # once, there, and not as a current row.
+        table = table.filter(pc.invert(pc.is_in(_keys(table), value_set=_keys(ledger))))
+    ok_mask = equals(table["status"], "ok")
+    errors = table.filter(pc.invert(ok_mask))
+    by_kind: dict[str, int] = {}
+    for k in pc.value_counts(errors["error_kind"]).to_pylist():
+        kind = k["values"] or "unknown"  # shards from before error_kind existed
+        by_kind[kind] = by_kind.get(kind, 0) + k["counts"]
+    done = Done(
+        ok_ids=combined(table["id"].filter(ok_mask)),
+        error_ids=combined(errors["id"]),
+        rows=table.num_rows,
+        cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
+        prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
+        completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
+        errors_by_kind=by_kind,
+        journaled=journaled,
+    )
+    return _with_ledger(done, ledger)
+
+
+def _ledger(out: OutputDir, columns: list[str]) -> pa.Table:
+    tables = [read_shard(p, columns=columns) for p in ledger_files(out)]
+    if not tables:
+        return pa.table({c: pa.nulls(0) for c in columns})
+    return _unique_attempts(pa.concat_tables(tables, promote_options="permissive"))
+
+
+def _with_ledger(done: Done, ledger: pa.Table) -> Done:
+    if ledger.num_rows:
+        done.superseded = ledger.num_rows
+        done.cost_usd += pc.sum(ledger["cost_usd"]).as_py() or 0.0
+        done.prompt_tokens += pc.sum(ledger["prompt_tokens"]).as_py() or 0
+        done.completion_tokens += pc.sum(ledger["completion_tokens"]).as_py() or 0
+    return done
+
+
+# -- compaction ---------------------------------------------------------------------------
+
+
+def compact(out: OutputDir) -> int:
+    """Keep one row per id in the shards: the newest (an `ok` beats an `error` of the same
+    moment). Superseded rows move to the ledger; exact copies are dropped. Each shard
+    holding either is rewritten without them (temporary name, then rename). Returns the
+    number of rows taken out of the shards."""
+    shards = out.shards()
+    if not shards:
+        return 0
+    reads = [read_shard(s, columns=["id", "status", "finished_at"]) for s in shards]
+    table = pa.concat_tables(reads, promote_options="permissive")
+    if pc.count_distinct(table["id"]).as_py() == table.num_rows:
+        return 0  # the common case: nothing superseded, nothing more to build
+    table = table.append_column(
+        "shard", pa.array(np.repeat(np.arange(len(reads)), [t.num_rows for t in reads]))
+    ).append_column("row", pa.array(np.concatenate([np.arange(t.num_rows) for t in reads])))
+    ranked = table.append_column("is_ok", equals(table["status"], "ok")).sort_by(
+        [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
+    )
+    ids, keys = combined(ranked["id"]), _keys(ranked)
+    n = ranked.num_rows
+    # Ranked rows after the first of their id are out; those equal to the row before them
+    # (same id and finish) are copies of it, not attempts of their own.
+    later = np.zeros(n, dtype=bool)
+    copy = np.zeros(n, dtype=bool)
+    later[1:] = pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    copy[1:] = pc.equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    known = _ledger(out, ["id", "finished_at"])
+    if known.num_rows:
+        copy |= pc.is_in(keys, value_set=_keys(known)).to_numpy(zero_copy_only=False)
+    out_shard = ranked["shard"].to_numpy()[later]
+    out_row = ranked["row"].to_numpy()[later]
+    to_ledger = (later & ~copy)[later]
+    drop: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in np.unique(out_shard):
+        mine = out_shard == i
+        drop[int(i)] = (out_row[mine], out_row[mine & to_ledger])
+    history = [read_shard(shards[i]).take(pa.array(rows[1])) for i, rows in drop.items()]
+    history = [h for h in history if h.num_rows]
+    if history:
+        _write_ledger(out, pa.concat_tables(history, promote_options="permissive"))
+    removed = 0
+    for i, (rows, _) in drop.items():
+        shard = shards[i]
+        data = read_shard(shard)
+        keep = np.ones(data.num_rows, dtype=bool)
+        keep[rows] = False
+        kept = data.filter(pa.array(keep))
+        removed += data.num_rows - kept.num_rows
+        if kept.num_rows:
+            write_parquet_atomic(kept, shard)
+        else:
+            shard.unlink()
+    ledgered = sum(h.num_rows for h in history)
+    log.info(
+        "compacted: %d superseded row(s) moved to the ledger, %d copies dropped",
+        ledgered,
+        removed - ledgered,
+    )
+    return removed
+
+
+def _write_ledger(out: OutputDir, rows: pa.Table) -> Path:
+    numbers = [int(p.name.split("-")[1].split(".")[0]) for p in ledger_files(out)]
+    path = out.state / f"superseded-{max(numbers, default=-1) + 1:05d}.ledger"
+    # The temporary file sits beside it in `.caption/`, where `recover` removes leftovers.
+    write_parquet_atomic(rows, path, tmp=path.with_name(path.name + TMP_SUFFIX))
+    return path

@@ -1,0 +1,159 @@
+"""`caption export OUT -o FILE`: the results as one file, with the sources' own columns.
+
+Shards hold the result columns only; the sources' own columns (labels, splits, your ids)
+are in the manifest. The export joins them, one shard at a time, into `.parquet`,
+`.jsonl` or `.csv` (where nested columns, such as `choices`, become JSON text). Memory
+holds the manifest's own columns and one shard, never all the results. The file is
+written under a temporary name and renamed, so a failed export leaves nothing half
+written. Read-only for the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.errors import UsageError, storage_error
+from pipeline.output.arrow import combined, read_parquet
+from pipeline.output.books import read_shard
+from pipeline.output.folder import OutputDir
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
+
+FORMATS = (".parquet", ".jsonl", ".csv")
+
+
+def export(out_path: Path, target: Path) -> int:
+    """Write the folder's results joined with the manifest's own columns; the row count."""
+    fmt = target.suffix.lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"-o {target}: the file name must end in {', '.join(FORMATS)}")
+    out = OutputDir(out_path)
+    if not out.exists() or not out.manifest.exists():
+        raise UsageError(f"{out_path}: not a caption output folder (no manifest)")
+    target = Path(os.path.abspath(target))
+    tmp = target.with_name(f".{target.name}.tmp")
+    rows = 0
+    try:
+        with _writer(fmt, tmp, _schema(out)) as write:
+            for table in joined(out):
+                write(table)
+                rows += table.num_rows
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise storage_error(target.parent, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows
+
+
+def _schema(out: OutputDir) -> pa.Schema:
+    own = pq.read_schema(out.manifest)
+    return pa.schema(
+        [*out.result_schema(), *(f for f in own if f.name not in (MANIFEST_ID, MANIFEST_SOURCE))]
+    )
+
+
+def joined(out: OutputDir) -> Iterator[pa.Table]:
+    """Each shard with the manifest's own columns of its rows beside it."""
+    own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
+    ids = own[MANIFEST_ID].combine_chunks()
+    extras = own.drop_columns([MANIFEST_ID])
+    names = out.result_schema().names
+    for shard in out.shards():
+        results = read_shard(shard).select(names)
+        where = pc.index_in(results[MANIFEST_ID], value_set=ids)
+        beside = extras.take(where)  # a row the manifest lacks gets nulls
+        for name in beside.column_names:
+            results = results.append_column(name, beside[name])
+        yield results
+
+
+def _parsed_struct(schema: pa.Schema) -> int | None:
+    for i, f in enumerate(schema):
+        if (f.name == PARSED or f.name.startswith(PARSED + ".")) and pa.types.is_struct(f.type):
+            return i
+    return None
+
+
+class _writer:
+    """A context manager giving `write(table)` for the format."""
+
+    def __init__(self, fmt: str, path: Path, schema: pa.Schema) -> None:
+        self.fmt, self.path, self.schema = fmt, path, schema
+
+    def __enter__(self) -> Callable[[pa.Table], None]:
+        if self.fmt == ".parquet":
+            self._pq = pq.ParquetWriter(self.path, self.schema)
+            return self._pq.write_table
+        if self.fmt == ".csv":
+            self._csv: pacsv.CSVWriter | None = None
+            return self._write_csv
+        self._file = open(self.path, "wb")
+        return self._write_jsonl
+
+    def _write_csv(self, table: pa.Table) -> None:
+        flat = _flat(table)
+        if self._csv is None:
+            self._csv = pacsv.CSVWriter(self.path, flat.schema)
+        self._csv.write_table(flat)
+
+    def _write_jsonl(self, table: pa.Table) -> None:
+        self._file.write(
+            b"".join(
+                orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in table.to_pylist()
+            )
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fmt == ".parquet":
+            self._pq.close()
+        elif self.fmt == ".csv":
+            if self._csv is None:  # no shard at all: a header-only file
+                pacsv.CSVWriter(self.path, _flat(self.schema.empty_table()).schema).close()
+            else:
+                self._csv.close()
+        else:
+            self._file.close()
+
+
+def flatten_parsed(table: pa.Table) -> pa.Table:
+    """A structured job's `parsed` as one column per field (`parsed.label`, and
+    `parsed.box.x` for nested objects)."""
+    while (i := _parsed_struct(table.schema)) is not None:
+        field = table.schema.field(i)
+        children = combined(table.column(i)).flatten()  # a null struct: null fields
+        table = table.remove_column(i)
+        for j, child in enumerate(field.type):
+            table = table.add_column(i + j, f"{field.name}.{child.name}", children[j])
+    return table
+
+
+def _flat(table: pa.Table) -> pa.Table:
+    """For CSV: `parsed` flattened, other nested columns (lists, structs) as JSON text."""
+    table = flatten_parsed(table)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else orjson.dumps(v).decode() for v in table[i].to_pylist()]
+            table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            table = table.set_column(i, field.name, formula_safe(table[i]))
+    return table
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection").
+_FORMULA = r"^[=+\-@\t\r]"
+
+
+def formula_safe(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text cells a spreadsheet would run as formulas, prefixed with `'` (OWASP's advice):
+    an answer or a file name never becomes a formula when the CSV is opened."""
+    risky = pc.match_substring_regex(column, _FORMULA)
+    return pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)

@@ -1,0 +1,289 @@
+"""The output folder: the only place where a job's state lives.
+
+    OUT_DIR/part-N.parquet                  complete result shards: all a reader sees
+    OUT_DIR/.caption/manifest.parquet       the manifest the job runs over
+    OUT_DIR/.caption/run.json               the job's definition, fingerprint and totals
+    OUT_DIR/.caption/part-N.journal.jsonl   the shard being written (folded on restart)
+    OUT_DIR/.caption/superseded-N.ledger    paid attempts a later answer replaced (`output/books.py`)
+    OUT_DIR/.lock                           held by the run writing the folder
+
+`pd.read_parquet(OUT_DIR)` and pyarrow skip the hidden folder, and `OUT_DIR/*.parquet`
+(duckdb, polars) matches the shards alone. Folders of older versions are read as they
+are and brought up to date by the next run (`output/upgrade.py`).
+
+`recover` puts a folder left by a crash back in order; `scan` (what is done) and
+`compact` (one row per id, superseded attempts kept in the ledger) are `output/books.py`'s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config.identity import refuse_another_job, refuse_other_ids
+from pipeline.config.settings import JobConfig
+from pipeline.engine.labels import result_schema
+from pipeline.errors import UsageError, storage_error
+from pipeline.output import books
+from pipeline.output.arrow import read_parquet
+from pipeline.output.books import Done
+from pipeline.output.storage import download, is_remote
+from pipeline.output.upgrade import move_state_files
+from pipeline.output.writer import (
+    JOURNAL_GLOB,
+    SHARD_GLOB,
+    STATE_DIR,
+    TMP_SUFFIX,
+    fold_journal,
+    state_dir,
+)
+from pipeline.records import MANIFEST_ID
+from pipeline.sources.manifest import remove_stale_workdirs
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
+RUN_JSON = "run.json"
+LOCK_NAME = ".lock"
+RUN_JSON_VERSION = 1
+
+
+class OutputDir:
+    def __init__(self, path: Path, label: str | None = None) -> None:
+        # Absolute: pyarrow takes a relative path with a colon (`run-T11:48`) for a URI.
+        self.path = Path(os.path.abspath(path))
+        # How messages name the folder: its path, or the bucket URL it mirrors.
+        self.label = label or str(self.path)
+        self.state = state_dir(self.path)
+        self.manifest = self._placed(MANIFEST_NAME)
+        self.run_json = self._placed(RUN_JSON)
+
+    def _placed(self, name: str) -> Path:
+        """A state file: in `.caption/`, or beside the shards in a folder written by an
+        older version (until `migrate`), read-only commands included."""
+        current, legacy = self.state / name, self.path / name
+        return legacy if legacy.exists() and not current.exists() else current
+
+    def migrate(self) -> None:
+        """Bring a folder of an older version up to today's layout (`output/upgrade.py`), under
+        the lock: state files into `.caption/`, then (after `recover`) the schema."""
+        move_state_files(self, (MANIFEST_NAME, RUN_JSON))
+        self.manifest = self.state / MANIFEST_NAME
+        self.run_json = self.state / RUN_JSON
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"{self.path}: exists and is not a folder") from None
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder if nothing but the lock was ever written to it."""
+        state_empty = not self.state.exists() or not any(self.state.iterdir())
+        if state_empty and {p.name for p in self.path.iterdir()} <= {LOCK_NAME, STATE_DIR}:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run. Two runs writing one folder would number their
+        shards alike; the lock is the kernel's (flock), so a killed run releases it."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"{self.label} is in use by another caption run; wait for it to finish, "
+                "or use another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def is_running(self) -> bool:
+        """Whether a run holds the folder now (read-only: takes the lock only to test it)."""
+        try:
+            fd = os.open(self.path / LOCK_NAME, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def journals(self) -> list[Path]:
+        """Journals in `.caption/`, and beside the shards where an older version left them."""
+        return sorted(
+            [*self.state.glob(JOURNAL_GLOB), *self.path.glob(JOURNAL_GLOB)], key=lambda p: p.name
+        )
+
+    def shards(self) -> list[Path]:
+        return sorted(self.path.glob(SHARD_GLOB))
+
+    def result_schema(self) -> pa.Schema:
+        """The schema of this folder's shards: the result columns, and `parsed` for a
+        structured job (from run.json's job definition)."""
+        meta = self.read_run_json() if self.run_json.exists() else None
+        return result_schema((meta or {}).get("job"))
+
+    # -- run.json ---------------------------------------------------------------------
+
+    def read_run_json(self) -> dict[str, Any] | None:
+        """run.json, checked for the shape every command relies on (a hand edit that
+        breaks it is one error naming the file and the field, not a traceback later)."""
+        try:
+            data = json.loads(self.run_json.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{self.run_json}: unreadable ({exc})") from None
+        problem = _run_json_problem(data)
+        if problem is not None:
+            raise UsageError(
+                f"{self.run_json}: {problem}; restore it from a backup, or remove the field "
+                "(the next run writes it again)"
+            )
+        return data
+
+    def write_run_json(self, data: dict[str, Any]) -> None:
+        tmp = self.run_json.with_name(self.run_json.name + TMP_SUFFIX)
+        try:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+            os.replace(tmp, self.run_json)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
+
+    def check_fingerprint(self, config: JobConfig) -> dict[str, Any] | None:
+        """Refuse to mix answers of a different job into this folder; its run.json."""
+        previous = self.read_run_json()
+        if previous is not None:
+            refuse_another_job(self.label, previous, config)
+        return previous
+
+    def check_ids(self, previous: dict[str, Any] | None, scheme: str) -> None:
+        refuse_other_ids(self.label, previous, scheme)
+
+    # -- manifest ---------------------------------------------------------------------
+
+    def is_own_manifest(self, path: Path) -> bool:
+        """Whether `path` is this folder's manifest, by today's name or the legacy one
+        (which `migrate` may just have renamed)."""
+        names = (self.state / MANIFEST_NAME, self.path / MANIFEST_NAME)
+        return os.path.abspath(path) in {str(p) for p in names}
+
+    def staged_manifest(self) -> Path:
+        """Where a new manifest is built before it replaces the old one (a leftover of
+        a killed run is removed by `recover` with the other temporary files)."""
+        return self.manifest.with_name(MANIFEST_NAME + ".new" + TMP_SUFFIX)
+
+    def copy_in(self, source: str, target: Path) -> None:
+        """A manifest given as the source, copied in (from a bucket too)."""
+        try:
+            if is_remote(source):
+                download(source, str(target))
+            else:
+                shutil.copyfile(source, target)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
+
+    def adopt_manifest(self, staged: Path) -> None:
+        """Make a staged manifest this job's manifest (renamed over the old one)."""
+        try:
+            os.replace(staged, self.manifest)
+        except OSError as exc:
+            staged.unlink(missing_ok=True)
+            raise storage_error(self.path, exc) from None
+
+    def shares_ids(self, manifest: Path, ids: pa.Array) -> bool:
+        """Whether the manifest at `manifest` holds any of `ids`."""
+        column = read_parquet(manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+        return bool(pc.any(pc.is_in(column, value_set=ids)).as_py())
+
+    # -- crash recovery and compaction ------------------------------------------------
+
+    def remove_temporaries(self) -> None:
+        """Remove what interrupted writes left: `*.tmp` files and ingest work folders."""
+        for tmp in [*self.path.glob(f"*{TMP_SUFFIX}"), *self.state.glob(f"*{TMP_SUFFIX}")]:
+            log.info("removing %s, left by an interrupted write", tmp.name)
+            tmp.unlink()
+        remove_stale_workdirs(self.manifest)
+
+    def recover(self) -> None:
+        """Remove temporary files of interrupted writes and fold journals into shards."""
+        self.remove_temporaries()
+        schema = self.result_schema()
+        for journal in self.journals():
+            shard = fold_journal(journal, schema)
+            if shard is not None:
+                log.info("recovered %s from the journal of an interrupted run", shard.name)
+
+    def compact(self) -> int:
+        """One row per id in the shards; superseded attempts to the ledger (`output/books.py`)."""
+        return books.compact(self)
+
+    # -- what is done -----------------------------------------------------------------
+
+    def scan(self, include_journals: bool = False) -> Done:
+        """What is done and what it cost, every paid attempt included (`output/books.py`)."""
+        return books.scan(self, include_journals)
+
+    def manifest_count(self) -> int:
+        return pq.ParquetFile(self.manifest).metadata.num_rows
+
+    def pending_count(self, skip: pa.Array) -> int:
+        ids = read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
+        return ids.length() - (pc.sum(pc.is_in(ids, value_set=skip)).as_py() or 0)
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "job": dict,
+    "runs": list,
+    "totals": dict,
+    "sources": list,
+    "ids": dict,
+    "price": dict,
+    "fingerprint": str,
+}
+
+
+def _run_json_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    for name, kind in _FIELDS.items():
+        if name in data and not isinstance(data[name], kind):
+            return f"{name!r} is not a JSON {'object' if kind is dict else 'array' if kind is list else 'string'}"
+    if any(not isinstance(run, dict) for run in data.get("runs", [])):
+        return "'runs' holds an entry that is not a JSON object"
+    return None
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

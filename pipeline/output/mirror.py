@@ -1,0 +1,446 @@
+"""An output folder in a bucket (`s3://…`, `gs://…`), worked on through a local mirror.
+
+A bucket has no append and no rename, and the run's crash safety rests on both (journals
+appended a line per answer; shards renamed into place). So the run works on a local copy,
+a cache folder keyed by the output URI (`$CAPTION_CACHE_DIR`, else `~/.cache/caption`),
+with exactly the code and guarantees of a local folder, and the mirror keeps the bucket
+up to date:
+
+- on start it takes the bucket's lock, then pulls what the bucket holds (the state files,
+  the shards, and the journal copies a run elsewhere left);
+- every `SYNC_EVERY_S` seconds, and at the end, it pushes: new or rewritten shards (one
+  PUT each: visible only complete), copies of the journals being written, the manifest
+  and run.json; then it deletes what the local folder no longer has (folded journals,
+  shards that compaction merged).
+
+So a `kill -9` on the same machine re-sends at most what was in flight (the local journal
+is whole), and a rerun on another machine, with the local disk gone, re-sends at most the
+answers of the last `SYNC_EVERY_S` seconds.
+
+One run per folder, without `flock`: `bucketlock.BucketLock`, generations created with
+a conditional PUT, holding a lease renewed at every push.
+
+The local mirror is the source of truth until its rows are in the bucket: it is never
+emptied while it holds a file that was not pushed (`.caption/mirror.json` records what
+was), whatever the bucket says. A push or renewal that fails is retried with backoff;
+when the lease cannot be renewed before it would end, the run is told to stop sending
+(`on_lost`), its answers safe in the mirror, and the session ends with one StorageError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.errors import StorageError, UsageError
+from pipeline.output.bucketlock import BucketLock, LockLost, lease_s
+from pipeline.output.storage import (
+    bucket_problem,
+    delete,
+    download,
+    is_remote,
+    join,
+    list_names,
+    upload,
+)
+
+log = logging.getLogger(__name__)
+
+SYNC_EVERY_S = 5.0
+PUSHED = "mirror.json"  # in the local `.caption/`: what the bucket is known to hold
+
+
+def sync_every_s() -> float:
+    """Pushes come at least three times per lease, so a live run never loses its lock."""
+    return min(SYNC_EVERY_S, lease_s() / 3)
+
+
+STATE = ".caption"
+_SHARD = re.compile(r"part-.*\.parquet$")
+_STATE_FILES = re.compile(
+    r"(run\.json|manifest\.parquet|part-.*\.journal\.jsonl|superseded-\d+\.ledger)$"
+)
+
+
+# The bucket folder each local mirror of this process stands for, while its run lasts.
+ACTIVE: dict[Path, BucketFolder] = {}
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("CAPTION_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "caption"
+
+
+def cache_folder(url: str) -> Path:
+    """The local mirror of a bucket folder: one per output URI."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1].strip("/"))[-60:]
+    return cache_root() / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def _storage_error(url: str, exc: BaseException) -> StorageError:
+    return StorageError(f"{url}: {bucket_problem(url, exc)}")
+
+
+class BucketFolder:
+    def __init__(
+        self,
+        url: str,
+        local: Path | None = None,
+        only: str | None = None,
+        sync_s: float | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.local = local or cache_folder(self.url)
+        # A Ray task's mirror keeps only its own block's shards and journals
+        # (`part-r<run>-<block>`), and run.json to read the job from.
+        self.only = only
+        self.sync_s = sync_s or sync_every_s()  # a Ray task gets its driver's
+        self.lock = BucketLock(self.url)
+        # What the bucket holds, as far as this mirror knows: relative name -> (size, mtime
+        # of the local file when it was last pushed or pulled). Kept in `.caption/mirror.json`
+        # too, so that a later run knows which local files never reached the bucket.
+        self._pushed: dict[str, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._losing = threading.Lock()
+        self._last_problem = ""  # the latest failed call to the bucket, for the stop message
+        # Called (from the mirror's thread) with one line when the run must stop sending.
+        self.on_lost: list[Callable[[str], None]] = []
+
+    # -- names ----------------------------------------------------------------------
+
+    def _remote(self, rel: str) -> str:
+        return join(self.url, *rel.split("/"))
+
+    def _mine(self, name: str) -> bool:
+        return self.only is None or name.startswith(self.only)
+
+    def _local_files(self) -> dict[str, Path]:
+        """Relative name -> path of what the mirror pushes: shards, then state files."""
+        files = {p.name: p for p in self.local.glob("part-*.parquet") if self._mine(p.name)}
+        state = self.local / STATE
+        if state.is_dir():
+            files |= {
+                f"{STATE}/{p.name}": p
+                for p in state.iterdir()
+                if _STATE_FILES.match(p.name) and self._mine(p.name)
+            }
+        return files
+
+    def _remote_files(self) -> dict[str, int]:
+        shards = {n: s for n, s in list_names(self.url).items() if _SHARD.match(n)}
+        state = {
+            f"{STATE}/{n}": s
+            for n, s in list_names(self._remote(STATE)).items()
+            if _STATE_FILES.match(n)
+        }
+        return {k: v for k, v in (shards | state).items() if self._mine(k.rsplit("/", 1)[-1])}
+
+    # -- pull -------------------------------------------------------------------------
+
+    def pull(self, only: str | None = None) -> None:
+        """Bring the local mirror up to what the bucket holds (or its files whose names
+        start with `only`: what a Ray run's tasks wrote there). Local files holding rows
+        that never reached the bucket are kept whatever the bucket says: a local journal
+        longer than the bucket's copy, a shard that differs from the bucket's (moved
+        aside under a new name), and everything when the bucket has no run.json yet."""
+        try:
+            remote = self._remote_files()
+        except Exception as exc:
+            raise _storage_error(self.url, exc) from None
+        self._pushed = self._load_pushed()
+        if only is not None:
+            remote = {k: v for k, v in remote.items() if k.rsplit("/", 1)[-1].startswith(only)}
+        elif self.only is None and f"{STATE}/run.json" not in remote:
+            unpushed = self._unpushed()
+            if unpushed:
+                # A run here ended before its rows reached the bucket: they are paid for.
+                log.warning(
+                    "%s: keeping %d file(s) of answers in %s that the bucket does not have "
+                    "yet; they are pushed now",
+                    self.url,
+                    len(unpushed),
+                    self.local,
+                )
+            else:
+                shutil.rmtree(self.local, ignore_errors=True)  # a new folder, or one removed
+                self._pushed = {}
+        self.local.mkdir(parents=True, exist_ok=True)
+        (self.local / STATE).mkdir(exist_ok=True)
+        local = self._local_files()
+        unpushed_names = set(self._unpushed())
+        for rel, size in sorted(remote.items()):
+            path = self.local / rel
+            have = path.stat().st_size if rel in local else -1
+            if have == size or (rel.endswith(".journal.jsonl") and have > size):
+                self._pushed[rel] = self._stamp(path) if have == size else (-1, -1)
+                continue
+            if have >= 0 and rel in unpushed_names and not rel.startswith(STATE):
+                # Our shard, never pushed, and the bucket has another of that name.
+                aside = self.local / f"part-unpushed-{uuid.uuid4().hex[:8]}.parquet"
+                log.warning(
+                    "%s: keeping %s, which the bucket lacks, as %s", self.url, rel, aside.name
+                )
+                os.replace(path, aside)
+            try:
+                download(self._remote(rel), str(path) + ".part")
+                os.replace(str(path) + ".part", path)
+            except Exception as exc:
+                raise _storage_error(self._remote(rel), exc) from None
+            self._pushed[rel] = self._stamp(path)
+        self._save_pushed()
+        log.info("pulled %s into %s", self.url, self.local)
+
+    def _unpushed(self) -> list[str]:
+        """Local files holding rows (shards, journals, the ledger) that the bucket is not
+        known to hold as they are now."""
+        rows = [r for r in self._local_files() if not r.endswith(("run.json", "manifest.parquet"))]
+        return [r for r in rows if self._pushed.get(r) != self._stamp(self.local / r)]
+
+    def _load_pushed(self) -> dict[str, tuple[int, int]]:
+        try:
+            data = json.loads((self.local / STATE / PUSHED).read_text())
+            return {k: (int(v[0]), int(v[1])) for k, v in data.items()}
+        except (OSError, ValueError, TypeError, IndexError, AttributeError):
+            return {}
+
+    def _save_pushed(self) -> None:
+        path = self.local / STATE / PUSHED
+        tmp = path.with_name(PUSHED + f".{uuid.uuid4().hex[:6]}.tmp")
+        try:
+            tmp.write_text(json.dumps(self._pushed))
+            os.replace(tmp, path)
+        except OSError as exc:  # only costs a re-push next time
+            log.info("%s: could not record what was pushed: %s", self.url, exc)
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    # -- push -------------------------------------------------------------------------
+
+    def push(self) -> int:
+        """Make the bucket hold what the local folder holds; the number of objects
+        written. Journals are listed before shards, so a journal folded meanwhile has
+        its shard in this push; a journal's copy is deleted only once its shard is up."""
+        journals = {r: p for r, p in self._local_files().items() if r.startswith(STATE)}
+        shards = {r: p for r, p in self._local_files().items() if not r.startswith(STATE)}
+        written = 0
+        for rel, path in [*sorted(shards.items()), *sorted(journals.items())]:
+            try:
+                stamp = self._stamp(path)
+            except FileNotFoundError:
+                continue  # folded or compacted away since it was listed
+            if self._pushed.get(rel) == stamp:
+                continue
+            try:
+                upload(str(path), self._remote(rel))
+            except FileNotFoundError:
+                if path.exists():  # the bucket's answer, not our file: it is missing
+                    raise _storage_error(self._remote(rel), FileNotFoundError()) from None
+                continue
+            except Exception as exc:
+                raise _storage_error(self._remote(rel), exc) from None
+            self._pushed[rel] = stamp
+            written += 1
+        mine = {r for r in self._pushed if self._mine(r.rsplit("/", 1)[-1])}
+        for rel in sorted(mine - set(journals) - set(shards)):
+            if rel.endswith(".journal.jsonl"):
+                shard = rel.removeprefix(f"{STATE}/").removesuffix(".journal.jsonl") + ".parquet"
+                if shard not in self._pushed and (self.local / shard).exists():
+                    continue  # folded, but its shard is not up yet: keep the copy
+            try:
+                delete(self._remote(rel))
+            except Exception as exc:
+                raise _storage_error(self._remote(rel), exc) from None
+            del self._pushed[rel]
+        self._save_pushed()
+        return written
+
+    # -- the lock ---------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    # -- a run's session --------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Path]:
+        """Lock, pull, push every few seconds while the body runs, push at the end,
+        unlock. Yields the local folder to run on."""
+        self.acquire()
+        ACTIVE[self.local] = self
+        try:
+            with self._synced(renew=True) as local:
+                yield local
+        finally:
+            ACTIVE.pop(self.local, None)
+            if self._failure is None:
+                self.release()
+            else:  # the bucket failed us: a release would wait on it too
+                self.lock.abandon()
+
+    @contextmanager
+    def task_session(self) -> Iterator[Path]:
+        """A Ray task's share of a bucket folder: its block's files only, pulled, then
+        pushed every few seconds and at the end, under the driver's lock (no lock of its
+        own). Yields the local folder to write the block in."""
+        with self._synced(renew=False) as local:
+            yield local
+
+    @contextmanager
+    def _synced(self, renew: bool) -> Iterator[Path]:
+        """Pull, push every few seconds (renewing the lock's lease if `renew`) while the
+        body runs, then push once more; a failure of the mirror is raised here, after the
+        body has ended (the run was told to stop sending through `on_lost`)."""
+        self.pull()
+        syncer = threading.Thread(
+            target=self._sync_loop, args=(renew,), name="caption-mirror", daemon=True
+        )
+        syncer.start()
+        watchdog = threading.Thread(target=self._watch, name="caption-lease", daemon=True)
+        if renew:
+            watchdog.start()
+        try:
+            yield self.local
+        finally:
+            self._stop.set()
+            syncer.join()
+            if renew:
+                watchdog.join()
+        if self._failure is not None:
+            raise self._failure
+
+        def last_push() -> None:
+            if renew:
+                self.lock.renew()
+            self.push()
+
+        self._retrying(last_push, deadline=None if renew else self._task_deadline())
+
+    def _sync_loop(self, renew: bool) -> None:
+        """Renew and push every `sync_s` seconds. A failure is retried with backoff while
+        the lease lasts; when it would end before a renewal succeeds, or on an error that
+        retrying cannot mend, the run is told to stop (`on_lost`). Nothing raised here is
+        lost: it ends the session (`_synced`)."""
+        deadline = None if renew else self._task_deadline()
+        while not self._stop.wait(self.sync_s) and self._failure is None:
+            try:
+                if renew:
+                    self._retrying(self.lock.renew, deadline, stoppable=True)
+                else:
+                    deadline = self._task_deadline()
+                self._retrying(self.push, deadline, stoppable=True)
+            except BaseException as exc:  # the thread must not die with the run unaware
+                failure = exc if isinstance(exc, StorageError) else _storage_error(self.url, exc)
+                self._lose(failure)
+                return
+
+    def _retrying(
+        self, step: Callable[[], object], deadline: float | None, stoppable: bool = False
+    ) -> None:
+        """Run `step`, again after a failure (backoff 1, 2, 4... s, at most 8), until it
+        succeeds, or the lock's lease (or `deadline`) would end first: then one
+        StorageError saying the answers are safe in the mirror. With `stoppable`, the
+        end of the run ends the retries too (the last push retries on its own)."""
+        wait = 1.0
+        while True:
+            try:
+                step()
+                return
+            except LockLost:
+                raise
+            except StorageError as exc:
+                self._last_problem = str(exc)
+                left = (deadline - time.monotonic()) if deadline else self._margin()
+                if left <= wait:
+                    raise StorageError(
+                        f"{exc}; still failing after retries, with the folder's lease about "
+                        f"to end, so this run stopped sending. Every answer so far is safe in "
+                        f"the local mirror {self.local}: rerun the same command once the "
+                        "bucket answers, and it pushes them and goes on"
+                    ) from None
+                log.warning("%s (retrying in %.0f s)", exc, wait)
+                if not stoppable:
+                    time.sleep(wait)
+                elif self._stop.wait(wait):
+                    return
+                wait = min(wait * 2, 8.0)
+
+    def _task_deadline(self) -> float:
+        """A Ray task holds no lease of its own (its driver does, with a lease of three
+        sync periods at least): it retries a push that long, then gives up and hands its
+        shards to the driver."""
+        return time.monotonic() + 3 * self.sync_s
+
+    def _margin(self) -> float:
+        """Seconds of lease left to act in: a sync period is kept in hand, for a call
+        under way (the bucket's library retries for a while before it gives up)."""
+        return self.lock.valid_for() - self.sync_s
+
+    def _watch(self) -> None:
+        """Stop the run before its lease can end, even while a call to the bucket hangs
+        (a library's own retries can take half a minute): a run must never send while
+        another may have taken the folder."""
+        while not self._stop.wait(0.25):
+            if self._failure is None and self.lock.valid_for() < self.sync_s:
+                cause = (
+                    self._last_problem
+                    or "the storage service is unreachable: a call to it has not returned"
+                )
+                self._lose(
+                    StorageError(
+                        f"{self.url}: the folder's lock could not be renewed for "
+                        f"{lease_s() - self.lock.valid_for():.0f} s ({cause}), so this run "
+                        "stopped sending before its lease could end. "
+                        f"Every answer so far is safe in the local mirror {self.local}: rerun "
+                        "the same command once the bucket answers, and it pushes them and "
+                        "goes on"
+                    )
+                )
+                return
+
+    def _lose(self, failure: BaseException) -> None:
+        with self._losing:
+            if self._failure is not None:
+                return  # told once
+            self._failure = failure
+        log.info("%s", failure)  # the session raises it once the run has stopped
+        for callback in self.on_lost:
+            callback(str(failure))
+
+
+@contextmanager
+def readable(target: str, must_exist: bool = True) -> Iterator[Path]:
+    """An output folder to read: a local one as it is; a bucket folder as a read-only
+    copy (no lock taken, nothing written to the bucket, the copy removed afterwards),
+    for `status`, `export` and `report`."""
+    if not is_remote(target):
+        yield Path(target)
+        return
+    with tempfile.TemporaryDirectory(prefix="caption-") as tmp:
+        folder = BucketFolder(target, Path(tmp) / "out")
+        folder.pull()
+        if not (folder.local / STATE / "run.json").exists():
+            if must_exist:
+                raise UsageError(f"{target}: not a caption output folder (no .caption/run.json)")
+            shutil.rmtree(folder.local)  # a new folder: as if it did not exist
+        yield folder.local

@@ -1,0 +1,332 @@
+"""`caption report OUT`: one self-contained HTML page about an output folder, for operators.
+
+It reads the folder only (a bucket folder through a copy) and shows the totals, the run
+history, distributions of tokens, latency and attempts, errors by kind with an example
+each, the estimate against what was billed, a structured job's label counts, and a
+sample of captions beside thumbnails of their images. Everything is inline: styles,
+charts (SVG, `report/charts.py`) and thumbnails (small JPEGs as data URIs), so the file can be
+mailed or archived and opens without a network.
+
+It aggregates with pyarrow compute over the columns it needs, a shard at a time for the
+few string columns, never row by row: a million rows take seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import random
+import stat
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.output.books import read_shard
+from pipeline.output.folder import OutputDir
+from pipeline.output.storage import is_remote, read_bytes
+from pipeline.records import PARSED
+from pipeline.report.charts import bars, histogram
+from pipeline.report.status import Status, read_status
+
+SAMPLE = 24
+THUMB_PX = 160
+THUMB_MAX_BYTES = 64 << 20  # a sampled image larger than this is not read
+THUMB_TIMEOUT_S = 10.0
+NUMERIC = ["status", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "error_kind"]
+
+
+@dataclass
+class Figures:
+    """What the page shows, computed before any HTML is written (the tests read it)."""
+
+    status: Status
+    runs: list[dict[str, Any]]
+    wall_s: float
+    latency: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    attempts: list[tuple[str, int]] = field(default_factory=list)
+    error_examples: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    sample: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compute(folder: Path, label: str) -> Figures:
+    out = OutputDir(folder)
+    status = read_status(folder, label)
+    meta = out.read_run_json() or {}
+    runs = meta.get("runs", [])
+    figures = Figures(status, runs, sum(r.get("wall_s") or 0.0 for r in runs))
+    shards = out.shards()
+    if not shards:
+        return figures
+    table = pa.concat_tables([read_shard(s, columns=NUMERIC) for s in shards])
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    if ok.num_rows:
+        q = pc.quantile(ok["latency_s"], q=[0.5, 0.95, 0.99]).to_pylist()
+        figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
+        for name in ("prompt_tokens", "completion_tokens", "latency_s"):
+            values = ok[name].to_numpy()
+            counts, edges = np.histogram(values[~np.isnan(values.astype(float))], bins=30)
+            figures.histograms[name] = (counts.tolist(), edges.round(3).tolist())
+    figures.attempts = sorted(
+        ((str(v["values"]), v["counts"]) for v in pc.value_counts(table["attempts"]).to_pylist()),
+        key=lambda item: int(item[0]) if item[0].isdigit() else 10**9,
+    )
+    figures.error_examples = _error_examples(shards, set(status.errors_by_kind))
+    figures.labels = _label_counts(shards, meta.get("job") or {})
+    figures.sample = _sample(shards, ok.num_rows)
+    return figures
+
+
+def _error_examples(shards: list[Path], kinds: set[str]) -> dict[str, str]:
+    """One message per error kind, reading error columns a shard at a time until found."""
+    found: dict[str, str] = {}
+    for shard in shards:
+        if set(found) >= kinds:
+            break
+        t = read_shard(shard, columns=["status", "error_kind", "error"])
+        errors = t.filter(pc.not_equal(t["status"], "ok"))
+        for kind, message in zip(
+            errors["error_kind"].to_pylist(), errors["error"].to_pylist(), strict=True
+        ):
+            found.setdefault(kind or "unknown", message or "")
+    return found
+
+
+def _label_counts(shards: list[Path], job: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """Value counts of a structured job's enum and boolean fields (top level)."""
+    schema = (job.get("json_schema") or {}).get("schema") or {}
+    props = schema.get("properties") or {}
+    wanted = [
+        name
+        for name, sub in props.items()
+        if isinstance(sub, dict)
+        and ("enum" in sub or sub.get("type") in ("boolean", ["boolean", "null"]))
+    ]
+    if not wanted or PARSED not in pq.read_schema(shards[0]).names:
+        return {}
+    parsed = pa.concat_tables([read_shard(s, columns=[PARSED]) for s in shards])[PARSED]
+    names = [f.name for f in parsed.type]
+    out = {}
+    for name in wanted:
+        column = pc.struct_field(parsed, [names.index(name)])
+        counts = pc.value_counts(column.drop_null()).to_pylist()
+        out[name] = sorted(
+            (
+                (
+                    str(c["values"]).lower() if isinstance(c["values"], bool) else str(c["values"]),
+                    c["counts"],
+                )
+                for c in counts
+            ),
+            key=lambda item: -item[1],
+        )
+    return out
+
+
+def _sample(shards: list[Path], ok_rows: int) -> list[dict[str, Any]]:
+    """Up to SAMPLE ok rows, chosen at random (seeded: the same folder, the same page)."""
+    if not ok_rows:
+        return []
+    picks = sorted(random.Random(0).sample(range(ok_rows), min(SAMPLE, ok_rows)))
+    rows: list[dict[str, Any]] = []
+    seen = 0
+    for shard in shards:
+        t = read_shard(shard, columns=["status"])
+        ok_index = pc.indices_nonzero(pc.equal(t["status"], "ok")).to_numpy()
+        mine = [p - seen for p in picks if seen <= p < seen + len(ok_index)]
+        seen += len(ok_index)
+        if mine:
+            full = read_shard(shard, columns=["source", "caption", "prompt_tokens", "cost_usd"])
+            rows += full.take(pa.array(ok_index[mine])).to_pylist()
+    for row in rows:
+        row["thumbnail"], row["no_thumbnail"] = _thumbnail(row["source"])
+    return rows
+
+
+def _thumbnail(source: str) -> tuple[str | None, str | None]:
+    """A small JPEG of the image as a data URI, or None and why not. The source is read
+    bounded: only a regular file (or object) of at most THUMB_MAX_BYTES, in a thread
+    given THUMB_TIMEOUT_S, so a FIFO, a device or a stalled mount never hangs the report."""
+    from PIL import Image
+
+    if source.startswith(("http://", "https://")):
+        return None, "a URL (not fetched)"
+    result: list[bytes | str] = []
+    reader = threading.Thread(target=lambda: result.append(_bounded_read(source)), daemon=True)
+    reader.start()
+    reader.join(THUMB_TIMEOUT_S)
+    if not result:
+        return None, f"not read within {THUMB_TIMEOUT_S:.0f} s"
+    data = result[0]
+    if isinstance(data, str):
+        return None, data
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (THUMB_PX, THUMB_PX))
+            thumb = im.convert("RGB")
+            thumb.thumbnail((THUMB_PX, THUMB_PX))
+            buf = io.BytesIO()
+            thumb.save(buf, "JPEG", quality=75)
+    except Exception:  # any image Pillow cannot draw is shown without its thumbnail
+        return None, "not a readable image"
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), None
+
+
+def _bounded_read(source: str) -> bytes | str:
+    """The source's bytes, or why they were not read (a reason, as a string)."""
+    cap = THUMB_MAX_BYTES
+    try:
+        if is_remote(source):
+            data = read_bytes(source, 0, cap + 1)
+        else:
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    return "not a regular file"
+                data = f.read(cap + 1)
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__})"
+    if len(data) > cap:
+        return f"over {cap >> 20} MiB"
+    return data
+
+
+# -- the page ---------------------------------------------------------------------------
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+.sub{color:#666} .cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:120px}
+.card b{display:block;font-size:20px} table{border-collapse:collapse} td,th{padding:3px 10px;
+border-bottom:1px solid #eee;text-align:left;vertical-align:top} th{background:#f6f6f6}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px}
+.samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px} svg{max-width:100%;height:auto}
+.item{border:1px solid #eee;border-radius:6px;padding:8px} .item img{max-width:100%;display:block}
+.none{color:#999} .err{color:#a00} code{font-size:12px}
+"""
+
+
+def _card(name: str, value: str) -> str:
+    return f'<div class="card"><b>{escape(value)}</b>{escape(name)}</div>'
+
+
+def render(f: Figures) -> str:
+    s = f.status
+    per_1000 = s.cost_usd / s.done * 1000 if s.done else 0.0
+    rate = sum(r.get("new_rows") or 0 for r in f.runs) / f.wall_s if f.wall_s else 0.0
+    cards = "".join(
+        [
+            _card("rows ok", f"{s.ok:,}"),
+            _card("error rows", f"{s.errors:,}"),
+            _card("pending", f"{s.pending:,}"),
+            _card("prompt tokens", f"{s.prompt_tokens:,}"),
+            _card("completion tokens", f"{s.completion_tokens:,}"),
+            _card("cost", f"${s.cost_usd:,.4f}"),
+            _card("cost per 1,000 images", f"${per_1000:,.4f}"),
+            _card("wall time", f"{f.wall_s:,.1f} s"),
+            _card("rate", f"{rate:,.1f} rows/s"),
+        ]
+    )
+    parts = [
+        f"<h1>caption report: {escape(s.output)}</h1>",
+        f'<p class="sub">{escape(str(s.model))} at {escape(str(s.endpoint))}; fingerprint '
+        f"<code>{escape(str(s.fingerprint))}</code>; {s.manifest_rows:,} manifest rows; "
+        f"made {datetime.now(UTC).isoformat(timespec='seconds')}</p>",
+        f'<div class="cards" id="totals">{cards}</div>',
+        "<h2>Runs</h2>",
+        _runs_table(f.runs),
+        "<h2>Distributions (ok rows)</h2>",
+        '<div class="grid">',
+        *(
+            f"<div>{histogram(*f.histograms[name], label=name.replace('_', ' '))}</div>"
+            for name in ("prompt_tokens", "completion_tokens", "latency_s")
+            if name in f.histograms
+        ),
+        f"<div>{bars(f.attempts, 'attempts per row')}<p>attempts per row</p></div>",
+        "</div>",
+        "<p>latency " + ", ".join(f"{k} {v:.2f} s" for k, v in f.latency.items()) + "</p>"
+        if f.latency
+        else "",
+        "<h2>Errors by kind</h2>",
+        _errors_table(s.errors_by_kind, f.error_examples),
+        "<h2>Estimate against billed</h2>",
+        _reconciliation(s.estimate),
+    ]
+    if f.labels:
+        parts.append("<h2>Labels</h2><div class='grid'>")
+        parts += [f"<div><p><b>{escape(n)}</b></p>{bars(c, n)}</div>" for n, c in f.labels.items()]
+        parts.append("</div>")
+    parts.append(f"<h2>Sample of {len(f.sample)} captions</h2><div class='samples'>")
+    for row in f.sample:
+        img = (
+            f'<img alt="" src="{row["thumbnail"]}">'
+            if row["thumbnail"]
+            else f'<p class="none">(no thumbnail: {escape(row["no_thumbnail"] or "")})</p>'
+        )
+        parts.append(
+            f'<div class="item">{img}<p>{escape(row["caption"] or "")}</p>'
+            f'<p class="sub"><code>{escape(row["source"])}</code></p></div>'
+        )
+    parts.append("</div>")
+    body = "\n".join(parts)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>caption report: {escape(s.output)}</title><style>{STYLE}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return '<p class="none">no runs yet</p>'
+    head = "<tr><th>started</th><th>new rows</th><th>ok</th><th>errors</th><th>cost</th><th>wall</th><th>stopped</th></tr>"
+    rows = "".join(
+        f"<tr><td>{escape(str(r.get('started_at')))}</td><td>{r.get('new_rows', 0):,}</td>"
+        f"<td>{r.get('ok', 0):,}</td><td>{r.get('errors', 0):,}</td>"
+        f"<td>${r.get('cost_usd') or 0:,.4f}</td><td>{r.get('wall_s') or 0:,.1f} s</td>"
+        f"<td>{escape(str(r.get('stopped') or ''))}</td></tr>"
+        for r in runs
+    )
+    return f'<table id="runs">{head}{rows}</table>'
+
+
+def _errors_table(by_kind: dict[str, int], examples: dict[str, str]) -> str:
+    if not by_kind:
+        return '<p class="none">no error rows</p>'
+    rows = "".join(
+        f"<tr><td>{escape(kind)}</td><td>{n:,}</td><td class='err'>{escape(examples.get(kind, '')[:300])}</td></tr>"
+        for kind, n in sorted(by_kind.items(), key=lambda item: -item[1])
+    )
+    return f"<table><tr><th>kind</th><th>rows</th><th>example</th></tr>{rows}</table>"
+
+
+def _reconciliation(est: dict[str, Any] | None) -> str:
+    if not est:
+        return '<p class="none">no ok rows with a known image size</p>'
+    return (
+        f"<p>Over {est['rows']:,} ok rows: {est['prompt_tokens_estimated']:,} prompt tokens "
+        f"estimated, {est['prompt_tokens_actual']:,} billed "
+        f"({est['prompt_tokens_ratio']:.3f}x); input ${est['input_cost_estimated_usd']:.4f} "
+        f"estimated, ${est['input_cost_actual_usd']:.4f} billed.</p>"
+    )
+
+
+def write_report(folder: Path, label: str, target: Path) -> Figures:
+    """Compute the figures and write the page (under a temporary name, then renamed)."""
+    figures = compute(folder, label)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(render(figures), encoding="utf-8")
+    tmp.replace(target)
+    return figures
