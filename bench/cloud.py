@@ -34,7 +34,7 @@ from _measure import measure
 LISTER = textwrap.dedent(
     """
     import sys, tracemalloc
-    from pipeline.output import storage
+    from pipeline.io import storage
     fs = storage.filesystem("s3://x")
     tracemalloc.start()
     if sys.argv[1] == "stream":

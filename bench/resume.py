@@ -26,6 +26,7 @@ from _measure import measure
 
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.settings import load_config
+from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.records import RESULT_SCHEMA
 from pipeline.sources.ids import stable_id
@@ -78,8 +79,8 @@ def main() -> None:
         start = time.perf_counter()
         folder = OutputDir(out)
         folder.recover()
-        folder.compact()
-        done = folder.scan()
+        books.compact(folder)
+        done = books.scan(folder)
         pending = folder.pending_count(pa.concat_arrays([done.ok_ids, done.error_ids]))
         scan_s = time.perf_counter() - start
         print(

@@ -84,7 +84,7 @@ def _run(
     progress: bool,
     settings: dict[str, Any],
 ) -> RunResult:
-    from pipeline.engine.runner import run_job
+    from pipeline.jobs.run import run_job
 
     outcome = run_job(
         _sources(sources),
@@ -171,7 +171,7 @@ def estimate(
     and output tokens, expected and worst-case cost in USD, as `caption estimate`."""
     import pandas as pd
 
-    from pipeline.cost.dryrun import estimate_sources
+    from pipeline.jobs.dryrun import estimate_sources
 
     report = estimate_sources(
         _sources(sources),

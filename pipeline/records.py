@@ -2,7 +2,7 @@
 
 A manifest row becomes exactly one `ResultRow`; failures are rows too (`status="error"`).
 `RESULT_SCHEMA` is the only definition of the result columns, and every shard's schema (a
-structured job adds a typed `parsed` column, `engine/labels.py`): the manifest's own columns stay
+structured job adds a typed `parsed` column, `config/labels.py`): the manifest's own columns stay
 in the manifest.
 """
 
@@ -65,7 +65,7 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-# A structured job's typed answer (`engine/labels.py`), after the result columns.
+# A structured job's typed answer (`config/labels.py`), after the result columns.
 PARSED = "parsed"
 # Names a source's own column may not take (it is kept as `input_<name>`).
 RESULT_COLUMNS: frozenset[str] = frozenset([*RESULT_SCHEMA.names, PARSED])
@@ -136,7 +136,7 @@ class ResultRow:
     image_height: int | None = None
     # Not stored: the failure may say only that the job is wrong (the circuit breaker).
     job_level: str | None = None
-    # A structured job's answer, parsed (`engine/labels.py`); stored only by such jobs.
+    # A structured job's answer, parsed (`config/labels.py`); stored only by such jobs.
     parsed: Any = None
 
     def core_dict(self) -> dict[str, Any]:

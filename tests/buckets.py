@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output import storage
+from pipeline.io import storage
 from tests.conftest import KEY
 
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.output.arrow import combined, equals, int_numpy, read_parquet, string_array
+from pipeline.io.arrow import combined, equals, int_numpy, read_parquet, string_array
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_a_shard_copied_in_twice_is_counted_once_and_never_ledgered(
     copied = read_status(out)
     assert (copied.ok, copied.errors, copied.done) == (before.ok, before.errors, before.done)
     assert copied.cost_usd == pytest.approx(before.cost_usd)
-    OutputDir(out).compact()
+    books.compact(OutputDir(out))
     assert len(pq.read_table(out)) == 6
     assert read_status(out).superseded == before.superseded == 6
     assert read_status(out).cost_usd == pytest.approx(before.cost_usd)

@@ -121,7 +121,7 @@ def test_numpy_starts_no_blas_threads() -> None:
     code = (
         "import os\n"
         "os.environ.pop('OPENBLAS_NUM_THREADS', None)\n"
-        "import pipeline.engine.runner\n"
+        "import pipeline.jobs.run\n"
         "names = [open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task')]\n"
         "print('SAME-NAMED THREADS', names.count(open('/proc/self/comm').read()))\n"
     )

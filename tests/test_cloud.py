@@ -23,7 +23,7 @@ pytest.importorskip("s3fs", reason="the cloud extra: pip install 'caption[cloud]
 boto3 = pytest.importorskip("boto3")
 
 from pipeline.cli import cli  # noqa: E402
-from pipeline.output import storage  # noqa: E402
+from pipeline.io import storage  # noqa: E402
 from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
 from tests.conftest import KEY, SAMPLES, spawn_run  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 pytest.importorskip("s3fs", reason="the cloud extra: pip install 'caption[cloud]'")
 
 from pipeline.cli import cli
-from pipeline.output import storage
+from pipeline.io import storage
 from pipeline.output.bucketlock import BucketLock
 from tests.buckets import CuttableProxy, bucket_results, client, keys_under
 from tests.conftest import SAMPLES, spawn_run

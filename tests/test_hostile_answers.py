@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.engine.labels import Labels
+from pipeline.config.labels import Labels
 from pipeline.report.status import read_status
 from tests.conftest import KEY, SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
@@ -137,7 +137,7 @@ def test_schemas_nested_past_what_parquet_stores_are_refused(
 def test_the_deepest_schema_allowed_is_stored_and_read_back(
     tmp_path: Path, imgs: Path, server: ScriptedServer, key: str
 ) -> None:
-    from pipeline.engine.labels import MAX_SCHEMA_DEPTH
+    from pipeline.config.labels import MAX_SCHEMA_DEPTH
 
     value: Any = "leaf"
     for _ in range(MAX_SCHEMA_DEPTH - 1):

@@ -6,8 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.config.settings import load_config
-from pipeline.engine.labels import (
+from pipeline.config.labels import (
     Labels,
     Mismatch,
     arrow_type,
@@ -15,6 +14,7 @@ from pipeline.engine.labels import (
     load_schema_file,
     sample_value,
 )
+from pipeline.config.settings import load_config
 from pipeline.errors import UsageError
 
 SCHEMA = {

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.settings import load_config
+from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.output.writer import ShardWriter
 from pipeline.records import ResultRow
@@ -48,21 +49,21 @@ def test_compact_keeps_the_newest_row_per_id(tmp_path: Path) -> None:
     write_shard(tmp_path, ("a", "error", 1), ("b", "ok", 1), ("c", "error", 1))
     write_shard(tmp_path, ("a", "ok", 5), ("c", "error", 6))
     write_shard(tmp_path, ("c", "ok", 6))  # same moment as the newer error: ok wins
-    assert OutputDir(tmp_path).compact() == 3
+    assert books.compact(OutputDir(tmp_path)) == 3
     assert ids_by_shard(tmp_path) == [[("b", "ok")], [("a", "ok")], [("c", "ok")]]
-    assert OutputDir(tmp_path).compact() == 0  # idempotent
+    assert books.compact(OutputDir(tmp_path)) == 0  # idempotent
 
 
 def test_a_shard_left_empty_by_compaction_is_removed(tmp_path: Path) -> None:
     write_shard(tmp_path, ("a", "error", 1))
     write_shard(tmp_path, ("a", "ok", 2))
-    OutputDir(tmp_path).compact()
+    books.compact(OutputDir(tmp_path))
     assert [p.name for p in sorted(tmp_path.glob("part-*.parquet"))] == ["part-00001.parquet"]
 
 
 def test_scan_counts_and_spend(tmp_path: Path) -> None:
     write_shard(tmp_path, ("a", "ok", 1), ("b", "error", 1), ("c", "ok", 1))
-    done = OutputDir(tmp_path).scan()
+    done = books.scan(OutputDir(tmp_path))
     assert sorted(done.ok_ids.to_pylist()) == ["a", "c"]
     assert done.error_ids.to_pylist() == ["b"]
     assert done.cost_usd == 0.02

@@ -26,7 +26,7 @@ from pipeline.cli import cli  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.executors import ExecutorSpec  # noqa: E402
 from pipeline.executors.ray import check_cluster  # noqa: E402
-from pipeline.output import storage  # noqa: E402
+from pipeline.io import storage  # noqa: E402
 from pipeline.testing.fake_server import FakeEndpoint, FakeOptions  # noqa: E402
 from tests.buckets import CuttableProxy, bucket_results, keys_under, put_folder  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402

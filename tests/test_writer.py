@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.engine.labels import result_schema
+from pipeline.config.labels import result_schema
 from pipeline.errors import StorageError
 from pipeline.output import writer as writer_module
 from pipeline.output.writer import ShardWriter, fold_journal, read_journal

@@ -80,7 +80,7 @@ def cli(verbose: int, storage_options: str | None) -> None:
     rate-limited, and priced before and after every run."""
     _setup_logging(verbose, quiet=False)
     if storage_options:
-        from pipeline.output.storage import configure
+        from pipeline.io.storage import configure
 
         try:
             options = json.loads(storage_options)
@@ -104,7 +104,7 @@ def cli(verbose: int, storage_options: str | None) -> None:
 def ingest(sources: tuple[str, ...], output: str, spec: RowSpec) -> None:
     """Read SOURCES (folders, globs, URLs, images, or .txt/.csv/.tsv/.jsonl/.parquet lists)
     into a manifest with columns id, source and any extra columns of the lists."""
-    from pipeline.output.storage import check_scheme, is_remote
+    from pipeline.io.storage import check_scheme, is_remote
     from pipeline.sources.manifest import write_manifest
 
     if not output.strip():
@@ -177,7 +177,7 @@ def run(
         _setup_logging(0, quiet=True)
     config = load_job(config_path, flags)
     if dry_run:
-        from pipeline.cost.dryrun import dry_run as check
+        from pipeline.jobs.dryrun import dry_run as check
         from pipeline.output.mirror import readable
 
         with readable(output, must_exist=False) as folder:
@@ -192,7 +192,7 @@ def run(
             )
         sys.exit(exit_code)
 
-    from pipeline.engine.runner import run_job
+    from pipeline.jobs.run import run_job
 
     outcome = run_job(
         list(sources),
@@ -250,8 +250,8 @@ def estimate(
 ) -> None:
     """Exact prompt tokens (image tokens by each model's published rule, text tokens with
     o200k_base) and the expected and worst-case cost of captioning SOURCES, per model."""
-    from pipeline.cost.dryrun import estimate_sources
     from pipeline.cost.sizes import parse_size
+    from pipeline.jobs.dryrun import estimate_sources
 
     config = load_job(config_path, flags)
     report = estimate_sources(

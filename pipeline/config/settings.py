@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from pipeline.config.labels import check_json_schema, load_schema_file
 from pipeline.config.prices import PriceTable, load_price_table, parse_price_entries
-from pipeline.engine.labels import check_json_schema, load_schema_file
 from pipeline.errors import UsageError
 
 FAKE_ENDPOINT = "fake"

@@ -1,3 +1,2 @@
 """What a job will cost before anything is sent: image and text tokens
-(`tokens.py`), image sizes (`sizes.py`), the estimate per model (`estimate.py`), and the
-dry run (`dryrun.py`)."""
+(`tokens.py`), image sizes (`sizes.py`), and the estimate per model (`estimate.py`)."""

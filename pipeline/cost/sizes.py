@@ -15,7 +15,7 @@ import pyarrow as pa
 from pipeline.config.prices import ImageRule
 from pipeline.cost.tokens import billed_size
 from pipeline.errors import RequestRejected, UsageError
-from pipeline.output.storage import is_remote, read_many
+from pipeline.io.storage import is_remote, read_many
 from pipeline.sources.images import HEADER_BYTES, header_size, local_size, object_size
 
 PROBE_TIMEOUT_S = 20.0

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from pipeline.config.labels import Labels
 from pipeline.config.prices import ModelPrice, cost_usd
 from pipeline.config.settings import JobConfig
 from pipeline.cost.tokens import estimated_usage, image_tokens, max_image_tokens, prompt_text_tokens
 from pipeline.engine.budget import Budget, Stopping
-from pipeline.engine.labels import Labels
 from pipeline.engine.prepare import Prepared, Preparer, error_row, now_ms
 from pipeline.errors import (
     ApiError,

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pipeline.config.prices import ImageRule
 from pipeline.config.settings import JobConfig
@@ -27,7 +27,7 @@ from pipeline.cost.tokens import billed_size, image_tokens
 from pipeline.engine.resize import Reduced, reduce_image
 from pipeline.errors import ApiError, RequestRejected
 from pipeline.http.request import BodyTemplate
-from pipeline.output.storage import is_remote, read_many
+from pipeline.io.storage import is_remote, read_many
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.sources.images import LoadedImage, load_image
 
@@ -87,6 +87,11 @@ class Sizes:
     reduced_from: int = 0  # of the images reduced: their bytes before,
     reduced_to: int = 0  # and after
     reduced: int = 0
+
+    def __iadd__(self, other: Sizes) -> Sizes:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
 
 
 class Preparer:

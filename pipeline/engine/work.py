@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,6 +74,18 @@ class Tally:
         self.cost_usd += float(pc.sum(table.column("cost_usd")).as_py() or 0.0)
         estimated = pc.equal(table.column("usage_source"), "estimated")
         self.usage_estimated += int(pc.sum(estimated).as_py() or 0)
+
+    def __iadd__(self, other: Tally) -> Tally:
+        """Add another part's tally (a Ray block's) field by field."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for key, n in theirs.items():
+                    mine[key] = mine.get(key, 0) + n
+            else:
+                mine += theirs  # numbers, and Sizes in place
+                setattr(self, f.name, mine)
+        return self
 
     @property
     def done(self) -> int:

@@ -1,18 +1,27 @@
-"""Executors: where the unit of work (`pipeline.engine.work.caption_rows`) runs. `local` runs it
-on one event loop in this process; `ray` runs it over blocks of rows on a Ray cluster,
-with one account (`pipeline.executors.account`) for the rate limits and the budget."""
+"""Executors: where the unit of work (`pipeline.engine.work.caption_rows`) runs. Each is
+an `Executor` (`base.py`: `check` a job before anything is read, `run` it, leave the
+folder in order): `local.py` runs it on one event loop in this process; `ray.py` runs it
+over blocks of rows on a Ray cluster (`raytask.py` is a task's side), with one account
+(`account.py`, leased by `leased.py`) for the rate limits and the budget."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.executors.spec import LOCAL, ExecutorSpec
+
+if TYPE_CHECKING:
+    from pipeline.executors.base import Executor
+
+__all__ = ["LOCAL", "ExecutorSpec", "executor_for"]
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorSpec:
-    kind: str = "local"  # "local" or "ray"
-    address: str | None = None  # a Ray cluster; None starts a local one
-    workers: int | None = None  # blocks at once (Ray tasks); None: the cluster's CPUs
-    shared_fs: bool = False  # local paths are on a filesystem every Ray node mounts
+def executor_for(spec: ExecutorSpec) -> Executor:
+    """The executor a spec names (each module imported only when it is chosen)."""
+    if spec.kind == "ray":
+        from pipeline.executors.ray import RayExecutor
 
+        return RayExecutor(spec)
+    from pipeline.executors.local import LocalExecutor
 
-LOCAL = ExecutorSpec()
+    return LocalExecutor()

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
-from pipeline.output.arrow import combined, equals, read_parquet
+from pipeline.io.arrow import combined, equals, read_parquet
 from pipeline.output.writer import TMP_SUFFIX, read_journal, write_parquet_atomic
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import StorageError, UsageError
-from pipeline.output.storage import (
+from pipeline.io.storage import (
     bucket_problem,
     create_exclusive,
     delete,

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
-from pipeline.output.arrow import combined, read_parquet
+from pipeline.io.arrow import combined, read_parquet
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED

@@ -11,8 +11,8 @@
 (duckdb, polars) matches the shards alone. Folders of older versions are read as they
 are and brought up to date by the next run (`output/upgrade.py`).
 
-`recover` puts a folder left by a crash back in order; `scan` (what is done) and
-`compact` (one row per id, superseded attempts kept in the ledger) are `output/books.py`'s.
+`recover` puts a folder left by a crash back in order. What the folder holds and paid
+(`scan`) and one row per id (`compact`) are `output/books.py`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,14 +34,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config.identity import refuse_another_job, refuse_other_ids
+from pipeline.config.labels import result_schema
 from pipeline.config.settings import JobConfig
-from pipeline.engine.labels import result_schema
 from pipeline.errors import UsageError, storage_error
-from pipeline.output import books
-from pipeline.output.arrow import read_parquet
-from pipeline.output.books import Done
-from pipeline.output.storage import download, is_remote
-from pipeline.output.upgrade import move_state_files
+from pipeline.io.arrow import read_parquet
+from pipeline.io.storage import download, is_remote
 from pipeline.output.writer import (
     JOURNAL_GLOB,
     SHARD_GLOB,
@@ -57,6 +55,8 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
 RUN_JSON = "run.json"
 LOCK_NAME = ".lock"
+WORKERS_LOCK = "workers.lock"  # in .caption/: held shared by a Ray run's tasks
+WAIT_FOR_WORKERS_S = 120.0
 RUN_JSON_VERSION = 1
 
 
@@ -77,9 +77,17 @@ class OutputDir:
         return legacy if legacy.exists() and not current.exists() else current
 
     def migrate(self) -> None:
-        """Bring a folder of an older version up to today's layout (`output/upgrade.py`), under
-        the lock: state files into `.caption/`, then (after `recover`) the schema."""
-        move_state_files(self, (MANIFEST_NAME, RUN_JSON))
+        """Under the lock: the state files of an older version (beside the shards) move
+        into `.caption/`. The rest of an upgrade (schema, ids) is `output/upgrade.py`'s."""
+        for name in (MANIFEST_NAME, RUN_JSON):
+            legacy, current = self.path / name, self.state / name
+            if legacy.exists() and not current.exists():
+                try:
+                    self.state.mkdir(exist_ok=True)
+                    os.replace(legacy, current)
+                except OSError as exc:
+                    raise storage_error(self.path, exc) from None
+                log.info("moved %s into %s/", name, self.state.name)
         self.manifest = self.state / MANIFEST_NAME
         self.run_json = self.state / RUN_JSON
 
@@ -122,6 +130,46 @@ class OutputDir:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    @contextmanager
+    def workers_lock(self) -> Iterator[None]:
+        """Held shared by every Ray task while it writes the folder, so that a later run
+        can wait for the tasks of a killed driver (`wait_for_workers`)."""
+        fd = os.open(self.state / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def wait_for_workers(self) -> None:
+        """Before a run touches the folder: the tasks of an earlier Ray run whose driver
+        was killed may still be writing it for a few seconds (Ray stops them once it
+        notices). Wait until none holds the workers' lock."""
+        path = self.state / WORKERS_LOCK
+        if not path.exists():
+            return
+        fd = os.open(path, os.O_RDWR)
+        try:
+            deadline = time.monotonic() + WAIT_FOR_WORKERS_S
+            said = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise UsageError(
+                            f"{self.label}: Ray workers of an earlier run still write to it "
+                            f"after {WAIT_FOR_WORKERS_S:.0f} s; stop them (ray stop) and run "
+                            "again"
+                        ) from None
+                    if not said:
+                        log.warning("waiting for the Ray workers of an earlier run to stop")
+                        said = True
+                    time.sleep(0.2)
+        finally:
+            os.close(fd)  # releases the lock: this run's tasks take it shared
 
     def is_running(self) -> bool:
         """Whether a run holds the folder now (read-only: takes the lock only to test it)."""
@@ -245,15 +293,7 @@ class OutputDir:
             if shard is not None:
                 log.info("recovered %s from the journal of an interrupted run", shard.name)
 
-    def compact(self) -> int:
-        """One row per id in the shards; superseded attempts to the ledger (`output/books.py`)."""
-        return books.compact(self)
-
     # -- what is done -----------------------------------------------------------------
-
-    def scan(self, include_journals: bool = False) -> Done:
-        """What is done and what it cost, every paid attempt included (`output/books.py`)."""
-        return books.scan(self, include_journals)
 
     def manifest_count(self) -> int:
         return pq.ParquetFile(self.manifest).metadata.num_rows

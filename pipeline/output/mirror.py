@@ -44,8 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import StorageError, UsageError
-from pipeline.output.bucketlock import BucketLock, LockLost, lease_s
-from pipeline.output.storage import (
+from pipeline.io.storage import (
     bucket_problem,
     delete,
     download,
@@ -54,6 +53,7 @@ from pipeline.output.storage import (
     list_names,
     upload,
 )
+from pipeline.output.bucketlock import BucketLock, LockLost, lease_s
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Folders written by older versions, brought up to today's on the next run (under the
 lock). Read-only commands read them as they are.
 
-- `move_state_files`: `manifest.parquet` and `run.json` beside the shards move into
-  `.caption/`.
+- (`OutputDir.migrate`: `manifest.parquet` and `run.json` beside the shards move into
+  `.caption/`.)
 - `unify_shards`: shards that carried the sources' own columns get the result schema.
 - `rehash_ids`: ids hashed from the path as the user named it (version 1) become ids of
   the real path (`sources/ids.py`), in the shards and the manifest, so the rerun that follows
@@ -13,7 +13,6 @@ lock). Read-only commands read them as they are.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import storage_error
-from pipeline.output.arrow import combined, read_parquet
+from pipeline.io.arrow import combined, read_parquet
 from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, conform
 from pipeline.sources.ids import ID_VERSION, RealPaths, spelling_of, stable_id
@@ -34,19 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _OUR_ID = re.compile(r"[0-9a-f]{16}")
-
-
-def move_state_files(out: OutputDir, names: tuple[str, ...]) -> None:
-    """Move an older version's state files into `.caption/`."""
-    for name in names:
-        legacy, current = out.path / name, out.state / name
-        if legacy.exists() and not current.exists():
-            try:
-                out.state.mkdir(exist_ok=True)
-                os.replace(legacy, current)
-            except OSError as exc:
-                raise storage_error(out.path, exc) from None
-            log.info("moved %s into %s/", name, out.state.name)
 
 
 def unify_shards(out: OutputDir) -> int:

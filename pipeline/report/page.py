@@ -30,9 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.io.storage import is_remote, read_bytes
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
-from pipeline.output.storage import is_remote, read_bytes
 from pipeline.records import PARSED
 from pipeline.report.charts import bars, histogram
 from pipeline.report.status import Status, read_status

@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import UsageError
-from pipeline.output.arrow import equals, int_numpy
+from pipeline.io.arrow import equals, int_numpy
+from pipeline.output import books
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 
@@ -89,7 +90,7 @@ def read_status(path: Path, label: str | None = None) -> Status:
     meta = out.read_run_json()
     if meta is None or not out.manifest.exists():
         raise UsageError(f"{path}: not a caption output folder (no run.json or manifest.parquet)")
-    done = out.scan(include_journals=True)
+    done = books.scan(out, include_journals=True)
     skip = done.ids
     job = meta.get("job", {})
     return Status(

@@ -1,6 +1,6 @@
 """One source argument -> batches of entries, whatever it is: a folder (walked), a glob, an
 http(s) URL, one image, a list file, or any of these in a bucket. Finding local files is
-`sources/walk.py`'s job, reading lists `sources/lists.py`'s, buckets `output/storage.py`'s; ids and duplicates
+`sources/walk.py`'s job, reading lists `sources/lists.py`'s, buckets `io/storage.py`'s; ids and duplicates
 are `sources/manifest.py`'s.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.output.storage import check_scheme, glob, is_remote, walk_prefix
+from pipeline.io.storage import check_scheme, glob, is_remote, walk_prefix
 from pipeline.sources.ids import RowSpec
 from pipeline.sources.images import is_url
 from pipeline.sources.lists import BATCH_ROWS, LIST_EXTENSIONS, read_list

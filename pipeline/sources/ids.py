@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pipeline.output.storage import is_remote
+from pipeline.io.storage import is_remote
 
 ID_FROM = ("path", "content")
 ID_VERSION = 2  # 1: the path as named (before ids survived path spelling)

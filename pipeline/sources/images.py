@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from pipeline.errors import RequestRejected
-from pipeline.output.storage import missing_or_forbidden, read_bytes
+from pipeline.io.storage import missing_or_forbidden, read_bytes
 
 HEADER_BYTES = 64 * 1024
 

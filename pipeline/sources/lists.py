@@ -19,8 +19,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
-from pipeline.output.arrow import string_array
-from pipeline.output.storage import is_remote, join, open_binary
+from pipeline.io.arrow import string_array
+from pipeline.io.storage import is_remote, join, open_binary
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
 from pipeline.sources.images import is_url
 

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
-from pipeline.output.storage import is_remote, open_binary, read_many, upload
+from pipeline.io.storage import is_remote, open_binary, read_many, upload
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
 from pipeline.sources.entries import source_entries
 from pipeline.sources.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id

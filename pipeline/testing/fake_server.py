@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.config.labels import sample_value
 from pipeline.config.prices import PriceTable, load_price_table
 from pipeline.cost.tokens import (
     TOKENS_PER_MESSAGE,
@@ -33,7 +34,6 @@ from pipeline.cost.tokens import (
     schema_tokens,
     text_tokens,
 )
-from pipeline.engine.labels import sample_value
 from pipeline.sources.images import header_size
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.settings import JobConfig
 from pipeline.cost.estimate import Estimate, estimate
 from pipeline.errors import UsageError
+from pipeline.output import books
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.output.mirror import readable
@@ -98,7 +99,7 @@ def estimate_sources(
         with readable(str(output), must_exist=False) as folder:
             out = OutputDir(folder)
             if out.exists() and out.read_run_json() is not None:
-                done = out.scan(include_journals=True)
+                done = books.scan(out, include_journals=True)
                 if done.ok + done.errors:
                     batches = without_done(batches, done.ids)
                     notes.append(
@@ -130,7 +131,7 @@ def _run_pilot(
     spec: RowSpec,
 ) -> tuple[dict[str, Any], float | None]:
     """Send `n` real requests on a random sample; (report, mean completion tokens)."""
-    from pipeline.engine.runner import EXIT_PILOT_OK, run_job, run_pilot
+    from pipeline.jobs.run import EXIT_PILOT_OK, run_job, run_pilot
 
     if output is not None:
         outcome = run_job(
@@ -178,7 +179,7 @@ def dry_run(
     Returns the estimate, the problems found, and the exit code: 0 ready; 1 some rows would
     be error rows (unreadable files); 2 the run could not start (key, output folder).
     """
-    from pipeline.engine.runner import read_api_key
+    from pipeline.jobs.run import read_api_key
 
     problems: list[str] = []
     exit_code = 0

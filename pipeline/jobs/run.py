@@ -25,7 +25,6 @@ from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.prices import price_entry
 from pipeline.config.settings import JobConfig
 from pipeline.engine.budget import Budget
-from pipeline.engine.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.engine.work import StopReason, Tally, caption_rows
 from pipeline.errors import (
     EXIT_OK,
@@ -35,13 +34,14 @@ from pipeline.errors import (
     StorageError,
     UsageError,
 )
-from pipeline.executors import LOCAL, ExecutorSpec
-from pipeline.executors.local import execute, open_captioner
-from pipeline.executors.ray import wait_for_workers
+from pipeline.executors import LOCAL, ExecutorSpec, executor_for
+from pipeline.executors.base import Executed, Work, open_captioner
+from pipeline.io.storage import check_scheme, is_remote
+from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
+from pipeline.output import books
 from pipeline.output.books import Done
 from pipeline.output.folder import OutputDir, utc_now
 from pipeline.output.mirror import BucketFolder
-from pipeline.output.storage import check_scheme, is_remote
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
 from pipeline.records import ManifestRow, ResultRow
 from pipeline.sources.ids import ID_VERSION, PATH_IDS, RowSpec
@@ -172,10 +172,7 @@ def run_job(
         # Path("") is the working folder: a job would write its shards there.
         raise UsageError("the output folder is an empty path; name a folder (-o OUT)")
     check_scheme(str(out_path))  # ftp://... is refused, not made a local folder named ftp:
-    if executor.kind == "ray":
-        from pipeline.executors.ray import check_cluster
-
-        check_cluster(executor, str(out_path), sources)
+    executor_for(executor).check(str(out_path), sources)
     if is_remote(str(out_path)):
         # A bucket folder: the run works on its local mirror (`output/mirror.py`), which holds
         # the bucket's lock and pushes the folder to it every few seconds and at the end.
@@ -242,7 +239,7 @@ def _run_locked(
     on_lost: list[Callable[[str], None]] | None,
 ) -> RunOutcome:
     previous = out.check_fingerprint(config)  # again, now that no other run can write
-    wait_for_workers(out)  # nor a killed Ray run's tasks
+    out.wait_for_workers()  # nor a killed Ray run's tasks
     from_manifest = len(sources) == 1 and is_manifest(sources[0])
     scheme = "manifest" if from_manifest else spec.scheme
     out.check_ids(previous, scheme)
@@ -251,8 +248,8 @@ def _run_locked(
     unify_shards(out)  # against the manifest the older shards were written with
     if needs_rehash(previous):
         rehash_ids(out)
-    out.compact()
-    done = out.scan()
+    books.compact(out)
+    done = books.scan(out)
     before = (previous or {}).get("sources")
     ingest = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
@@ -278,35 +275,19 @@ def _run_locked(
 
     budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
     run_started = utc_now()
-    tally, stop, unsaved = Tally(), StopReason(), 0
-    if total and executor.kind == "ray":
-        from pipeline.executors.ray import execute as execute_on_ray
-
-        tally, stop, unsaved = execute_on_ray(
-            config, out, iter(rows), api_key, budget, total, show_progress, executor, on_lost
+    executed = Executed()
+    if total:
+        work = Work(
+            config, out, iter(rows), api_key, budget, total, show_progress, handle_signals, on_lost
         )
-        out.recover()  # journals of tasks that ended without folding (an interrupt)
-        out.compact()  # a row two attempts of a block both answered: kept once
-    elif total:
-        tally, stop, unsaved = asyncio.run(
-            execute(
-                config,
-                out,
-                iter(rows),
-                api_key,
-                budget,
-                total,
-                show_progress,
-                handle_signals,
-                on_lost,
-            )
-        )
+        executed = executor_for(executor).run(work)
+    tally, stop, unsaved = executed.tally, executed.stop, executed.unsaved
     wall = time.perf_counter() - started
     remaining = pending - tally.done
     try:
         if retry_errors:
-            out.compact()
-        final = out.scan()
+            books.compact(out)
+        final = books.scan(out)
         exit_code = exit_code_of(stop, final.errors)
         meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
         meta["totals"] = {
@@ -324,7 +305,7 @@ def _run_locked(
             raise
         # The disk is still full: the rows are safe in shards and journals, and the next
         # run, once there is space, brings run.json up to date.
-        final = out.scan(include_journals=True)
+        final = books.scan(out, include_journals=True)
         exit_code = EXIT_STORAGE
 
     summary = summary_line(

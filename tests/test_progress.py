@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.engine.work import Tally
-from pipeline.executors.local import Progress
+from pipeline.executors.progress import Progress
 from pipeline.records import ResultRow
 
 
