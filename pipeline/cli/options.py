@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pipeline.config.flags import FLAG_SETTINGS, FLAGS, Flag
 from pipeline.errors import UsageError
 from pipeline.sources.ids import ID_FROM, RowSpec
 
@@ -46,78 +47,30 @@ def row_options(fn: Any) -> Any:
 
 
 def job_options(*, for_estimate: bool = False) -> Any:
-    """Flags that override the job config: flag > file > default. An estimate sends
-    nothing unless asked for a pilot, so the flags that only shape sending say so."""
-    pilot = " (--pilot only)" if for_estimate else ""
-    if for_estimate:
-        model = click.option(
-            "--model",
-            "models",
-            multiple=True,
-            help="Model to price; repeat to compare models side by side (default: the job's).",
-        )
-    else:
-        model = click.option("--model", help="Model, e.g. gpt:gpt-4o ([request] model).")
+    """Flags that override the job config (flag > file > default), built from the one
+    table of them (`config/flags.py`). An estimate sends nothing unless asked for a
+    pilot, so the flags that only shape sending say so, and the run's limits are absent."""
     options = [
         click.option(
             "--config",
             "config_path",
             type=click.Path(dir_okay=False, path_type=Path),
             help="Job config (TOML); see configs/default.toml.",
-        ),
-        model,
-        click.option("--prompt", help="Prompt sent with every image."),
-        click.option("--system-prompt", help="System message ('' for none)."),
-        click.option(
-            "--detail", type=click.Choice(["auto", "low", "high"]), help="Image detail level."
-        ),
-        click.option("--max-tokens", type=int, help="Most tokens generated per choice."),
-        click.option(
-            "--resize",
-            metavar="off|model|PX",
-            help="Send images as the model sees them: 'model' reduces each to the size "
-            "it is billed at (same tokens, far fewer bytes); PX caps the longest side.",
-        ),
-        click.option(
-            "--fetch-urls",
-            is_flag=True,
-            default=None,
-            help="Download http(s) images so that --resize applies to them too.",
-        ),
-        click.option(
-            "--schema",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="JSON Schema file for structured labels: answers are checked and parsed "
-            "into a typed `parsed` column ([request] json_schema).",
-        ),
-        click.option("--endpoint", help=f"Endpoint URL, or 'fake' for the built-in fake{pilot}."),
-        click.option("--api-key-env", help=f"Environment variable holding the API key{pilot}."),
-        click.option(
-            "--auth-scheme",
-            type=click.Choice(["raw", "bearer"]),
-            help=f"raw: Authorization: <key> (memories.ai); bearer: Bearer <key>{pilot}.",
-        ),
-        click.option("--temperature", type=float, help=f"Sampling temperature, 0 to 2{pilot}."),
-        click.option(
-            "--concurrency",
-            type=int,
-            help="Requests in flight at once"
-            + (" (--pilot, and --probe-urls' reads)." if for_estimate else "."),
-        ),
-        click.option("--timeout", type=float, help=f"Seconds per request{pilot}."),
+        )
     ]
-    if not for_estimate:
-        options += [
-            click.option("--rpm", type=int, help="Requests-per-minute cap."),
-            click.option("--tpm", type=int, help="Tokens-per-minute cap."),
-            click.option("--max-attempts", type=int, help="Tries per row for transient failures."),
-            click.option(
-                "--max-cost",
-                type=float,
-                help="Budget cap in USD for the output folder's total spend.",
-            ),
-            click.option("--rows-per-shard", type=int, help="Result rows per Parquet shard."),
-        ]
+    for flag in FLAGS:
+        if for_estimate and flag.name == "model":
+            options.append(
+                click.option(
+                    "--model",
+                    "models",
+                    multiple=True,
+                    help="Model to price; repeat to compare models side by side (default: "
+                    "the job's).",
+                )
+            )
+        elif not (for_estimate and flag.estimate == "run"):
+            options.append(_option(flag, for_estimate))
 
     def decorate(fn: Any) -> Any:
         for option in reversed(options):
@@ -127,8 +80,24 @@ def job_options(*, for_estimate: bool = False) -> Any:
     return decorate
 
 
+def _option(flag: Flag, for_estimate: bool) -> Any:
+    text = flag.help
+    if for_estimate and flag.estimate == "pilot":
+        text = text.removesuffix(".") + " (--pilot only)."
+    if for_estimate and flag.name == "concurrency":
+        text = "Requests in flight at once (--pilot, and --probe-urls' reads)."
+    kind: Any = flag.type
+    if isinstance(kind, tuple):
+        kind = click.Choice(kind)
+    elif kind is Path:
+        kind = click.Path(dir_okay=False, path_type=Path)
+    if flag.is_flag:
+        return click.option(flag.option, is_flag=True, default=None, help=text)
+    return click.option(flag.option, type=kind, metavar=flag.metavar, help=text)
+
+
 def load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
-    from pipeline.config.settings import FLAG_SETTINGS, load_config
+    from pipeline.config.settings import load_config
 
     overrides = {k: v for k, v in flags.items() if k in FLAG_SETTINGS}
     return load_config(config_path, overrides)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from pipeline.config.flags import FLAG_SETTINGS
 from pipeline.config.labels import check_json_schema, load_schema_file
 from pipeline.config.prices import PriceTable, load_price_table, parse_price_entries
 from pipeline.errors import UsageError
@@ -301,30 +302,8 @@ _SECTIONS: dict[str, type] = {
     "output": OutputConfig,
 }
 
+
 # CLI flag -> (section, key). Flags override the file; the file overrides the defaults.
-FLAG_SETTINGS: dict[str, tuple[str, str]] = {
-    "endpoint": ("endpoint", "url"),
-    "api_key_env": ("endpoint", "api_key_env"),
-    "auth_scheme": ("endpoint", "auth_scheme"),
-    "timeout": ("endpoint", "timeout"),
-    "model": ("request", "model"),
-    "prompt": ("request", "prompt"),
-    "system_prompt": ("request", "system_prompt"),
-    "detail": ("request", "detail"),
-    "max_tokens": ("request", "max_tokens"),
-    "temperature": ("request", "temperature"),
-    "schema": ("request", "json_schema"),
-    "resize": ("request", "resize"),
-    "fetch_urls": ("request", "fetch_urls"),
-    "concurrency": ("limits", "concurrency"),
-    "rpm": ("limits", "rpm"),
-    "tpm": ("limits", "tpm"),
-    "max_attempts": ("limits", "max_attempts"),
-    "max_cost": ("limits", "max_cost_usd"),
-    "rows_per_shard": ("output", "rows_per_shard"),
-}
-
-
 def setting_key(name: str) -> tuple[str, str]:
     """(section, key) of a setting named as a flag (`max_cost`) or as in the TOML
     (`max_cost_usd`, `top_p`): what the Python API's keyword arguments may be."""

@@ -22,9 +22,10 @@ a conditional PUT, holding a lease renewed at every push.
 
 The local mirror is the source of truth until its rows are in the bucket: it is never
 emptied while it holds a file that was not pushed (`.caption/mirror.json` records what
-was), whatever the bucket says. A push or renewal that fails is retried with backoff;
-when the lease cannot be renewed before it would end, the run is told to stop sending
-(`on_lost`), its answers safe in the mirror, and the session ends with one StorageError.
+was), whatever the bucket says. Keeping it pushed while a run lasts, and the lease
+alive, is `sync.py`'s: when the lease cannot be renewed before it would end, the run is
+told to stop sending (`on_lost`), its answers safe in the mirror, and the session ends
+with one StorageError.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +52,8 @@ from pipeline.io.storage import (
     list_names,
     upload,
 )
-from pipeline.output.bucketlock import BucketLock, LockLost, lease_s
+from pipeline.output.bucketlock import BucketLock, lease_s
+from pipeline.output.sync import Sync
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,6 @@ class BucketFolder:
         # of the local file when it was last pushed or pulled). Kept in `.caption/mirror.json`
         # too, so that a later run knows which local files never reached the bucket.
         self._pushed: dict[str, tuple[int, int]] = {}
-        self._stop = threading.Event()
-        self._failure: BaseException | None = None
-        self._losing = threading.Lock()
-        self._last_problem = ""  # the latest failed call to the bucket, for the stop message
         # Called (from the mirror's thread) with one line when the run must stop sending.
         self.on_lost: list[Callable[[str], None]] = []
 
@@ -288,12 +284,14 @@ class BucketFolder:
         unlock. Yields the local folder to run on."""
         self.acquire()
         ACTIVE[self.local] = self
+        sync = Sync(self.url, self.local, self.lock, self.push, self.sync_s, self.on_lost)
         try:
-            with self._synced(renew=True) as local:
-                yield local
+            self.pull()
+            with sync.running(renew=True):
+                yield self.local
         finally:
             ACTIVE.pop(self.local, None)
-            if self._failure is None:
+            if sync.failure is None:
                 self.release()
             else:  # the bucket failed us: a release would wait on it too
                 self.lock.abandon()
@@ -303,129 +301,10 @@ class BucketFolder:
         """A Ray task's share of a bucket folder: its block's files only, pulled, then
         pushed every few seconds and at the end, under the driver's lock (no lock of its
         own). Yields the local folder to write the block in."""
-        with self._synced(renew=False) as local:
-            yield local
-
-    @contextmanager
-    def _synced(self, renew: bool) -> Iterator[Path]:
-        """Pull, push every few seconds (renewing the lock's lease if `renew`) while the
-        body runs, then push once more; a failure of the mirror is raised here, after the
-        body has ended (the run was told to stop sending through `on_lost`)."""
         self.pull()
-        syncer = threading.Thread(
-            target=self._sync_loop, args=(renew,), name="caption-mirror", daemon=True
-        )
-        syncer.start()
-        watchdog = threading.Thread(target=self._watch, name="caption-lease", daemon=True)
-        if renew:
-            watchdog.start()
-        try:
+        sync = Sync(self.url, self.local, self.lock, self.push, self.sync_s, self.on_lost)
+        with sync.running(renew=False):
             yield self.local
-        finally:
-            self._stop.set()
-            syncer.join()
-            if renew:
-                watchdog.join()
-        if self._failure is not None:
-            raise self._failure
-
-        def last_push() -> None:
-            if renew:
-                self.lock.renew()
-            self.push()
-
-        self._retrying(last_push, deadline=None if renew else self._task_deadline())
-
-    def _sync_loop(self, renew: bool) -> None:
-        """Renew and push every `sync_s` seconds. A failure is retried with backoff while
-        the lease lasts; when it would end before a renewal succeeds, or on an error that
-        retrying cannot mend, the run is told to stop (`on_lost`). Nothing raised here is
-        lost: it ends the session (`_synced`)."""
-        deadline = None if renew else self._task_deadline()
-        while not self._stop.wait(self.sync_s) and self._failure is None:
-            try:
-                if renew:
-                    self._retrying(self.lock.renew, deadline, stoppable=True)
-                else:
-                    deadline = self._task_deadline()
-                self._retrying(self.push, deadline, stoppable=True)
-            except BaseException as exc:  # the thread must not die with the run unaware
-                failure = exc if isinstance(exc, StorageError) else _storage_error(self.url, exc)
-                self._lose(failure)
-                return
-
-    def _retrying(
-        self, step: Callable[[], object], deadline: float | None, stoppable: bool = False
-    ) -> None:
-        """Run `step`, again after a failure (backoff 1, 2, 4... s, at most 8), until it
-        succeeds, or the lock's lease (or `deadline`) would end first: then one
-        StorageError saying the answers are safe in the mirror. With `stoppable`, the
-        end of the run ends the retries too (the last push retries on its own)."""
-        wait = 1.0
-        while True:
-            try:
-                step()
-                return
-            except LockLost:
-                raise
-            except StorageError as exc:
-                self._last_problem = str(exc)
-                left = (deadline - time.monotonic()) if deadline else self._margin()
-                if left <= wait:
-                    raise StorageError(
-                        f"{exc}; still failing after retries, with the folder's lease about "
-                        f"to end, so this run stopped sending. Every answer so far is safe in "
-                        f"the local mirror {self.local}: rerun the same command once the "
-                        "bucket answers, and it pushes them and goes on"
-                    ) from None
-                log.warning("%s (retrying in %.0f s)", exc, wait)
-                if not stoppable:
-                    time.sleep(wait)
-                elif self._stop.wait(wait):
-                    return
-                wait = min(wait * 2, 8.0)
-
-    def _task_deadline(self) -> float:
-        """A Ray task holds no lease of its own (its driver does, with a lease of three
-        sync periods at least): it retries a push that long, then gives up and hands its
-        shards to the driver."""
-        return time.monotonic() + 3 * self.sync_s
-
-    def _margin(self) -> float:
-        """Seconds of lease left to act in: a sync period is kept in hand, for a call
-        under way (the bucket's library retries for a while before it gives up)."""
-        return self.lock.valid_for() - self.sync_s
-
-    def _watch(self) -> None:
-        """Stop the run before its lease can end, even while a call to the bucket hangs
-        (a library's own retries can take half a minute): a run must never send while
-        another may have taken the folder."""
-        while not self._stop.wait(0.25):
-            if self._failure is None and self.lock.valid_for() < self.sync_s:
-                cause = (
-                    self._last_problem
-                    or "the storage service is unreachable: a call to it has not returned"
-                )
-                self._lose(
-                    StorageError(
-                        f"{self.url}: the folder's lock could not be renewed for "
-                        f"{lease_s() - self.lock.valid_for():.0f} s ({cause}), so this run "
-                        "stopped sending before its lease could end. "
-                        f"Every answer so far is safe in the local mirror {self.local}: rerun "
-                        "the same command once the bucket answers, and it pushes them and "
-                        "goes on"
-                    )
-                )
-                return
-
-    def _lose(self, failure: BaseException) -> None:
-        with self._losing:
-            if self._failure is not None:
-                return  # told once
-            self._failure = failure
-        log.info("%s", failure)  # the session raises it once the run has stopped
-        for callback in self.on_lost:
-            callback(str(failure))
 
 
 @contextmanager
