@@ -47,6 +47,7 @@ from pipeline.io import storage
 from pipeline.io.storage import is_remote
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import block_prefix
 from pipeline.output.mirror import ACTIVE, sync_every_s
 from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import ManifestRow
@@ -218,7 +219,7 @@ def execute(work: Work, spec: ExecutorSpec) -> Executed:
         ray.kill(account)
     budget.spent_usd += tally.cost_usd  # the driver's view, for the stop message
     if bucket is not None and not told:  # the bucket is gone: what it lacks was handed
-        bucket.pull(only=f"part-r{run}-")
+        bucket.pull(only=f"{block_prefix(run)}-")
     return Executed(tally, stop, unsaved)
 
 

@@ -31,8 +31,9 @@ from pipeline.io import storage
 from pipeline.io.storage import is_remote
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import JOURNAL_SUFFIX, block_prefix
 from pipeline.output.mirror import BucketFolder
-from pipeline.output.writer import JOURNAL_SUFFIX, ShardWriter, fold_journal
+from pipeline.output.writer import ShardWriter, fold_journal
 from pipeline.records import ManifestRow, ResultRow
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run_block(
         storage.configure(storage_options)
     if is_remote(out_path):
         with tempfile.TemporaryDirectory(prefix="caption-block-") as tmp:
-            mirror = BucketFolder(out_path, Path(tmp) / "out", f"part-r{block}-", sync_s)
+            mirror = BucketFolder(out_path, Path(tmp) / "out", f"{block_prefix(block)}-", sync_s)
             result: BlockResult | None = None
             try:
                 with mirror.task_session() as local:
@@ -93,7 +94,8 @@ def run_block(
                     raise
                 result.stop = ("storage", str(exc), 0.0)
                 result.handed = [
-                    (p.name, p.read_bytes()) for p in sorted(mirror.local.glob(f"part-r{block}-*"))
+                    (p.name, p.read_bytes())
+                    for p in sorted(mirror.local.glob(f"{block_prefix(block)}-*"))
                 ]
             return result
     out = OutputDir(Path(out_path))
@@ -111,7 +113,7 @@ def _run_block(
     concurrency: int,
 ) -> BlockResult:
     schema = result_schema(job_definition(config))  # a task's mirror holds no run.json
-    prefix = f"part-r{block}"
+    prefix = block_prefix(block)
     for journal in sorted(out.state.glob(f"{prefix}-*{JOURNAL_SUFFIX}")):
         fold_journal(journal, schema)
     shards = sorted(out.path.glob(f"{prefix}-*.parquet"))

@@ -26,14 +26,14 @@ import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
 from pipeline.io.arrow import combined, equals, read_parquet
-from pipeline.output.writer import TMP_SUFFIX, read_journal, write_parquet_atomic
+from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
+from pipeline.output.writer import read_journal, write_parquet_atomic
 
 if TYPE_CHECKING:
     from pipeline.output.folder import OutputDir
 
 log = logging.getLogger(__name__)
 
-LEDGER_GLOB = "superseded-*.ledger"
 _TOTALS = ["cost_usd", "prompt_tokens", "completion_tokens"]
 
 
@@ -223,7 +223,7 @@ def compact(out: OutputDir) -> int:
 
 def _write_ledger(out: OutputDir, rows: pa.Table) -> Path:
     numbers = [int(p.name.split("-")[1].split(".")[0]) for p in ledger_files(out)]
-    path = out.state / f"superseded-{max(numbers, default=-1) + 1:05d}.ledger"
+    path = out.state / ledger_name(max(numbers, default=-1) + 1)
     # The temporary file sits beside it in `.caption/`, where `recover` removes leftovers.
     write_parquet_atomic(rows, path, tmp=path.with_name(path.name + TMP_SUFFIX))
     return path

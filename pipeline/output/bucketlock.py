@@ -40,6 +40,7 @@ from pipeline.io.storage import (
     read_bytes,
     write_bytes,
 )
+from pipeline.output.layout import LOCK_GENERATION_PREFIX, LOCK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,8 @@ class LockLost(StorageError):
     """Another run holds the folder now: retrying cannot mend it."""
 
 
-LOCK_DIR = ".lock"
 LEASE_S = 60.0  # CAPTION_LOCK_LEASE_S overrides it (the tests shorten it)
-_PREFIX = "g-"
+_PREFIX = LOCK_GENERATION_PREFIX
 
 
 def lease_s() -> float:
@@ -107,7 +107,7 @@ class _Held:
 class BucketLock:
     def __init__(self, folder_url: str) -> None:
         self.url = folder_url.rstrip("/")
-        self.dir = join(self.url, LOCK_DIR)
+        self.dir = join(self.url, LOCK_NAME)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.generation = 0
         self._renewed_at = 0.0  # monotonic: when the current lease was last taken

@@ -1,19 +1,7 @@
-"""The output folder: the only place where a job's state lives.
-
-    OUT_DIR/part-N.parquet                  complete result shards: all a reader sees
-    OUT_DIR/.caption/manifest.parquet       the manifest the job runs over
-    OUT_DIR/.caption/run.json               the job's definition, fingerprint and totals
-    OUT_DIR/.caption/part-N.journal.jsonl   the shard being written (folded on restart)
-    OUT_DIR/.caption/superseded-N.ledger    paid attempts a later answer replaced (`output/books.py`)
-    OUT_DIR/.lock                           held by the run writing the folder
-
-`pd.read_parquet(OUT_DIR)` and pyarrow skip the hidden folder, and `OUT_DIR/*.parquet`
-(duckdb, polars) matches the shards alone. Folders of older versions are read as they
-are and brought up to date by the next run (`output/upgrade.py`).
-
-`recover` puts a folder left by a crash back in order. What the folder holds and paid
-(`scan`) and one row per id (`compact`) are `output/books.py`'s.
-"""
+"""The output folder (its files are named in `layout.py`): run.json, the lock, the
+folder's identity checks against a job, and crash recovery (`recover` folds journals
+and removes temporaries). What it holds and paid (`books.scan`), and one row per id
+(`books.compact`), are `books.py`'s."""
 
 from __future__ import annotations
 
@@ -39,23 +27,22 @@ from pipeline.config.settings import JobConfig
 from pipeline.errors import UsageError, storage_error
 from pipeline.io.arrow import read_parquet
 from pipeline.io.storage import download, is_remote
-from pipeline.output.writer import (
+from pipeline.output.layout import (
     JOURNAL_GLOB,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    RUN_JSON,
     SHARD_GLOB,
     STATE_DIR,
     TMP_SUFFIX,
-    fold_journal,
-    state_dir,
+    WORKERS_LOCK,
 )
+from pipeline.output.writer import fold_journal, state_dir
 from pipeline.records import MANIFEST_ID
 from pipeline.sources.manifest import remove_stale_workdirs
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.parquet"  # in the state folder, `.caption/`
-RUN_JSON = "run.json"
-LOCK_NAME = ".lock"
-WORKERS_LOCK = "workers.lock"  # in .caption/: held shared by a Ray run's tasks
 WAIT_FOR_WORKERS_S = 120.0
 RUN_JSON_VERSION = 1
 

@@ -53,24 +53,29 @@ from pipeline.io.storage import (
     upload,
 )
 from pipeline.output.bucketlock import BucketLock, lease_s
+from pipeline.output.layout import (
+    IS_SHARD,
+    IS_STATE_FILE,
+    JOURNAL_SUFFIX,
+    MANIFEST_NAME,
+    PUSHED,
+    RUN_JSON,
+    SHARD_GLOB,
+    SHARD_SUFFIX,
+    STATE_DIR,
+    UNPUSHED_PREFIX,
+    shard_of_journal,
+)
 from pipeline.output.sync import Sync
 
 log = logging.getLogger(__name__)
 
 SYNC_EVERY_S = 5.0
-PUSHED = "mirror.json"  # in the local `.caption/`: what the bucket is known to hold
 
 
 def sync_every_s() -> float:
     """Pushes come at least three times per lease, so a live run never loses its lock."""
     return min(SYNC_EVERY_S, lease_s() / 3)
-
-
-STATE = ".caption"
-_SHARD = re.compile(r"part-.*\.parquet$")
-_STATE_FILES = re.compile(
-    r"(run\.json|manifest\.parquet|part-.*\.journal\.jsonl|superseded-\d+\.ledger)$"
-)
 
 
 # The bucket folder each local mirror of this process stands for, while its run lasts.
@@ -126,22 +131,22 @@ class BucketFolder:
 
     def _local_files(self) -> dict[str, Path]:
         """Relative name -> path of what the mirror pushes: shards, then state files."""
-        files = {p.name: p for p in self.local.glob("part-*.parquet") if self._mine(p.name)}
-        state = self.local / STATE
+        files = {p.name: p for p in self.local.glob(SHARD_GLOB) if self._mine(p.name)}
+        state = self.local / STATE_DIR
         if state.is_dir():
             files |= {
-                f"{STATE}/{p.name}": p
+                f"{STATE_DIR}/{p.name}": p
                 for p in state.iterdir()
-                if _STATE_FILES.match(p.name) and self._mine(p.name)
+                if IS_STATE_FILE.match(p.name) and self._mine(p.name)
             }
         return files
 
     def _remote_files(self) -> dict[str, int]:
-        shards = {n: s for n, s in list_names(self.url).items() if _SHARD.match(n)}
+        shards = {n: s for n, s in list_names(self.url).items() if IS_SHARD.match(n)}
         state = {
-            f"{STATE}/{n}": s
-            for n, s in list_names(self._remote(STATE)).items()
-            if _STATE_FILES.match(n)
+            f"{STATE_DIR}/{n}": s
+            for n, s in list_names(self._remote(STATE_DIR)).items()
+            if IS_STATE_FILE.match(n)
         }
         return {k: v for k, v in (shards | state).items() if self._mine(k.rsplit("/", 1)[-1])}
 
@@ -160,7 +165,7 @@ class BucketFolder:
         self._pushed = self._load_pushed()
         if only is not None:
             remote = {k: v for k, v in remote.items() if k.rsplit("/", 1)[-1].startswith(only)}
-        elif self.only is None and f"{STATE}/run.json" not in remote:
+        elif self.only is None and f"{STATE_DIR}/run.json" not in remote:
             unpushed = self._unpushed()
             if unpushed:
                 # A run here ended before its rows reached the bucket: they are paid for.
@@ -175,18 +180,18 @@ class BucketFolder:
                 shutil.rmtree(self.local, ignore_errors=True)  # a new folder, or one removed
                 self._pushed = {}
         self.local.mkdir(parents=True, exist_ok=True)
-        (self.local / STATE).mkdir(exist_ok=True)
+        (self.local / STATE_DIR).mkdir(exist_ok=True)
         local = self._local_files()
         unpushed_names = set(self._unpushed())
         for rel, size in sorted(remote.items()):
             path = self.local / rel
             have = path.stat().st_size if rel in local else -1
-            if have == size or (rel.endswith(".journal.jsonl") and have > size):
+            if have == size or (rel.endswith(JOURNAL_SUFFIX) and have > size):
                 self._pushed[rel] = self._stamp(path) if have == size else (-1, -1)
                 continue
-            if have >= 0 and rel in unpushed_names and not rel.startswith(STATE):
+            if have >= 0 and rel in unpushed_names and not rel.startswith(STATE_DIR):
                 # Our shard, never pushed, and the bucket has another of that name.
-                aside = self.local / f"part-unpushed-{uuid.uuid4().hex[:8]}.parquet"
+                aside = self.local / f"{UNPUSHED_PREFIX}{uuid.uuid4().hex[:8]}{SHARD_SUFFIX}"
                 log.warning(
                     "%s: keeping %s, which the bucket lacks, as %s", self.url, rel, aside.name
                 )
@@ -203,18 +208,18 @@ class BucketFolder:
     def _unpushed(self) -> list[str]:
         """Local files holding rows (shards, journals, the ledger) that the bucket is not
         known to hold as they are now."""
-        rows = [r for r in self._local_files() if not r.endswith(("run.json", "manifest.parquet"))]
+        rows = [r for r in self._local_files() if not r.endswith((RUN_JSON, MANIFEST_NAME))]
         return [r for r in rows if self._pushed.get(r) != self._stamp(self.local / r)]
 
     def _load_pushed(self) -> dict[str, tuple[int, int]]:
         try:
-            data = json.loads((self.local / STATE / PUSHED).read_text())
+            data = json.loads((self.local / STATE_DIR / PUSHED).read_text())
             return {k: (int(v[0]), int(v[1])) for k, v in data.items()}
         except (OSError, ValueError, TypeError, IndexError, AttributeError):
             return {}
 
     def _save_pushed(self) -> None:
-        path = self.local / STATE / PUSHED
+        path = self.local / STATE_DIR / PUSHED
         tmp = path.with_name(PUSHED + f".{uuid.uuid4().hex[:6]}.tmp")
         try:
             tmp.write_text(json.dumps(self._pushed))
@@ -234,8 +239,8 @@ class BucketFolder:
         """Make the bucket hold what the local folder holds; the number of objects
         written. Journals are listed before shards, so a journal folded meanwhile has
         its shard in this push; a journal's copy is deleted only once its shard is up."""
-        journals = {r: p for r, p in self._local_files().items() if r.startswith(STATE)}
-        shards = {r: p for r, p in self._local_files().items() if not r.startswith(STATE)}
+        journals = {r: p for r, p in self._local_files().items() if r.startswith(STATE_DIR)}
+        shards = {r: p for r, p in self._local_files().items() if not r.startswith(STATE_DIR)}
         written = 0
         for rel, path in [*sorted(shards.items()), *sorted(journals.items())]:
             try:
@@ -256,8 +261,8 @@ class BucketFolder:
             written += 1
         mine = {r for r in self._pushed if self._mine(r.rsplit("/", 1)[-1])}
         for rel in sorted(mine - set(journals) - set(shards)):
-            if rel.endswith(".journal.jsonl"):
-                shard = rel.removeprefix(f"{STATE}/").removesuffix(".journal.jsonl") + ".parquet"
+            if rel.endswith(JOURNAL_SUFFIX):
+                shard = shard_of_journal(rel.removeprefix(f"{STATE_DIR}/"))
                 if shard not in self._pushed and (self.local / shard).exists():
                     continue  # folded, but its shard is not up yet: keep the copy
             try:
@@ -318,7 +323,7 @@ def readable(target: str, must_exist: bool = True) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="caption-") as tmp:
         folder = BucketFolder(target, Path(tmp) / "out")
         folder.pull()
-        if not (folder.local / STATE / "run.json").exists():
+        if not (folder.local / STATE_DIR / RUN_JSON).exists():
             if must_exist:
                 raise UsageError(f"{target}: not a caption output folder (no .caption/run.json)")
             shutil.rmtree(folder.local)  # a new folder: as if it did not exist

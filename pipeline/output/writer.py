@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Protocol
 
@@ -30,23 +29,14 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from pipeline.errors import storage_error
+from pipeline.output.layout import JOURNAL_SUFFIX, SEQUENCE, SHARD_SUFFIX, STATE_DIR, TMP_SUFFIX
 from pipeline.records import RESULT_SCHEMA, ResultRow
 
 log = logging.getLogger(__name__)
 
-SHARD_GLOB = "part-*.parquet"
-JOURNAL_SUFFIX = ".journal.jsonl"
-JOURNAL_GLOB = f"part-*{JOURNAL_SUFFIX}"
-TMP_SUFFIX = ".tmp"
-# Everything but the result shards lives in this hidden folder: pandas and pyarrow skip
-# it when reading the output folder, and `OUT/*.parquet` (duckdb, polars) matches the
-# shards alone. Older versions kept journals beside the shards; they are still read.
-STATE_DIR = ".caption"
-_SEQ = re.compile(r"^part-(\d+)")
-
 
 def shard_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f"{name}.parquet"
+    return out_dir / f"{name}{SHARD_SUFFIX}"
 
 
 def state_dir(out_dir: Path) -> Path:
@@ -60,7 +50,7 @@ def journal_path(out_dir: Path, name: str) -> Path:
 def next_sequence(out_dir: Path) -> int:
     """One past the highest `part-N` number in the folder (shards and journals alike)."""
     paths = [*out_dir.glob("part-*"), *state_dir(out_dir).glob("part-*")]
-    numbers = [int(m[1]) for p in paths if (m := _SEQ.match(p.name))]
+    numbers = [int(m[1]) for p in paths if (m := SEQUENCE.match(p.name))]
     return max(numbers, default=-1) + 1
 
 
