@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import storage
-from tests.conftest import KEY
+from tests.helpers import KEY
 
 
 @pytest.fixture(scope="session")
@@ -158,6 +158,9 @@ def proxied_bucket(
     """A bucket reached through a proxy the test can cut."""
     proxy = CuttableProxy(moto_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    # botocore's own retries (5 attempts, with backoff) make each call to a cut bucket
+    # take 5-10 s before ours begin; one attempt keeps the tests short, ours still run.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     storage.configure({})
     try:
         yield bucket, proxy

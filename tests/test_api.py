@@ -13,8 +13,8 @@ import pytest
 
 import pipeline
 from pipeline.errors import FatalApiError, UsageError
-from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer
+from tests.helpers import SAMPLES
 
 
 def test_run_from_a_script_then_read_the_results(

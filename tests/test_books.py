@@ -15,9 +15,8 @@ from pipeline.config.prices import cost_usd, load_price_table
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.report.status import read_status
-from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer
-from tests.test_structured import SCHEMA, completion
+from tests.helpers import SAMPLES, SCHEMA, completion
 
 CUT_OFF = Reply(body=completion('{"subject": "anim', finish="length"))  # 100 + 20 tokens
 

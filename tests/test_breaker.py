@@ -15,8 +15,7 @@ from pipeline.http import breaker as breaker_module
 from pipeline.http.breaker import TRIP_AFTER, CircuitBreaker
 from pipeline.records import ResultRow
 from tests.fakes import Reply, ScriptedServer, digest_of_file, json_error
-from tests.test_runner import by_name, results
-from tests.test_runner_faults import distinct_images, run
+from tests.helpers import by_name, distinct_images, results, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 

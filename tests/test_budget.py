@@ -14,10 +14,8 @@ from pipeline.config.prices import cost_usd
 from pipeline.config.settings import load_config
 from pipeline.cost.tokens import image_tokens, prompt_text_tokens, text_tokens
 from pipeline.engine.budget import Budget, BudgetReached
-from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
-from tests.test_runner import by_name, results
-from tests.test_runner_faults import distinct_images, run
+from tests.helpers import SAMPLES, by_name, distinct_images, results, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from pipeline import __version__
 from pipeline.cli import cli
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

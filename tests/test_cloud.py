@@ -25,10 +25,8 @@ boto3 = pytest.importorskip("boto3")
 from pipeline.cli import cli  # noqa: E402
 from pipeline.io import storage  # noqa: E402
 from tests.buckets import bucket_results, client, keys_under, put_folder  # noqa: E402
-from tests.conftest import KEY, SAMPLES, spawn_run  # noqa: E402
 from tests.fakes import ScriptedServer  # noqa: E402
-from tests.test_fake_server import free_port  # noqa: E402
-from tests.test_runner_faults import distinct_images  # noqa: E402
+from tests.helpers import KEY, SAMPLES, distinct_images, free_port, spawn_run  # noqa: E402
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -217,10 +215,12 @@ def test_kill_9_into_a_bucket_resumes_on_this_machine_and_on_another(
     code, output = run_cli(*args)  # at once: the lease has not run out
     assert code == 2
     assert "is in use by another caption run" in output
-    time.sleep(3.5)
+    held["expires_at"] = time.time() - 1  # as if its lease had run out since
+    client().put_object(Bucket=bucket, Key=lock, Body=json.dumps(held).encode())
 
     shutil.rmtree(tmp_path / "cache")  # another machine: the local journal is gone
     server.seen.clear()
+    server.delay = 0
     code, output = run_cli(*args)
     assert code == 0, output
     resent = set(server.requests_by_digest()) & answered_before

@@ -20,9 +20,8 @@ from pipeline.cli import cli
 from pipeline.io import storage
 from pipeline.output.bucketlock import BucketLock
 from tests.buckets import CuttableProxy, bucket_results, client, keys_under
-from tests.conftest import SAMPLES, spawn_run
 from tests.fakes import ScriptedServer
-from tests.test_runner_faults import distinct_images
+from tests.helpers import SAMPLES, distinct_images, spawn_run
 
 
 def lock_keys(bucket: str) -> list[str]:

@@ -16,7 +16,7 @@ from pipeline.config.settings import (
     load_config,
 )
 from pipeline.errors import UsageError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SECTIONS = {
     "endpoint": EndpointConfig,

@@ -14,8 +14,8 @@ from PIL import Image
 from pipeline.cli import cli
 from pipeline.config.prices import load_price_table
 from pipeline.cost.tokens import image_tokens, max_image_tokens, prompt_text_tokens
-from tests.conftest import KEY, SAMPLES
 from tests.fakes import ScriptedServer, json_error, serve_in_thread
+from tests.helpers import KEY, SAMPLES
 
 PROMPT = "Describe this image in one concise sentence."
 

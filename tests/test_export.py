@@ -17,10 +17,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.records import RESULT_SCHEMA
-from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
-from tests.test_runner import results
-from tests.test_runner_faults import run
+from tests.helpers import SAMPLES, results, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 
@@ -141,7 +139,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_made_text(
 ) -> None:
     """OWASP's CSV-injection advice: `=`, `+`, `-`, `@`, tab and CR lead a formula."""
     from tests.fakes import Reply
-    from tests.test_structured import completion
+    from tests.helpers import completion
 
     server.default = Reply(body=completion('=HYPERLINK("http://x","click")'))
     out = tmp_path / "out"

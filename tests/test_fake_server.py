@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from pipeline.config.settings import RequestConfig
 from pipeline.http.request import build_payload
 from pipeline.testing.fake_server import FakeOptions, caption_for, make_app, stream_events
-from tests.conftest import SAMPLES
 from tests.fakes import digest_of_file
+from tests.helpers import SAMPLES, free_port
 
 
 def body_for(path: Path, **request: object) -> dict:
@@ -101,12 +101,6 @@ def test_stream_events_end_with_usage_and_done() -> None:
         == "hello there"
     )
     assert chunks[-1]["usage"] == {"prompt_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(60)

@@ -15,9 +15,8 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config.labels import Labels
 from pipeline.report.status import read_status
-from tests.conftest import KEY, SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
-from tests.test_structured import SCHEMA, completion
+from tests.helpers import KEY, SAMPLES, SCHEMA, completion
 
 
 def run_cli(*args: str) -> tuple[int, str]:

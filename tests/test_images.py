@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.errors import RequestRejected
 from pipeline.sources.images import header_size, load_image, local_size, sniff_mime
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 
 @pytest.mark.parametrize(

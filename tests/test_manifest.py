@@ -14,7 +14,7 @@ import pytest
 from pipeline.errors import UsageError
 from pipeline.sources.ids import RowSpec, stable_id
 from pipeline.sources.manifest import read_manifest, write_manifest
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 
 def ingest(tmp_path: Path, *sources: str | Path, **kw: Any) -> tuple[list[dict], Any]:

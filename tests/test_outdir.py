@@ -16,9 +16,8 @@ from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.output.writer import ShardWriter
 from pipeline.records import ResultRow
-from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
-from tests.test_runner import results
+from tests.helpers import SAMPLES, results
 
 
 def write_shard(out: Path, *rows: tuple[str, str, int]) -> None:

@@ -16,7 +16,7 @@ from pipeline.config.prices import (
     load_price_table,
 )
 from pipeline.errors import UsageError
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 ROW = re.compile(r"^\| ([a-z0-9.\-]+) \| \$([\d.]+)/1M tokens \| \$([\d.]+)/1M tokens \|$")
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.report.page import compute
-from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
+from tests.helpers import SAMPLES
 
 SCHEMA = {
     "type": "object",

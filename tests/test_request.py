@@ -8,7 +8,7 @@ import pytest
 from pipeline.config.settings import RequestConfig
 from pipeline.errors import UsageError
 from pipeline.http.request import BodyTemplate, build_payload
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 JOBS = [
     {},

@@ -105,10 +105,10 @@ def sent_images(server: ScriptedServer) -> dict[str, bytes]:
     return out
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    root = tmp_path / "photos"
-    root.mkdir()
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real-sized photos (12 MP and more), made once: the tests only read them."""
+    root = tmp_path_factory.mktemp("photos")
     (root / "camera.jpg").write_bytes(jpeg(photo(4000, 3000)))
     exif = Image.Exif()
     exif[0x0112] = 6

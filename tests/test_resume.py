@@ -20,9 +20,8 @@ from pipeline.output.writer import journal_line
 from pipeline.records import RESULT_SCHEMA, ResultRow
 from pipeline.report.status import read_status
 from pipeline.sources.manifest import write_manifest
-from tests.conftest import KEY, SAMPLES, spawn_run
 from tests.fakes import HANG, ScriptedServer, digest_of_file, json_error
-from tests.test_runner import results
+from tests.helpers import KEY, SAMPLES, results, spawn_run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-import glob
 import shutil
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,6 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.testing.fake_server import caption_for
-from tests.conftest import KEY, SAMPLES
 from tests.fakes import (
     DROP,
     HANG,
@@ -24,6 +22,7 @@ from tests.fakes import (
     json_error,
     memories_error,
 )
+from tests.helpers import KEY, SAMPLES, by_name, results
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
 
@@ -37,15 +36,6 @@ def imgs(tmp_path: Path) -> Path:
 
 def caption(*args: str) -> Result:
     return CliRunner().invoke(cli, ["run", *args, "--quiet"], catch_exceptions=False)
-
-
-def results(out: Path) -> list[dict]:
-    files = sorted(glob.glob(str(out / "part-*.parquet")))
-    return [row for f in files for row in pq.read_table(f).to_pylist()]
-
-
-def by_name(rows: list[dict]) -> dict[str, dict]:
-    return {Path(r["source"]).name: r for r in rows}
 
 
 def test_every_row_once_with_its_own_caption_usage_and_exact_cost(

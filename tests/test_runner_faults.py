@@ -21,16 +21,10 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.testing.fake_server import FakeOptions, caption_for, make_app
-from tests.conftest import SAMPLES
 from tests.fakes import ENDLESS, Reply, ScriptedServer, digest_of_file, serve_in_thread
-from tests.test_runner import by_name, results
+from tests.helpers import SAMPLES, by_name, distinct_images, results, run
 
 pytestmark = pytest.mark.usefixtures("fast_backoff")
-
-
-def run(*args: str) -> Result:
-    """`caption run ... --quiet` in process (the other test modules use it too)."""
-    return CliRunner().invoke(cli, ["run", *args, "--quiet"])
 
 
 def status(out: Path) -> Result:
@@ -41,13 +35,6 @@ def status(out: Path) -> Result:
 def imgs(tmp_path: Path) -> Path:
     root = tmp_path / "imgs"
     shutil.copytree(SAMPLES, root)
-    return root
-
-
-def distinct_images(root: Path, n: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.new("RGB", (16 + i, 16), (i, 2 * i, 3 * i)).save(root / f"img_{i:03d}.png")
     return root
 
 

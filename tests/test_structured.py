@@ -7,7 +7,6 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -18,20 +17,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.report.status import read_status
-from tests.conftest import SAMPLES
 from tests.fakes import Reply, ScriptedServer, digest_of_file
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "subject": {"type": "string", "enum": ["animal", "landscape", "object"]},
-        "people": {"type": "integer"},
-        "indoor": {"type": "boolean"},
-        "tags": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["subject", "people", "indoor", "tags"],
-    "additionalProperties": False,
-}
+from tests.helpers import SAMPLES, SCHEMA, completion
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -44,23 +31,6 @@ def schema_file(tmp_path: Path) -> Path:
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(SCHEMA))
     return path
-
-
-def completion(content: str, finish: str = "stop") -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4o",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": finish,
-            }
-        ],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-    }
 
 
 def test_labels_land_as_typed_columns_that_every_reader_sees(

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.report.status import read_status
 from pipeline.sources.ids import ID_VERSION, stable_id
-from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
+from tests.helpers import SAMPLES
 
 
 def run_cli(*args: str) -> tuple[int, str]:

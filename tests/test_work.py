@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.engine import prepare
 from pipeline.sources.images import LoadedImage
-from tests.conftest import SAMPLES
 from tests.fakes import ScriptedServer
-from tests.test_runner import results
+from tests.helpers import SAMPLES, results
 
 
 def test_images_are_read_in_a_thread_not_on_the_event_loop(

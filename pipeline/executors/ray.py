@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -60,11 +61,19 @@ TASK_RETRIES = 3
 
 def is_remote_cluster(address: str | None) -> bool:
     """Whether `address` names a cluster beyond this machine (so its nodes do not see
-    this machine's files)."""
+    this machine's files). A head started here is reached by one of this machine's own
+    addresses (Ray gives its node's IP, not 127.0.0.1): one this machine can bind to."""
     if address in (None, "", "local", "auto"):
         return False
     host = urlparse(address if "://" in address else f"ray://{address}").hostname
-    return host not in ("127.0.0.1", "localhost", "::1", None)
+    if host in ("127.0.0.1", "localhost", "::1", None):
+        return False
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+        return False
+    except OSError:
+        return True
 
 
 def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
