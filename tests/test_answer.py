@@ -14,13 +14,9 @@ from pipeline.errors import (
     RequestRejected,
     TransientError,
 )
-from pipeline.http.answer import (
-    classify,
-    parse_completion,
-    parse_duration,
-    parse_retry_after,
-)
+from pipeline.http.answer import classify, parse_completion
 from pipeline.http.client import Endpoint
+from pipeline.http.headers import parse_duration, parse_retry_after
 from pipeline.http.stream import assemble_stream
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.output.folder import OutputDir
-from pipeline.output.writer import journal_line
+from pipeline.output.journal import journal_line
 from pipeline.records import RESULT_SCHEMA, ResultRow
 from pipeline.report.status import read_status
 from pipeline.sources.manifest import write_manifest

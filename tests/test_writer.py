@@ -11,7 +11,8 @@ import pytest
 from pipeline.config.labels import result_schema
 from pipeline.errors import StorageError
 from pipeline.output import writer as writer_module
-from pipeline.output.writer import ShardWriter, fold_journal, read_journal
+from pipeline.output.journal import read_journal
+from pipeline.output.writer import ShardWriter, fold_journal
 from pipeline.records import RESULT_SCHEMA, Choice, Completion, ResultRow, Usage
 
 

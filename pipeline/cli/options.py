@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,8 +16,15 @@ from pipeline.config.flags import FLAG_SETTINGS, FLAGS, Flag
 from pipeline.errors import UsageError
 from pipeline.sources.ids import ID_FROM, RowSpec
 
+if TYPE_CHECKING:  # imported when used: the CLI starts light
+    from pipeline.config.settings import JobConfig
+    from pipeline.cost.estimate import Estimate
+    from pipeline.executors.spec import ExecutorSpec
 
-def row_options(fn: Any) -> Any:
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def row_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--column, --id-column and --id-from, handed to the command as one `spec: RowSpec`."""
 
     @functools.wraps(fn)
@@ -46,7 +54,7 @@ def row_options(fn: Any) -> Any:
     return command
 
 
-def job_options(*, for_estimate: bool = False) -> Any:
+def job_options(*, for_estimate: bool = False) -> Callable[[Command], Command]:
     """Flags that override the job config (flag > file > default), built from the one
     table of them (`config/flags.py`). An estimate sends nothing unless asked for a
     pilot, so the flags that only shape sending say so, and the run's limits are absent."""
@@ -72,7 +80,7 @@ def job_options(*, for_estimate: bool = False) -> Any:
         elif not (for_estimate and flag.estimate == "run"):
             options.append(_option(flag, for_estimate))
 
-    def decorate(fn: Any) -> Any:
+    def decorate(fn: Command) -> Command:
         for option in reversed(options):
             fn = option(fn)
         return fn
@@ -80,7 +88,7 @@ def job_options(*, for_estimate: bool = False) -> Any:
     return decorate
 
 
-def _option(flag: Flag, for_estimate: bool) -> Any:
+def _option(flag: Flag, for_estimate: bool) -> Callable[[Command], Command]:
     text = flag.help
     if for_estimate and flag.estimate == "pilot":
         text = text.removesuffix(".") + " (--pilot only)."
@@ -96,15 +104,17 @@ def _option(flag: Flag, for_estimate: bool) -> Any:
     return click.option(flag.option, type=kind, metavar=flag.metavar, help=text)
 
 
-def load_job(config_path: Path | None, flags: dict[str, Any]) -> Any:
+def load_job(config_path: Path | None, flags: dict[str, Any]) -> JobConfig:
     from pipeline.config.settings import load_config
 
     overrides = {k: v for k, v in flags.items() if k in FLAG_SETTINGS}
     return load_config(config_path, overrides)
 
 
-def executor_spec(kind: str, address: str | None, workers: int | None, shared_fs: bool) -> Any:
-    from pipeline.executors import ExecutorSpec
+def executor_spec(
+    kind: str, address: str | None, workers: int | None, shared_fs: bool
+) -> ExecutorSpec:
+    from pipeline.executors.spec import ExecutorSpec
 
     if kind == "ray":
         try:
@@ -119,7 +129,7 @@ def executor_spec(kind: str, address: str | None, workers: int | None, shared_fs
     return ExecutorSpec(kind, address, workers, shared_fs)
 
 
-def print_estimate(report: Any, as_json: bool) -> None:
+def print_estimate(report: Estimate, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

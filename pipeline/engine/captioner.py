@@ -1,27 +1,15 @@
-"""One prepared row -> one result row: send the request with retries, check and price it.
-
-The retry policy lives here and only here (tenacity, wrapped around the single HTTP call
-of `pipeline.http.client`):
-
-- transient failures (timeouts, resets, 5xx, 408, 409, unusable 200s) are retried up to
-  `max_attempts` tries, waiting for Retry-After when given (capped at `max_retry_after`),
-  else exponential backoff with jitter;
-- 429 rate limits are retried too, but count against their own, larger allowance
-  (`max_rate_limit_waits`): a storm of 429s throttles the whole pool through the limiter
-  instead of burning every row's attempts;
-- a rejected row is an error row at once; a fatal answer propagates and stops the run.
-"""
+"""One prepared row -> one result row: reserve its worst case against the budget, send
+it (retried by `retries.RetryPolicy`), read the answer (checked against the job's
+labels), price it, and settle the budget. Anything raised while reading a paid answer
+is that row's `invalid_output`, never the run's end."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -32,6 +20,7 @@ from pipeline.config.settings import JobConfig
 from pipeline.cost.tokens import estimated_usage, image_tokens, max_image_tokens, prompt_text_tokens
 from pipeline.engine.budget import Budget, Stopping
 from pipeline.engine.prepare import Prepared, Preparer, error_row, now_ms
+from pipeline.engine.retries import RetryPolicy, Tries, WaitingRows
 from pipeline.errors import (
     ApiError,
     RateLimited,
@@ -46,47 +35,12 @@ from pipeline.http.request import worst_case_completion_tokens
 from pipeline.records import ResultRow, Usage
 
 if TYPE_CHECKING:
-    from tenacity import RetryCallState
+    pass
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
 # The most of an answer's text an `invalid_output` row keeps when reading it failed.
 MAX_KEPT_TEXT = 64 * 1024
-
-
-def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
-    """openai-python's schedule: min(0.5 * 2^(n-1), 8) s, less up to 25% jitter."""
-    return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S) * (1 - 0.25 * rand())
-
-
-class Hand:
-    """Rows waiting out a Retry-After or a backoff. Such a row lends its place meanwhile
-    (`lent`): the unit of work starts a substitute worker, which stops again once the
-    lender is back. So one 429 in ten does not idle a tenth of the pool for a second
-    each, and at most twice the concurrency of rows are ever in hand."""
-
-    def __init__(self) -> None:
-        self.lending = 0
-        self.on_lend: Callable[[], None] = lambda: None
-
-    @contextlib.contextmanager
-    def lent(self) -> Iterator[None]:
-        self.lending += 1
-        self.on_lend()
-        try:
-            yield
-        finally:
-            self.lending -= 1
-
-
-@dataclass(slots=True)
-class _Tries:
-    sent: int = 0
-    failures: int = 0
-    rate_limited: int = 0
-    billed_usd: float = 0.0  # attempts answered and billed, but unusable
 
 
 class Captioner:
@@ -109,7 +63,8 @@ class Captioner:
         self.stopping = stopping
         self.budget = budget or Budget(None)
         self.breaker = breaker or CircuitBreaker(endpoint.url)
-        self.hand = Hand()
+        self.waiting = WaitingRows()
+        self.retry = RetryPolicy(config.limits, stopping, self.waiting)
         self.retries = 0  # attempts after a row's first, for the progress bar
         self.price: ModelPrice = config.prices[config.request.model]
         req = config.request
@@ -150,53 +105,6 @@ class Captioner:
 
     # -- one row ----------------------------------------------------------------------
 
-    def _delay(self, exc: BaseException | None, failures: int) -> float:
-        """Retry-After when the server gave one (capped), else backoff with jitter."""
-        if isinstance(exc, TransientError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.config.limits.max_retry_after)
-        return backoff(failures)
-
-    def _exhausted(self, tries: _Tries, exc: BaseException | None) -> bool:
-        """Count one failure; True when the row has used up its allowance for that kind."""
-        if isinstance(exc, RateLimited):
-            tries.rate_limited += 1
-            return tries.rate_limited > self.config.limits.max_rate_limit_waits
-        tries.failures += 1
-        return tries.failures >= self.config.limits.max_attempts
-
-    async def _retry(
-        self, once: Callable[[], Awaitable[Answer]], tries: _Tries, first: TransientError
-    ) -> Answer:
-        """Attempts after a first transient failure, under tenacity's policy."""
-        # Imported here: most runs never retry, and the import is 12 ms of every start.
-        from tenacity import AsyncRetrying, retry_if_exception_type
-
-        if self._exhausted(tries, first):
-            raise first
-        await self._sleep(self._delay(first, 1))
-
-        def stop(state: RetryCallState) -> bool:
-            return self._exhausted(tries, state.outcome.exception() if state.outcome else None)
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            return self._delay(exc, state.attempt_number + 1)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop,
-            wait=wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return await retrying(once)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Back off, but wake at once when the run stops: the row then stays pending.
-        Meanwhile its place in hand goes to another row (`hand`)."""
-        with self.hand.lent(), contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-
     async def caption(self, prepared: Prepared) -> ResultRow:
         """Caption one prepared row. Raises `Stopping` (or `BudgetReached`) if the run
         stops before the row is answered, and `FatalApiError` if the endpoint refuses the
@@ -221,7 +129,7 @@ class Captioner:
 
     async def _send(self, prepared: Prepared, body: bytes, prompt_estimate: int) -> ResultRow:
         row = prepared.row
-        tries = _Tries()
+        tries = Tries()
         tokens = prompt_estimate + self.max_completion
 
         async def once() -> Answer:
@@ -241,7 +149,7 @@ class Captioner:
                 # Most rows succeed on their first try; only the others pay for tenacity.
                 answer = await once()
             except TransientError as first:
-                answer = await self._retry(once, tries, first)
+                answer = await self.retry.retry(once, tries, first)
         except ResponseTooLarge as exc:
             return self._error_row(prepared, exc, tries, kind="response_too_large")
         except RequestRejected as exc:
@@ -259,7 +167,7 @@ class Captioner:
             return self._unreadable(prepared, answer, tries, exc)
 
     def _interpret(
-        self, prepared: Prepared, answer: Answer, tries: _Tries, prompt_estimate: int
+        self, prepared: Prepared, answer: Answer, tries: Tries, prompt_estimate: int
     ) -> ResultRow:
         """A usable answer as a result row: usage (ours when the server's is missing or
         does not read), cost, and a structured job's labels."""
@@ -297,7 +205,7 @@ class Captioner:
         return result
 
     def _unreadable(
-        self, prepared: Prepared, answer: Answer, tries: _Tries, exc: Exception
+        self, prepared: Prepared, answer: Answer, tries: Tries, exc: Exception
     ) -> ResultRow:
         """An `invalid_output` row for an answer whose reading raised: the text kept
         (capped), the cost at the server's usage when it reads, else at our count."""
@@ -352,7 +260,7 @@ class Captioner:
             self.limiter.observe_headers(answer.headers)
             return answer
 
-    def _error_row(self, prepared: Prepared, exc: ApiError, tries: _Tries, kind: str) -> ResultRow:
+    def _error_row(self, prepared: Prepared, exc: ApiError, tries: Tries, kind: str) -> ResultRow:
         row = error_row(prepared.row, exc, prepared.started, kind)
         row.attempts = tries.sent
         row.cost_usd = tries.billed_usd or None  # answers that were billed but unusable

@@ -156,7 +156,7 @@ async def caption_rows(
     """
     tally = tally if tally is not None else Tally()
     stopping = captioner.stopping
-    hand = captioner.hand
+    waiting = captioner.waiting
     source = iter(rows)
     chunk = min(CHUNK_ROWS, workers)
     ahead = _Ahead(chunk)
@@ -194,7 +194,7 @@ async def caption_rows(
         nonlocal live
         try:
             # A substitute leaves once the row it stood in for is back at work.
-            while live - hand.lending <= workers:
+            while live - waiting.count <= workers:
                 if not await take_and_caption():
                     return
         finally:
@@ -207,8 +207,8 @@ async def caption_rows(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def stand_in() -> None:
-        if live - hand.lending < workers and live < 2 * workers:
+    def add_substitute() -> None:  # a row went to wait: a worker takes its place
+        if live - waiting.count < workers and live < 2 * workers:
             start_worker()
 
     async def take_and_caption() -> bool:
@@ -235,7 +235,7 @@ async def caption_rows(
         return all(saved)
 
     producer = asyncio.ensure_future(prepare())
-    hand.on_lend = stand_in
+    waiting.on_wait = add_substitute
     try:
         for _ in range(workers):
             start_worker()

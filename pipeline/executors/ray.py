@@ -31,6 +31,7 @@ import math
 import socket
 import uuid
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -104,7 +105,7 @@ def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
     )
 
 
-def _init(spec: ExecutorSpec) -> Any:
+def _init(spec: ExecutorSpec) -> ModuleType:
     import ray
 
     if not ray.is_initialized():

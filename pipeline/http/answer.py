@@ -7,11 +7,7 @@ status code and error code, never by matching message text.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import math
-import re
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -24,6 +20,7 @@ from pipeline.errors import (
     RequestRejected,
     TransientError,
 )
+from pipeline.http.headers import parse_retry_after
 from pipeline.records import Choice, Completion, Usage
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -39,71 +36,6 @@ class Redacts(Protocol):
     """Scrubs the key from anything the server echoes back (the endpoint does)."""
 
     def redact(self, text: str) -> str: ...
-
-
-def _seconds(value: str) -> float | None:
-    """A positive, finite number of seconds, else None ("use the normal backoff")."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date).
-
-    As in openai-python, 0, a negative, `nan` or `inf` is no advice at all (None: the
-    caller backs off as usual), never "retry at once" or "wait forever"; the caller caps
-    what is left at `max_retry_after`.
-    """
-    ms = headers.get("retry-after-ms")
-    if ms is not None and (seconds := _seconds(ms)) is not None:
-        return seconds / 1000
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    seconds = _seconds(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None  # "0", "nan", "soon"...
-    wait = when.timestamp() - (time.time() if now is None else now)
-    return wait if wait > 0 else None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: str) -> float | None:
-    """`1s`, `6m0s`, `20ms`, `1h2m3.5s` (OpenAI's x-ratelimit-reset-* format) -> seconds."""
-    parts = _DURATION.findall(value.strip())
-    if not parts or "".join(n + u for n, u in parts) != value.strip():
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-
-
-# A reset "in seconds" past this is an epoch timestamp (some servers send one): 31 years.
-_EPOCH_FROM = 1e9
-
-
-def parse_reset(value: str, now: float | None = None) -> float | None:
-    """Seconds until an `x-ratelimit-reset-*` time: a duration, or an epoch timestamp.
-    None for what is no time at all (`inf`, `nan`, negative, unparsable); the caller caps
-    the rest at `max_retry_after`."""
-    seconds = parse_duration(value)
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return None
-    if seconds >= _EPOCH_FROM:
-        seconds -= time.time() if now is None else now
-        return max(seconds, 0.0)
-    return seconds
 
 
 def error_fields(body: Any) -> tuple[str | None, str | None]:

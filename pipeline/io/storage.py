@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.errors import UsageError
 
@@ -194,7 +194,7 @@ def read_many(urls: list[str], limit: int | None = None) -> dict[str, bytes | Ba
     return out
 
 
-def open_binary(url: str) -> Any:
+def open_binary(url: str) -> BinaryIO:
     """A readable binary file object (for list files and Parquet)."""
     if not is_remote(url):
         return open(url, "rb")

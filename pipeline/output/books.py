@@ -26,8 +26,9 @@ import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
 from pipeline.io.arrow import combined, equals, read_parquet
+from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
-from pipeline.output.writer import read_journal, write_parquet_atomic
+from pipeline.output.writer import write_parquet_atomic
 
 if TYPE_CHECKING:
     from pipeline.output.folder import OutputDir
