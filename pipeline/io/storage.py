@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.errors import UsageError
@@ -305,3 +306,11 @@ def upload(local: str, url: str) -> None:
     """Put a local file as one object (a single PUT up to 5 GB: visible only complete)."""
     with open(local, "rb") as f:
         write_bytes(url, f.read())
+
+
+def cache_root() -> Path:
+    """Where caption keeps local copies: bucket folders' mirrors, the token file."""
+    if env := os.environ.get("CAPTION_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "caption"

@@ -45,6 +45,7 @@ from pathlib import Path
 from pipeline.errors import StorageError, UsageError
 from pipeline.io.storage import (
     bucket_problem,
+    cache_root,
     delete,
     download,
     is_remote,
@@ -80,13 +81,6 @@ def sync_every_s() -> float:
 
 # The bucket folder each local mirror of this process stands for, while its run lasts.
 ACTIVE: dict[Path, BucketFolder] = {}
-
-
-def cache_root() -> Path:
-    if env := os.environ.get("CAPTION_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "caption"
 
 
 def cache_folder(url: str) -> Path:
