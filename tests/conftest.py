@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine import retries
+from pipeline.http import waits
 from tests.fakes import ScriptedServer, scripted_server
 from tests.helpers import KEY, SAMPLES
 
@@ -21,8 +21,8 @@ def samples() -> Path:
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff without a Retry-After takes milliseconds, not seconds, in tests."""
-    monkeypatch.setattr(retries, "BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(retries, "BACKOFF_MAX_S", 0.02)
+    monkeypatch.setattr(waits, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(waits, "BACKOFF_MAX_S", 0.02)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pipeline.errors import (
 )
 from pipeline.http.answer import classify, parse_completion
 from pipeline.http.client import Endpoint
-from pipeline.http.headers import parse_duration, parse_retry_after
 from pipeline.http.stream import assemble_stream
+from pipeline.http.waits import parse_duration, parse_retry_after
 
 EP = Endpoint.create("http://127.0.0.1:1/chat/completions", "sk-secret", "raw", 10)
 

@@ -181,7 +181,7 @@ def test_every_reset_the_server_gives_is_capped(reset: str, paused_s: float) -> 
 
 def test_an_epoch_reset_in_the_near_future_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    monkeypatch.setattr("pipeline.http.headers.time.time", lambda: 1_800_000_000.0)
+    monkeypatch.setattr("pipeline.http.waits.time.time", lambda: 1_800_000_000.0)
     lim = AdaptiveLimiter(4, clock=clock, max_pause=30.0)
     lim.observe_headers(
         {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1800000012"}

@@ -10,7 +10,6 @@ case, so an estimate without sizes is an upper bound, never an undercount.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,6 @@ from pipeline.sources.images import is_url
 log = logging.getLogger(__name__)
 
 MAX_SKIPPED_LISTED = 1000
-PROBE_TIMEOUT_S = 20.0
 
 
 @dataclass(slots=True)
@@ -268,7 +266,7 @@ def estimate(
                 widths.append(w)
                 heights.append(h)
             if to_probe:
-                for size in asyncio.run(probe_sizes(to_probe, config.limits.concurrency)):
+                for size in probe_sizes(to_probe, config.limits.concurrency):
                     if size is None:
                         _assume(acc, sizes, assume_size, widths, heights)
                     else:

@@ -4,7 +4,6 @@ URL (`--probe-urls`, an HTTP Range request)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -15,6 +14,7 @@ import pyarrow as pa
 from pipeline.config.prices import ImageRule
 from pipeline.cost.tokens import billed_size
 from pipeline.errors import RequestRejected, UsageError
+from pipeline.http.fetch import FetchRules, fetch_many
 from pipeline.io.storage import is_remote, read_many
 from pipeline.sources.images import HEADER_BYTES, header_size, local_size, object_size
 
@@ -43,29 +43,11 @@ def column_ints(batch: pa.RecordBatch, name: str) -> list[int | None]:
     return out
 
 
-async def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int] | None]:
+def probe_sizes(urls: list[str], concurrency: int) -> list[tuple[int, int] | None]:
     """Each URL's pixel size from its first bytes (an HTTP Range request), or None."""
-    import aiohttp
-
-    sem = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-
-    async def one(session: aiohttp.ClientSession, url: str) -> tuple[int, int] | None:
-        async with sem:
-            try:
-                async with session.get(
-                    url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"}, timeout=timeout
-                ) as resp:
-                    if resp.status not in (200, 206):
-                        return None
-                    data = await resp.content.read(HEADER_BYTES)
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-            return header_size(data)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        return await asyncio.gather(*(one(session, u) for u in urls))
+    rules = FetchRules(HEADER_BYTES, PROBE_TIMEOUT_S, concurrency=concurrency, first_bytes=True)
+    heads = fetch_many(urls, rules)
+    return [header_size(data) if isinstance(data, bytes) else None for data in heads]
 
 
 Found = tuple[int, int, int | None]  # width, height, bytes (None: not known)

@@ -16,7 +16,6 @@ import logging
 import multiprocessing
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -26,10 +25,11 @@ from pipeline.config.settings import JobConfig
 from pipeline.cost.tokens import billed_size, image_tokens
 from pipeline.engine.resize import Reduced, reduce_image
 from pipeline.errors import ApiError, RequestRejected
+from pipeline.http.fetch import FetchRules, fetch_many
 from pipeline.http.request import BodyTemplate
 from pipeline.io.storage import is_remote, read_many
 from pipeline.records import ManifestRow, ResultRow
-from pipeline.sources.images import LoadedImage, load_image
+from pipeline.sources.images import LoadedImage, is_url, load_image
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,14 @@ class Preparer:
         self.detail = req.detail
         self.resize = req.resize
         self.fetch_urls = req.fetch_urls
+        limits = config.limits
+        self.fetch_rules = FetchRules(
+            self.max_bytes + 1,
+            timeout_s=config.endpoint.timeout,
+            attempts=limits.max_attempts,
+            max_retry_after=limits.max_retry_after,
+            concurrency=REMOTE_GROUP,
+        )
         self.sizes = Sizes()
         self._pool: ProcessPoolExecutor | None = None
         self._workers = os.cpu_count() or 1
@@ -135,12 +143,6 @@ class Preparer:
     def load(self, row: ManifestRow, fetched: bytes | BaseException | None) -> _Loaded:
         started = time.perf_counter()
         try:
-            if (
-                fetched is None
-                and self.fetch_urls
-                and row.source.startswith(("http://", "https://"))
-            ):
-                fetched = self._download(row.source)
             image = load_image(row.source, self.max_bytes, fetched)
         except RequestRejected as exc:
             return _Loaded(row, started, rejected=error_row(row, exc, started, "invalid_image"))
@@ -156,13 +158,6 @@ class Preparer:
         if self.resizing and image.width and image.height:
             loaded.target = self.target(image.width, image.height)
         return loaded
-
-    def _download(self, url: str) -> bytes | BaseException:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                return response.read(self.max_bytes + 1)
-        except OSError as exc:
-            return exc
 
     def finish(self, loaded: _Loaded, reduced: Reduced | None) -> Prepared:
         row, started = loaded.row, loaded.started
@@ -192,7 +187,7 @@ class Preparer:
         held = 0
         pending = itertools.islice(rows, size)
         for row in pending:
-            if not self.resizing and not is_remote(row.source):  # the common case, kept lean
+            if not self.resizing and not self._fetched(row.source):  # the common case, lean
                 prepared = self.finish(self.load(row, None), None)
                 chunk.append(prepared)
                 held += len(prepared.body)
@@ -200,14 +195,13 @@ class Preparer:
                     break
                 continue
             group = [row]
-            if is_remote(row.source):
+            if self._fetched(row.source):
                 group += itertools.islice(pending, REMOTE_GROUP - 1)
             elif self.resizing:
                 group += itertools.islice(pending, 2 * self._workers - 1)
-            # Bucket objects a group at a time, concurrently: one by one, each would wait
-            # a round trip.
-            urls = [r.source for r in group if is_remote(r.source)]
-            fetched = read_many(urls, limit=self.max_bytes + 1) if urls else {}
+            # Bucket objects and fetched URLs a group at a time, concurrently: one by one,
+            # each would wait a round trip.
+            fetched = self._fetch([r.source for r in group])
             loaded = [self.load(r, fetched.get(r.source)) for r in group]
             reduced = self._reduce([item for item in loaded if item.target is not None])
             for item in loaded:
@@ -217,6 +211,20 @@ class Preparer:
             if held >= CHUNK_BYTES:
                 break
         return chunk
+
+    def _fetched(self, source: str) -> bool:
+        """Whether a source's bytes come over the network: a bucket object, or an
+        http(s) image with --fetch-urls (else the endpoint fetches the URL itself)."""
+        return is_remote(source) or (self.fetch_urls and is_url(source))
+
+    def _fetch(self, sources: list[str]) -> dict[str, bytes | BaseException]:
+        """The bytes of the group's bucket objects and fetched URLs (one more than the
+        cap, to tell an image over it), or why each could not be read."""
+        objects = [s for s in sources if is_remote(s)]
+        urls = [s for s in sources if self.fetch_urls and is_url(s)]
+        fetched = read_many(objects, limit=self.max_bytes + 1) if objects else {}
+        fetched.update(zip(urls, fetch_many(urls, self.fetch_rules), strict=True))
+        return fetched
 
     def _reduce(self, items: list[_Loaded]) -> dict[int, Reduced | None]:
         """Reduce images on every core at once; {id(item): the reduced image or None}."""

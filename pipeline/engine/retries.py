@@ -17,26 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from pipeline.config.settings import LimitsConfig
 from pipeline.errors import RateLimited, TransientError
+from pipeline.http.waits import backoff
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 8.0
-
 T = TypeVar("T")
-
-
-def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
-    """openai-python's schedule: min(0.5 * 2^(n-1), 8) s, less up to 25% jitter."""
-    return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S) * (1 - 0.25 * rand())
 
 
 class WaitingRows:

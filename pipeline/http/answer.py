@@ -20,7 +20,7 @@ from pipeline.errors import (
     RequestRejected,
     TransientError,
 )
-from pipeline.http.headers import parse_retry_after
+from pipeline.http.waits import parse_retry_after
 from pipeline.records import Choice, Completion, Usage
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})

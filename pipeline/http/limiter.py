@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-from pipeline.http.headers import parse_reset
+from pipeline.http.waits import parse_reset
 
 log = logging.getLogger(__name__)
 

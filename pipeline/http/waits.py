@@ -1,14 +1,23 @@
-"""Reading a server's rate-limit headers: Retry-After (and `retry-after-ms`), and the
-`x-ratelimit-reset-*` times, as seconds to wait. Pure functions; the caller caps what
-they return at `max_retry_after`."""
+"""How long to wait before trying again: what a server's headers say (Retry-After and
+`retry-after-ms`, the `x-ratelimit-reset-*` times), else exponential backoff with
+jitter. Pure functions; the caller caps what the headers say at `max_retry_after`."""
 
 from __future__ import annotations
 
 import email.utils
 import math
+import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+
+def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """openai-python's schedule: min(0.5 * 2^(n-1), 8) s, less up to 25% jitter."""
+    return min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S) * (1 - 0.25 * rand())
 
 
 def _seconds(value: str) -> float | None:
