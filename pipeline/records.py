@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-Status = Literal["ok", "error"]
+RowStatus = Literal["ok", "error"]
 
 MANIFEST_ID = "id"
 MANIFEST_SOURCE = "source"
@@ -123,7 +123,7 @@ class ResultRow:
 
     id: str
     source: str
-    status: Status
+    status: RowStatus
     attempts: int
     latency_s: float
     finished_at_ms: int
@@ -187,7 +187,7 @@ class ResultRow:
         }
 
 
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with exactly `schema`'s columns, in its order: missing ones as nulls,
     others cast (an older shard, a manifest batch with fewer columns)."""
     columns = [

@@ -10,7 +10,7 @@ from pipeline.config.labels import (
     Labels,
     Mismatch,
     arrow_type,
-    conform,
+    as_column_value,
     load_schema_file,
     sample_value,
 )
@@ -64,7 +64,7 @@ def test_an_answer_that_fits_becomes_the_arrow_value() -> None:
         "box": {"x": 1, "y": 2},
         "free": 7,
     }
-    value = conform(answer, SCHEMA)
+    value = as_column_value(answer, SCHEMA)
     assert value == {**answer, "score": 3.0, "note": None, "free": "7"}
     array = pa.array([value, None], arrow_type(SCHEMA))  # an error row: no value
     assert array.to_pylist()[0]["box"] == {"x": 1, "y": 2}
@@ -88,7 +88,7 @@ def test_an_answer_that_fits_becomes_the_arrow_value() -> None:
 def test_an_answer_that_does_not_fit_says_where(change: dict, message: str) -> None:
     answer = {"subject": "animal", "people": 2, "score": 1.0, "indoor": True, "tags": []}
     with pytest.raises(Mismatch, match=message):
-        conform({**answer, **change}, SCHEMA)
+        as_column_value({**answer, **change}, SCHEMA)
 
 
 def test_parse_outcomes() -> None:
@@ -111,7 +111,7 @@ def test_parse_outcomes() -> None:
 
 def test_sample_values_fit_their_schema() -> None:
     for seed in ("a", "b", "c", "d"):
-        conform(sample_value(SCHEMA, seed), SCHEMA)
+        as_column_value(sample_value(SCHEMA, seed), SCHEMA)
 
 
 def test_schema_files_bare_or_wrapped(tmp_path: Path) -> None:

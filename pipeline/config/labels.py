@@ -160,7 +160,7 @@ def arrow_type(schema: Any) -> pa.DataType:
     if kind == "object" and _is_struct(schema):
         # Every field is nullable to Arrow: an error row has no `parsed` at all, and
         # Arrow refuses a null struct whose fields are marked required. A required
-        # property is never null in an ok row: `conform` checks it.
+        # property is never null in an ok row: `as_column_value` checks it.
         return pa.struct(
             [pa.field(name, arrow_type(sub)) for name, sub in schema["properties"].items()]
         )
@@ -193,7 +193,7 @@ def result_schema(job: dict[str, Any] | None) -> pa.Schema:
 # -- an answer ----------------------------------------------------------------------------
 
 
-def conform(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
+def as_column_value(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
     """`value` as the Python value of `arrow_type(schema)`, or Mismatch."""
     kind, nullable = _types(schema)
     if value is None:
@@ -216,7 +216,7 @@ def conform(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
         return {
             k: None
             if value.get(k) is None and k not in required
-            else conform(value.get(k), sub, f"{where}.{k}")
+            else as_column_value(value.get(k), sub, f"{where}.{k}")
             for k, sub in props.items()
         }
     if kind == "array":
@@ -225,7 +225,7 @@ def conform(value: Any, schema: dict[str, Any], where: str = "$") -> Any:
         items = schema.get("items")
         if not isinstance(items, dict):
             return [json.dumps(v) for v in value]
-        return [conform(v, items, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [as_column_value(v, items, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind == "string":
         if not isinstance(value, str):
             raise Mismatch(f"{where} is not a string")
@@ -300,7 +300,7 @@ class Labels:
         if self.schema is None:
             return (text or "").strip(), None, None  # json_object: the text, known to parse
         try:
-            return conform(value, self.schema), None, None
+            return as_column_value(value, self.schema), None, None
         except Mismatch as exc:
             return None, "invalid_output", f"the answer does not fit the schema: {exc}"
         except RecursionError:

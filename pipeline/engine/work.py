@@ -3,7 +3,7 @@ an executor (`pipeline.executors`) decides where it runs and with which captione
 
 Images are read and request bodies built in a thread, a chunk of rows at a time, so the
 event loop never reads a file and pays for one hand-off per chunk rather than per row
-(one per row cost 180 us of CPU an image). A chunk is 64 rows or 32 MB of bodies,
+(ARCHITECTURE.md, Speed). A chunk is 64 rows or 32 MB of bodies,
 whichever comes first. At most `workers` rows are being sent (and as many more may wait
 out a Retry-After), plus one chunk waiting and one being prepared: memory is flat in the
 number of rows.

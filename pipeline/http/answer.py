@@ -105,7 +105,7 @@ def envelope_error(body: Any, status: int, endpoint: Redacts) -> ApiError | None
 
 
 def loads(data: bytes) -> Any:
-    """Parse an answer: orjson (4x faster than json on a completion), and json for what
+    """Parse an answer: orjson (the fast path), and json for what
     orjson refuses but json reads (an unpaired surrogate escape, NaN), so that a usable
     answer is not thrown away over them. ValueError if it is not JSON."""
     try:

@@ -29,7 +29,7 @@ _encode_line = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 def journal_line(row: ResultRow) -> bytes:
     """The row as one line of UTF-8 JSON that the fold can always read.
 
-    orjson writes it (6x faster than json). It refuses a lone surrogate (an answer's
+    orjson writes it (the fast path). It refuses a lone surrogate (an answer's
     unpaired \\ud83d escape, a server message cut mid-character), which json would write
     as an escape that Arrow then rejects, and with it the whole journal: such a line is
     written by json with the surrogate replaced by U+FFFD.

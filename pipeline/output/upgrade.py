@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import storage_error
 from pipeline.io.arrow import combined, read_parquet
 from pipeline.output.writer import write_parquet_atomic
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, conform
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, to_schema
 from pipeline.sources.ids import ID_VERSION, RealPaths, spelling_of, stable_id
 from pipeline.sources.images import NOT_UTF8_PREFIX, is_url
 
@@ -66,7 +66,7 @@ def unify_shards(out: OutputDir) -> int:
                     ", ".join(extras),
                 )
                 continue
-        write_parquet_atomic(conform(table, target), shard)
+        write_parquet_atomic(to_schema(table, target), shard)
         rewritten += 1
     if rewritten:
         log.info("gave %d shard(s) of an older version the result schema", rewritten)

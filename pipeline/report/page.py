@@ -35,7 +35,7 @@ from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.records import PARSED
 from pipeline.report.charts import bars, histogram
-from pipeline.report.status import Status, read_status
+from pipeline.report.status import FolderStatus, read_status
 
 SAMPLE = 24
 THUMB_PX = 160
@@ -48,7 +48,7 @@ NUMERIC = ["status", "prompt_tokens", "completion_tokens", "latency_s", "attempt
 class Figures:
     """What the page shows, computed before any HTML is written (the tests read it)."""
 
-    status: Status
+    status: FolderStatus
     runs: list[dict[str, Any]]
     wall_s: float
     latency: dict[str, float] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from pipeline.output.folder import OutputDir
 
 
 @dataclass(frozen=True, slots=True)
-class Status:
+class FolderStatus:
     output: str
     fingerprint: str | None
     model: str | None
@@ -81,7 +81,7 @@ class Status:
         return out
 
 
-def read_status(path: Path, label: str | None = None) -> Status:
+def read_status(path: Path, label: str | None = None) -> FolderStatus:
     """The status of the output folder at `path` (`label`: how to name it, a bucket URL
     for a bucket folder's local copy)."""
     out = OutputDir(path)
@@ -93,7 +93,7 @@ def read_status(path: Path, label: str | None = None) -> Status:
     done = books.scan(out, include_journals=True)
     skip = done.ids
     job = meta.get("job", {})
-    return Status(
+    return FolderStatus(
         output=label or str(path),
         fingerprint=meta.get("fingerprint"),
         model=job.get("model"),

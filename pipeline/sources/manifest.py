@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
 from pipeline.io.storage import is_remote, open_binary, read_many, upload
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, conform
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, to_schema
 from pipeline.sources.entries import source_entries
 from pipeline.sources.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.sources.images import NOT_UTF8_PREFIX, is_url
@@ -242,7 +242,7 @@ def write_manifest(
         with pq.ParquetWriter(staged, schema) as out:
             for part in parts:
                 for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
-                    out.write_table(conform(pa.Table.from_batches([rb]), schema))
+                    out.write_table(to_schema(pa.Table.from_batches([rb]), schema))
         os.replace(staged, output)
     except OSError as exc:
         raise storage_error(output.parent, exc) from None
