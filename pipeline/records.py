@@ -8,8 +8,8 @@ in the manifest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Self
 
 import pyarrow as pa
 
@@ -197,3 +197,37 @@ def to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+@dataclass(slots=True)
+class Totals:
+    """Rows and what they cost: the one record of totals. A run's `Tally` extends it, a
+    folder's scan gives one (`books.Done.totals`), and run.json's history and totals, the
+    status and the Python API's result are written from it."""
+
+    ok: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __iadd__(self, other: Self) -> Self:
+        """Add another part's totals (a Ray block's) field by field, every field of the
+        record's class: counts add, dicts of counts merge, records add in place."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for key, n in theirs.items():
+                    mine[key] = mine.get(key, 0) + n
+            else:
+                mine += theirs
+                setattr(self, f.name, mine)
+        return self
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        """The shared totals, under the names run.json and the API use."""
+        return {f.name: getattr(self, f.name) for f in fields(Totals)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,20 +24,15 @@ from pipeline.engine.captioner import Captioner
 from pipeline.engine.prepare import Prepared, Sizes
 from pipeline.errors import FatalApiError, StorageError
 from pipeline.output.writer import ResultSink
-from pipeline.records import ManifestRow, ResultRow
+from pipeline.records import ManifestRow, ResultRow, Totals
 
 CHUNK_ROWS = 64
 
 
 @dataclass(slots=True)
-class Tally:
-    """What this run did."""
+class Tally(Totals):
+    """What this run did: the totals, and what only a run knows."""
 
-    ok: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     usage_estimated: int = 0  # rows whose answer came without usage
     bytes_sent: int = 0  # request bodies, every attempt
@@ -74,22 +69,6 @@ class Tally:
         self.cost_usd += float(pc.sum(table.column("cost_usd")).as_py() or 0.0)
         estimated = pc.equal(table.column("usage_source"), "estimated")
         self.usage_estimated += int(pc.sum(estimated).as_py() or 0)
-
-    def __iadd__(self, other: Tally) -> Tally:
-        """Add another part's tally (a Ray block's) field by field."""
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(mine, dict):
-                for key, n in theirs.items():
-                    mine[key] = mine.get(key, 0) + n
-            else:
-                mine += theirs  # numbers, and Sizes in place
-                setattr(self, f.name, mine)
-        return self
-
-    @property
-    def done(self) -> int:
-        return self.ok + self.errors
 
 
 @dataclass(slots=True)

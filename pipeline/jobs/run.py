@@ -292,11 +292,7 @@ def _run_locked(
         meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
         meta["totals"] = {
             "manifest_rows": out.manifest_count(),
-            "ok": final.ok,
-            "errors": final.errors,
-            "prompt_tokens": final.prompt_tokens,
-            "completion_tokens": final.completion_tokens,
-            "cost_usd": final.cost_usd,
+            **final.totals().to_json(),
             "superseded_attempts": final.superseded,
         }
         out.write_run_json(meta)

@@ -29,6 +29,7 @@ from pipeline.io.arrow import combined, equals, read_parquet
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
 from pipeline.output.writer import write_parquet_atomic
+from pipeline.records import Totals
 
 if TYPE_CHECKING:
     from pipeline.output.folder import OutputDir
@@ -59,6 +60,11 @@ class Done:
     @property
     def errors(self) -> int:
         return len(self.error_ids)
+
+    def totals(self) -> Totals:
+        return Totals(
+            self.ok, self.errors, self.prompt_tokens, self.completion_tokens, self.cost_usd
+        )
 
     @property
     def ids(self) -> pa.Array:
