@@ -183,3 +183,18 @@ def test_a_misspelt_model_is_matched_by_the_name_after_its_prefix() -> None:
     assert closest_model("gpt:gpt4o", known) == "gpt:gpt-4o"
     assert closest_model("gpt-5-mimi", known) == "gpt:gpt-5-mini"
     assert closest_model("llama", known) is None
+
+
+def test_an_unprefixed_model_is_sent_with_its_family_prefix_to_memories_ai() -> None:
+    """memories.ai picks the family by the prefix: `gpt-4o` alone fails every request."""
+    import json
+
+    from pipeline.http.request import BodyTemplate
+
+    config = load_config(overrides={"model": "gpt-4o"})  # the default URL: memories.ai
+    assert config.request.model == "gpt:gpt-4o"
+    body = json.loads(BodyTemplate.for_request(config.request).with_url("https://x/a.png"))
+    assert body["model"] == "gpt:gpt-4o"
+    # Another server gets the name as written (OpenAI, vLLM... know no prefixes).
+    other = load_config(overrides={"model": "gpt-4o", "endpoint": "http://127.0.0.1:9/v1"})
+    assert other.request.model == "gpt-4o"

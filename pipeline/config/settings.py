@@ -13,14 +13,19 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pipeline.config.flags import FLAG_SETTINGS
 from pipeline.config.labels import check_json_schema, load_schema_file
-from pipeline.config.prices import PriceTable, load_price_table, parse_price_entries
+from pipeline.config.prices import (
+    PriceTable,
+    canonical_model,
+    load_price_table,
+    parse_price_entries,
+)
 from pipeline.errors import UsageError
 
 FAKE_ENDPOINT = "fake"
@@ -285,6 +290,11 @@ class JobConfig:
     prices: PriceTable = field(default_factory=load_price_table)
 
     def __post_init__(self) -> None:
+        model = self.request.model
+        if ":" not in model and _serves_prefixed_names(self.endpoint.url):
+            # memories.ai picks the model family by the prefix: `gpt-4o` alone passes every
+            # check here, then every request fails model_not_found. Send `gpt:gpt-4o`.
+            object.__setattr__(self, "request", replace(self.request, model=canonical_model(model)))
         if self.request.model not in self.prices:
             near = closest_model(self.request.model, list(self.prices))
             hint = f" (did you mean {near!r}?)" if near else ""
@@ -293,6 +303,12 @@ class JobConfig:
                 'use one listed by `caption prices`, or add a [prices."<model>"] table '
                 "with input_per_1m and output_per_1m"
             )
+
+
+def _serves_prefixed_names(url: str) -> bool:
+    """Whether the endpoint names models `family:model` (memories.ai's does)."""
+    host = urlparse(url).hostname or ""
+    return host == "memories.ai" or host.endswith(".memories.ai")
 
 
 _SECTIONS: dict[str, type] = {
