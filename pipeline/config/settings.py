@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from pipeline.config.checks import SettingError
+from pipeline.config.checks import setting as _setting
+from pipeline.config.checks import validate as _validate
 from pipeline.config.flags import FLAG_SETTINGS
 from pipeline.config.labels import check_json_schema, load_schema_file
 from pipeline.config.prices import (
@@ -35,41 +38,6 @@ AuthScheme = Literal["raw", "bearer"]
 Detail = Literal["auto", "low", "high"]
 ResponseFormat = Literal["text", "json_object", "json_schema"]
 MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
-
-
-def _setting(
-    default: Any,
-    *,
-    kinds: tuple[type, ...],
-    allowed: str,
-    check: Callable[[Any], bool] = lambda _v: True,
-) -> Any:
-    """A config field: accepted Python types, a range check, and the text that explains both."""
-    return field(default=default, metadata={"kinds": kinds, "allowed": allowed, "check": check})
-
-
-class SettingError(UsageError):
-    """One setting is wrong; carries which, so the caller can say where it came from."""
-
-    def __init__(self, section: str, key: str, value: Any, allowed: str) -> None:
-        super().__init__(f"[{section}] {key} = {value!r}: must be {allowed}")
-        self.section = section
-        self.key = key
-
-
-def _validate(section: str, obj: object) -> None:
-    for f in fields(obj):  # type: ignore[arg-type]
-        meta = f.metadata
-        if not meta:
-            continue
-        value = getattr(obj, f.name)
-        kinds: tuple[type, ...] = meta["kinds"]
-        if value is None and type(None) in kinds:
-            continue
-        # bool is an int in Python; a flag set to `true` must not pass as a number.
-        wrong_kind = isinstance(value, bool) and bool not in kinds
-        if wrong_kind or not isinstance(value, kinds) or not meta["check"](value):
-            raise SettingError(section, f.name, value, meta["allowed"])
 
 
 def _is_url(value: str) -> bool:

@@ -131,7 +131,8 @@ def _run_pilot(
     spec: RowSpec,
 ) -> tuple[dict[str, Any], float | None]:
     """Send `n` real requests on a random sample; (report, mean completion tokens)."""
-    from pipeline.jobs.run import EXIT_PILOT_OK, run_job, run_pilot
+    from pipeline.jobs.pilot import EXIT_PILOT_OK, run_pilot
+    from pipeline.jobs.run import run_job
 
     if output is not None:
         outcome = run_job(
@@ -179,7 +180,7 @@ def dry_run(
     Returns the estimate, the problems found, and the exit code: 0 ready; 1 some rows would
     be error rows (unreadable files); 2 the run could not start (key, output folder).
     """
-    from pipeline.jobs.run import read_api_key
+    from pipeline.config.apikey import read_api_key
 
     problems: list[str] = []
     exit_code = 0

@@ -13,29 +13,25 @@ The shape of a run:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config.apikey import read_api_key
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.prices import price_entry
 from pipeline.config.settings import JobConfig
 from pipeline.engine.budget import Budget
-from pipeline.engine.work import StopReason, Tally, caption_rows
+from pipeline.engine.work import Tally
 from pipeline.errors import (
-    EXIT_OK,
-    EXIT_ROW_ERRORS,
     EXIT_STORAGE,
-    FatalApiError,
     StorageError,
     UsageError,
 )
 from pipeline.executors import LOCAL, ExecutorSpec, executor_for
-from pipeline.executors.base import Executed, Work, open_captioner
+from pipeline.executors.base import Executed, Work
 from pipeline.io.storage import check_scheme, is_remote
 from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.output import books
@@ -43,7 +39,7 @@ from pipeline.output.books import Done
 from pipeline.output.folder import OutputDir, utc_now
 from pipeline.output.mirror import BucketFolder
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
-from pipeline.records import ManifestRow, ResultRow
+from pipeline.records import ManifestRow
 from pipeline.sources.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.sources.manifest import (
     IngestSummary,
@@ -55,8 +51,6 @@ from pipeline.sources.manifest import (
 
 log = logging.getLogger(__name__)
 
-FAKE_API_KEY = "fake-key"
-
 
 @dataclass(slots=True)
 class RunOutcome:
@@ -65,48 +59,6 @@ class RunOutcome:
     message: str | None = None  # one line for stderr when the run stopped early
     tally: Tally = field(default_factory=Tally)
     stopped: str = ""  # why the run stopped early: fatal, budget, interrupted, storage
-
-
-# A pilot (a sampled run) whose rows all have an outcome, errors included, measured fine.
-EXIT_PILOT_OK = (EXIT_OK, EXIT_ROW_ERRORS)
-
-
-def read_api_key(config: JobConfig, given: str | None = None) -> str:
-    """The key: `given` (the Python API's api_key=), else the environment variable."""
-    if config.endpoint.is_fake:
-        return FAKE_API_KEY
-    if given:
-        return given
-    key = os.environ.get(config.endpoint.api_key_env, "").strip()
-    if not key:
-        raise UsageError(
-            f"no API key: set the environment variable {config.endpoint.api_key_env} "
-            "([endpoint] api_key_env names it)"
-        )
-    return key
-
-
-class _Discard:
-    """A result sink that keeps nothing: a pilot without an output folder is only measured."""
-
-    def write(self, row: ResultRow) -> None:
-        pass
-
-
-async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> Tally:
-    stop = StopReason()
-    async with open_captioner(config, key, asyncio.Event(), Budget(None)) as captioner:
-        tally = await caption_rows(
-            rows, captioner, _Discard(), workers=config.limits.concurrency, stop=stop
-        )
-    if stop.kind == "fatal":
-        raise FatalApiError(stop.message)
-    return tally
-
-
-def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
-    """Send real requests for `rows` (a sample) and measure them; nothing is written."""
-    return asyncio.run(_pilot(config, read_api_key(config), rows))
 
 
 def _prepare_manifest(
