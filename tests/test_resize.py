@@ -52,7 +52,7 @@ def test_gpt_4o_sees_a_12_mp_photo_as_1024_by_768() -> None:
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    grain = rng.normal(0, 6, (height, width, 3))
+    grain = rng.standard_normal((height, width, 3), dtype=np.float32) * 6
     base = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
 
