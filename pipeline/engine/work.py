@@ -126,8 +126,9 @@ async def caption_rows(
     progress: Callable[[ResultRow, Tally], None] | None = None,
     tally: Tally | None = None,
 ) -> Tally:
-    """Caption `rows` with `workers` rows being sent at once (and up to as many more
-    waiting out a Retry-After or a backoff) and write every result.
+    """Caption `rows` with `workers` workers (and up to as many substitutes while rows
+    wait out a Retry-After or a backoff: never more than twice `workers` rows taken) and
+    write every result. Requests in flight are bounded by the captioner's limiter.
 
     A row is written once it has an outcome (`ok` or `error`). A row that has none when the
     run stops (fatal answer, budget, interrupt, a full disk) is not written: it stays
