@@ -74,7 +74,7 @@ class Sync:
         """Renew and push every `sync_s` seconds. A failure is retried with backoff while
         the lease lasts; when it would end before a renewal succeeds, or on an error that
         retrying cannot mend, the run is told to stop (`on_lost`). Nothing raised here is
-        lost: it ends the session (`_synced`)."""
+        lost: it ends the session (`running`)."""
         deadline = None if renew else self._task_deadline()
         while not self._stop.wait(self.sync_s) and self.failure is None:
             try:
