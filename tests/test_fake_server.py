@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline.config.settings import RequestConfig
-from pipeline.http.request import build_payload
+from pipeline.http.providers.openai import build_payload
 from pipeline.testing.fake_server import FakeOptions, caption_for, make_app, stream_events
 from tests.fakes import digest_of_file
 from tests.helpers import SAMPLES, free_port

@@ -7,7 +7,8 @@ import pytest
 
 from pipeline.config.settings import RequestConfig
 from pipeline.errors import UsageError
-from pipeline.http.request import BodyTemplate, build_payload
+from pipeline.http.providers.openai import build_payload
+from pipeline.http.request import BodyTemplate
 from tests.helpers import SAMPLES
 
 JOBS = [
@@ -44,3 +45,16 @@ def test_only_a_prompt_equal_to_the_slot_marker_is_refused() -> None:
     assert json.loads(BodyTemplate.for_request(req).with_url(url)) == build_payload(req, url)
     with pytest.raises(UsageError, match="marks the image"):
         BodyTemplate.for_request(RequestConfig(system_prompt=marker))
+
+
+def test_the_body_is_shaped_by_the_model_family() -> None:
+    """gpt:, an unprefixed name and any OpenAI-compatible server's model all speak
+    OpenAI's shapes (the other families of memories.ai are issue 22's)."""
+    from pipeline.http.providers import provider_for
+
+    for model in ("gpt:gpt-4o", "gpt-4o", "llama-3.2-vision"):
+        assert provider_for(model).family == "gpt"
+    req = RequestConfig(model="gpt:gpt-4o")
+    assert json.loads(BodyTemplate.for_request(req).with_url("https://x/a.png")) == (
+        provider_for(req.model).payload(req, "https://x/a.png")
+    )

@@ -18,6 +18,7 @@ from pipeline.engine.captioner import Captioner
 from pipeline.engine.work import StopReason, Tally
 from pipeline.http.client import Endpoint
 from pipeline.http.limiter import AdaptiveLimiter
+from pipeline.http.providers import provider_for
 from pipeline.output.folder import OutputDir
 from pipeline.records import ManifestRow
 
@@ -91,6 +92,7 @@ async def open_captioner(
             config.endpoint.auth_scheme,
             config.endpoint.timeout,
             max_response_bytes=int(limits.max_response_mb * 1_000_000),
+            provider=provider_for(config.request.model),
         )
         limiter = limiter or AdaptiveLimiter(
             limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after

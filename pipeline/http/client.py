@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,9 @@ from pipeline.errors import (
     ResponseTooLarge,
     TransientError,
 )
-from pipeline.http.answer import classify, loads, parse_completion
+from pipeline.http.answer import classify, loads
+from pipeline.http.providers import Provider
+from pipeline.http.providers.openai import OpenAIShapes
 from pipeline.http.stream import assemble_stream
 from pipeline.records import Completion
 
@@ -39,6 +41,7 @@ class Endpoint:
     secret: str  # scrubbed from anything the server echoes back
     client_timeout: aiohttp.ClientTimeout
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    provider: Provider = field(default_factory=OpenAIShapes)  # decodes its answers
 
     @classmethod
     def create(
@@ -48,6 +51,7 @@ class Endpoint:
         auth_scheme: str,
         timeout: float,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        provider: Provider | None = None,
     ) -> Endpoint:
         value = f"Bearer {api_key}" if auth_scheme == "bearer" else api_key
         headers = {"Authorization": value, "Content-Type": "application/json"}
@@ -58,6 +62,7 @@ class Endpoint:
             secret=api_key,
             client_timeout=aiohttp.ClientTimeout(total=timeout),
             max_response_bytes=max_response_bytes,
+            provider=provider or OpenAIShapes(),
         )
 
     def redact(self, text: str) -> str:
@@ -205,7 +210,7 @@ async def _answer(resp: aiohttp.ClientResponse, endpoint: Endpoint, stream: bool
                 raise TransientError(
                     f"HTTP {status} with a body that is not valid JSON", http_status=status
                 ) from None
-        return Answer(parse_completion(parsed, status, endpoint), status, headers)
+        return Answer(endpoint.provider.completion(parsed, status, endpoint), status, headers)
     except ApiError as exc:
         exc.headers = headers
         raise
