@@ -279,8 +279,14 @@ def test_budget_cap_stops_before_the_cap_and_a_higher_cap_finishes(
     assert spent <= 0.008
     assert f"with ${spent:.4f} spent; the next row reserves up to $" in result.output
     assert "1 x max_tokens 100 at $10/1M output" in result.output
-    assert "raise --max-cost, or lower max_tokens" in result.output
+    assert "raise --max-cost and rerun the same command" in result.output
+    assert "a smaller max_tokens reserves less, but it is another job" in result.output
     assert f"({6 - len(rows)} rows pending in {out})" in result.output
+    assert server.count() == len(rows)
+
+    # The advice holds: a smaller max_tokens into this folder is refused as another job.
+    code, output = run_cli(*args[:-1], "50", "--max-cost", "1")
+    assert code == 2, output
     assert server.count() == len(rows)
 
     code, output = run_cli(*args, "--max-cost", "1")

@@ -153,8 +153,8 @@ def stop_message(
             f"spent; the next row reserves up to ${budget.refused_usd:.4f}, its worst case: "
             f"{req.n} x max_tokens {req.max_tokens} at ${price.output_per_1m:g}/1M output "
             f"plus its prompt (x{budget.prompt_ratio:.2f}, what the server billed against "
-            f"the estimate); raise --max-cost, or lower max_tokens to reserve less, and "
-            f"{resume}"
+            f"the estimate); raise --max-cost and {resume} (a smaller max_tokens reserves "
+            "less, but it is another job: it needs a new output folder)"
         )
     if stop.kind == "interrupted":
         return f"stopped: {stop.message}; {resume}"
