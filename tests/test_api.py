@@ -106,3 +106,22 @@ def test_the_budget_stop_is_an_outcome(tmp_path: Path, server: ScriptedServer, k
         json.loads((tmp_path / "out/.caption/run.json").read_text())["runs"][0]["stopped"]
         == "budget"
     )
+
+
+def test_a_bare_json_schema_dict_works_as_a_schema_file_does(tmp_path: Path) -> None:
+    """`json_schema=` takes a bare JSON Schema, as `--schema file.json` does (the README
+    shows the dict form)."""
+    schema = {
+        "type": "object",
+        "properties": {"subject": {"type": "string"}},
+        "required": ["subject"],
+        "additionalProperties": False,
+    }
+    out = tmp_path / "out"
+    result = pipeline.run(SAMPLES, output=out, endpoint="fake", json_schema=schema)
+    assert result.exit_code == 0, result.summary
+    frame = pipeline.read_results(out)
+    assert len(frame) == 6
+    assert frame["parsed.subject"].notna().all()
+    run_json = json.loads((out / ".caption" / "run.json").read_text())
+    assert run_json["job"]["json_schema"]["schema"] == schema

@@ -60,9 +60,17 @@ def load_schema_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"schema {path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"schema {path}: not readable JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("schema"), dict):
-        return data
     name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)[:64] or "labels"
+    return as_json_schema_setting(data, name)
+
+
+def as_json_schema_setting(data: Any, name: str = "labels") -> Any:
+    """OpenAI's `json_schema` object as it is, or a bare JSON Schema wrapped in one (a
+    file's, a TOML table's or the Python API's `json_schema=` dict alike). A dict with
+    `name`, `strict` or `schema` at the top is meant as OpenAI's object (none of them is a
+    JSON Schema keyword): it is left for the check to name what it lacks."""
+    if isinstance(data, dict) and {"schema", "name", "strict"} & data.keys():
+        return data
     return {"name": name, "strict": True, "schema": data}
 
 

@@ -22,7 +22,7 @@ from pipeline.config.checks import SettingError
 from pipeline.config.checks import setting as _setting
 from pipeline.config.checks import validate as _validate
 from pipeline.config.flags import FLAG_SETTINGS
-from pipeline.config.labels import check_json_schema, load_schema_file
+from pipeline.config.labels import as_json_schema_setting, check_json_schema, load_schema_file
 from pipeline.config.prices import (
     PriceTable,
     canonical_model,
@@ -365,6 +365,8 @@ def load_config(
         named_in_file = "json_schema" not in origins["request"] and path is not None
         where = Path(path).parent / schema if named_in_file and path else Path(schema)
         merged["request"]["json_schema"] = load_schema_file(where)
+    elif isinstance(schema, dict):
+        merged["request"]["json_schema"] = as_json_schema_setting(schema)
     built = {name: _build_section(name, merged[name], origins[name], source) for name in _SECTIONS}
     prices = load_price_table(prices_path)
     if "prices" in raw:
