@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.report.page import compute
+from pipeline.report.page import compute, is_report
+from tests.buckets import client
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 from tests.helpers import SAMPLES
 
@@ -124,3 +125,42 @@ def test_sampled_sources_are_read_bounded_never_hanging(
     result = CliRunner().invoke(cli, ["report", str(out), "-o", str(page)])
     assert result.exit_code == 0, result.output
     assert "(no thumbnail: not a regular file)" in page.read_text()
+
+
+def test_report_and_export_targets_folders_buckets_and_files_not_ours(
+    folder: Path, tmp_path: Path, bucket: str
+) -> None:
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, list(args))
+        return result.exit_code, result.output
+
+    # Missing folders are made.
+    code, output = invoke("report", str(folder), "-o", str(tmp_path / "a" / "b" / "r.html"))
+    assert code == 0, output
+    page = (tmp_path / "a" / "b" / "r.html").read_text()
+    assert is_report(tmp_path / "a" / "b" / "r.html")
+    assert "caption report" in page
+    # An earlier report is written over; any other file only with --force.
+    assert invoke("report", str(folder), "-o", str(tmp_path / "a" / "b" / "r.html"))[0] == 0
+    photo = tmp_path / "astronaut.png"
+    shutil.copy(SAMPLES / "checkerboard.png", photo)
+    before = photo.read_bytes()
+    code, output = invoke("report", str(folder), "-o", str(photo))
+    assert code == 2
+    assert "not an earlier caption report" in output
+    assert photo.read_bytes() == before  # untouched
+    assert invoke("report", str(folder), "-o", str(photo), "--force")[0] == 0
+    assert is_report(photo)
+    # Buckets are targets like anywhere else.
+    code, output = invoke("report", str(folder), "-o", f"s3://{bucket}/reports/r.html")
+    assert code == 0, output
+    body = client().get_object(Bucket=bucket, Key="reports/r.html")["Body"].read()
+    assert b"caption report" in body
+    code, output = invoke("export", str(folder), "-o", f"s3://{bucket}/exports/all.csv")
+    assert code == 0, output
+    csv_body = client().get_object(Bucket=bucket, Key="exports/all.csv")["Body"].read()
+    assert len(csv_body.decode().strip().splitlines()) == 1 + 6  # a header and 6 rows
+    code, output = invoke("export", str(folder), "-o", str(tmp_path / "new" / "x.parquet"))
+    assert code == 0, output
+    assert (tmp_path / "new" / "x.parquet").exists()
+    assert not list((tmp_path / "new").glob(".*.tmp"))

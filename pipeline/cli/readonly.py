@@ -90,17 +90,18 @@ def status(output: str, as_json: bool) -> None:
     "-o",
     "--output",
     "target",
-    type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write: .parquet, .jsonl or .csv.",
+    help="File to write: .parquet, .jsonl or .csv; a local path or s3:// / gs://.",
 )
-def export(output_dir: str, target: Path) -> None:
+def export(output_dir: str, target: str) -> None:
     """Join the results in OUTPUT_DIR with the manifest's own columns (your labels,
     splits, ids) into one file, one row per answered image. Nested columns such as
     `choices` become JSON text in a CSV. Reads the folder only."""
+    from pipeline.io.storage import check_scheme
     from pipeline.output.export import export as write
     from pipeline.output.mirror import readable
 
+    check_scheme(target)
     with readable(output_dir) as folder:
         rows = write(folder, target)
     click.echo(f"exported {rows} rows to {target}")
@@ -112,21 +113,25 @@ def export(output_dir: str, target: Path) -> None:
     "-o",
     "--output",
     "target",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("report.html"),
+    default="report.html",
     show_default=True,
-    help="The HTML file to write.",
+    help="The HTML file to write: a local path (its folders are made) or s3:// / gs://.",
 )
-def report(output: str, target: Path) -> None:
+@click.option(
+    "--force", is_flag=True, help="Write over a file that is not an earlier caption report."
+)
+def report(output: str, target: str, force: bool) -> None:
     """One self-contained HTML page about OUTPUT (a folder, or s3:// or gs://): totals,
     runs, token and latency distributions, errors by kind, the estimate against what was
     billed, label counts of a structured job, and a sample of captions with thumbnails.
     Reads the folder only."""
+    from pipeline.io.storage import check_scheme
     from pipeline.output.mirror import readable
     from pipeline.report.page import write_report
 
+    check_scheme(target)
     with readable(output) as folder:
-        write_report(folder, output, target)
+        write_report(folder, output, target, force)
     click.echo(f"wrote {target}")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.errors import UsageError
+from pipeline.errors import StorageError, UsageError, storage_error
 
 # scheme -> (module that implements it, the extra that installs it)
 SCHEMES: dict[str, tuple[str, str]] = {
@@ -306,6 +306,23 @@ def upload(local: str, url: str) -> None:
     """Put a local file as one object (a single PUT up to 5 GB: visible only complete)."""
     with open(local, "rb") as f:
         write_bytes(url, f.read())
+
+
+def deliver(local: Path, target: str) -> None:
+    """Put a finished local file where the user asked: a bucket object (one PUT), or a
+    local path (its folders made, then renamed into place: visible only complete)."""
+    if is_remote(target):
+        try:
+            upload(str(local), target)
+        except Exception as exc:
+            raise StorageError(f"{target}: {bucket_problem(target, exc)}") from None
+        return
+    path = Path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, path)
+    except OSError as exc:
+        raise storage_error(path.parent, exc) from None
 
 
 def cache_root() -> Path:

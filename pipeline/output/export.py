@@ -11,8 +11,9 @@ written. Read-only for the output folder.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import orjson
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
 from pipeline.io.arrow import combined, read_parquet
+from pipeline.io.storage import deliver, is_remote
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
@@ -29,27 +31,47 @@ from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
 FORMATS = (".parquet", ".jsonl", ".csv")
 
 
-def export(out_path: Path, target: Path) -> int:
-    """Write the folder's results joined with the manifest's own columns; the row count."""
-    fmt = target.suffix.lower()
+def export(out_path: Path, target: str | Path) -> int:
+    """Write the folder's results joined with the manifest's own columns to `target` (a
+    local path, its folders made, or a bucket object), whole or not at all; the row
+    count."""
+    target = str(target)
+    fmt = PurePath(target).suffix.lower()
     if fmt not in FORMATS:
         raise UsageError(f"-o {target}: the file name must end in {', '.join(FORMATS)}")
     out = OutputDir(out_path)
     if not out.exists() or not out.manifest.exists():
         raise UsageError(f"{out_path}: not a caption output folder (no manifest)")
-    target = Path(os.path.abspath(target))
-    tmp = target.with_name(f".{target.name}.tmp")
-    rows = 0
+    if not is_remote(target) and Path(target).is_dir():
+        raise UsageError(f"-o {target}: is a folder; name the file to write")
+    if is_remote(target):  # written here, then one PUT
+        with tempfile.TemporaryDirectory(prefix="caption-export-") as tmp:
+            staged = Path(tmp) / f"export{fmt}"
+            try:
+                rows = _write(out, fmt, staged)
+            except OSError as exc:
+                raise storage_error(staged.parent, exc) from None
+            deliver(staged, target)
+        return rows
+    path = Path(os.path.abspath(target))
+    staged = path.with_name(f".{path.name}.tmp")  # beside it: the rename is atomic
     try:
-        with _writer(fmt, tmp, _schema(out)) as write:
-            for table in joined(out):
-                write(table)
-                rows += table.num_rows
-        os.replace(tmp, target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = _write(out, fmt, staged)
+        os.replace(staged, path)
     except OSError as exc:
-        raise storage_error(target.parent, exc) from None
+        raise storage_error(path.parent, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
+    return rows
+
+
+def _write(out: OutputDir, fmt: str, path: Path) -> int:
+    rows = 0
+    with _writer(fmt, path, _schema(out)) as write:
+        for table in joined(out):
+            write(table)
+            rows += table.num_rows
     return rows
 
 

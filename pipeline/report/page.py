@@ -18,6 +18,7 @@ import io
 import os
 import random
 import stat
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.io.storage import is_remote, read_bytes
+from pipeline.errors import UsageError
+from pipeline.io.storage import deliver, is_remote, read_bytes
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.records import PARSED
@@ -282,7 +284,7 @@ def render(f: Figures) -> str:
     parts.append("</div>")
     body = "\n".join(parts)
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{GENERATOR}'
         f"<title>caption report: {escape(s.output)}</title><style>{STYLE}</style></head>"
         f"<body>{body}</body></html>"
     )
@@ -323,10 +325,35 @@ def _reconciliation(est: dict[str, Any] | None) -> str:
     )
 
 
-def write_report(folder: Path, label: str, target: Path) -> Figures:
-    """Compute the figures and write the page (under a temporary name, then renamed)."""
+# Marks a page as a caption report, so that writing over it is writing a report anew.
+GENERATOR = '<meta name="generator" content="caption report">'
+
+
+def is_report(path: Path) -> bool:
+    """Whether a local file is an earlier caption report (its first bytes say so)."""
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
+def write_report(folder: Path, label: str, target: str, force: bool = False) -> Figures:
+    """Compute the figures and write the page: to a local path (its folders made) or a
+    bucket object, whole or not at all. A local file that is not an earlier report is
+    not written over unless `force`."""
+    local = Path(target)
+    if not is_remote(target) and local.exists() and not force:
+        if local.is_dir():
+            raise UsageError(f"-o {target}: is a folder; name the HTML file to write")
+        if not is_report(local):
+            raise UsageError(
+                f"-o {target}: exists and is not an earlier caption report; "
+                "name another file, or add --force to write over it"
+            )
     figures = compute(folder, label)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(render(figures), encoding="utf-8")
-    tmp.replace(target)
+    with tempfile.TemporaryDirectory(prefix="caption-report-") as tmp:
+        page = Path(tmp) / "report.html"
+        page.write_text(render(figures), encoding="utf-8")
+        deliver(page, target)
     return figures
