@@ -241,6 +241,12 @@ def test_estimate_of_a_resumed_job_counts_pending_rows_and_observed_output(
     assert m["images"] == 1  # only the new image
     assert report["expected_basis"] == f"mean of 2 rows already answered in {out}"
     assert 0 < m["output_tokens_expected"] < 100
+    # Without repeating the run's flags: the folder's own job is the one estimated.
+    assert estimate_json(str(imgs), "-o", str(out)) == report
+    # Another job's answers are not its expected output, and the estimate says why.
+    other = estimate_json(str(imgs), "-o", str(out), "--max-tokens", "40")
+    assert other["expected_basis"] != report["expected_basis"]
+    assert any("differs in max_tokens" in note for note in other["notes"]), other["notes"]
 
 
 def test_status_reconciles_estimate_with_billed_tokens(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import click
 
 from pipeline import __version__
 from pipeline.cli.options import executor_spec, job_options, load_job, print_estimate, row_options
+from pipeline.config.flags import FLAG_SETTINGS
 from pipeline.errors import (
     EXIT_FATAL_API,
     EXIT_INTERRUPTED,
@@ -254,6 +255,16 @@ def estimate(
     from pipeline.jobs.dryrun import estimate_sources
 
     config = load_job(config_path, flags)
+    if output is not None and config_path is None:
+        # The folder's own job, where no flag says otherwise: its answers then tell the
+        # expected output length without repeating every flag of the run.
+        from pipeline.config.settings import load_config
+        from pipeline.jobs.dryrun import folder_job
+
+        if (job := folder_job(output)) is not None:
+            given = {k: v for k, v in flags.items() if k in FLAG_SETTINGS and v is not None}
+            recorded = {("url" if k == "endpoint" else k): v for k, v in job.items()}
+            config = load_config(None, {**recorded, **given})
     report = estimate_sources(
         list(sources),
         config,

@@ -57,6 +57,20 @@ def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | No
     return pc.mean(ok["completion_tokens"]).as_py(), ok.num_rows
 
 
+def folder_job(output: Path | str) -> dict[str, Any] | None:
+    """The job definition an output folder (local or in a bucket) recorded, if any."""
+    with readable(str(output), must_exist=False) as folder:
+        out = OutputDir(folder)
+        meta = out.read_run_json() if out.exists() else None
+    job = (meta or {}).get("job")
+    return job if isinstance(job, dict) else None
+
+
+def _difference(old: dict[str, Any], config: JobConfig) -> list[str]:
+    new = job_definition(config)
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def estimate_sources(
     sources: list[str],
     config: JobConfig,
@@ -108,6 +122,12 @@ def estimate_sources(
                 seen = observed_output(out, config)
                 if seen is not None:
                     observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
+                elif done.ok and (job := (out.read_run_json() or {}).get("job")):
+                    differs = ", ".join(_difference(job, config)) or "its fingerprint"
+                    notes.append(
+                        f"the answers in {output} are of another job (it differs in "
+                        f"{differs}), so their length is not the expected output"
+                    )
     result = estimate(
         batches,
         config,
