@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.config.prices import cost_usd
 from pipeline.config.settings import load_config
 from pipeline.cost.tokens import image_tokens, prompt_text_tokens, text_tokens
@@ -159,3 +162,26 @@ def test_with_a_cap_the_first_row_goes_alone() -> None:
         return order
 
     assert asyncio.run(main()) == ["first sent", "first answered", "second sent", "second answered"]
+
+
+def test_a_row_that_does_not_fit_beside_rows_in_flight_waits_for_them(tmp_path: Path) -> None:
+    """With many rows in flight, their worst cases add up long before their real costs
+    do: the run waits for them to settle rather than stopping far below the cap."""
+
+    def caption(out: str, *extra: str) -> tuple[int, str, int]:
+        result = CliRunner().invoke(
+            cli, ["run", str(SAMPLES), "-o", str(tmp_path / out), "--endpoint", "fake", *extra]
+        )
+        return result.exit_code, result.output, len(results(tmp_path / out))
+
+    # The whole job costs about $0.0104; each row reserves about $0.012 (1000 tokens out).
+    code, output, rows = caption("roomy", "--max-cost", "0.05", "--concurrency", "6")
+    assert (code, rows) == (0, 6), output
+    one_at_a_time = caption("serial", "--max-cost", "0.02", "--concurrency", "1")
+    code, output, rows = caption("tight", "--max-cost", "0.02", "--concurrency", "6")
+    assert code == 4
+    assert rows == one_at_a_time[2] >= 4  # as far as sending one at a time gets
+    # The stop message adds up: spent + the next reservation is past the cap.
+    total = float(re.search(r"the next row would make it \$([0-9.]+)", output)[1])
+    spent = float(re.search(r"reached with \$([0-9.]+) spent", output)[1])
+    assert total > 0.02 >= spent

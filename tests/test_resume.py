@@ -277,7 +277,7 @@ def test_budget_cap_stops_before_the_cap_and_a_higher_cap_finishes(
     spent = sum(r["cost_usd"] for r in rows)
     assert 0 < len(rows) < 6
     assert spent <= 0.008
-    assert f"with ${spent:.4f} spent; the next row reserves up to $" in result.output
+    assert f"with ${spent:.4f} spent; the next row would make it $" in result.output
     assert "1 x max_tokens 100 at $10/1M output" in result.output
     assert "raise --max-cost and rerun the same command" in result.output
     assert "a smaller max_tokens reserves less, but it is another job" in result.output

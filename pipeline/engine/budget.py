@@ -26,6 +26,7 @@ class Budget:
         self.cap_usd = cap_usd
         self.spent_usd = spent_usd
         self.refused_usd = 0.0  # the reservation that did not fit, for the stop message
+        self.refused_in_flight_usd = 0.0  # what rows in flight held when it did not fit
         self._estimated = 0
         self._billed = 0
         # Rows in flight, kept as estimated prompt tokens and the rest in USD, so that
@@ -35,6 +36,7 @@ class Budget:
         self._fixed_usd = 0.0
         self._usd_per_prompt_token = 0.0
         self._first_settled = asyncio.Event()
+        self._settled = asyncio.Event()  # set (and replaced) each time a row settles
 
     @property
     def prompt_ratio(self) -> float:
@@ -59,16 +61,33 @@ class Budget:
         first: the ratio of billed to estimated is unknown until an answer arrives, and a
         whole first wave valued at 1:1 could pass a small cap before it is learned. (A
         shared budget, `leased.LeasedBudget`, also tops up its slice here.)"""
-        if self.cap_usd is not None and self._rows and not self._first_settled.is_set():
+        if self.cap_usd is None:
+            return
+        await self._first_goes_alone()
+        # A row that does not fit beside those in flight waits for them to settle (they
+        # usually cost far less than their worst case): the run stops only when the row
+        # does not fit with nothing else in flight.
+        while self._rows and not self._fits(prompt_tokens, fixed_usd, usd_per_prompt_token):
+            await self._settled.wait()
+
+    async def _first_goes_alone(self) -> None:
+        if self._rows and not self._first_settled.is_set():
             await self._first_settled.wait()
+
+    def _worst(self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float) -> float:
+        return usd_per_prompt_token * self.prompt_ratio * prompt_tokens + fixed_usd
+
+    def _fits(self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float) -> bool:
+        self._usd_per_prompt_token = usd_per_prompt_token
+        worst = self._worst(prompt_tokens, fixed_usd, usd_per_prompt_token)
+        return self.cap_usd is None or self.spent_usd + self.reserved_usd + worst <= self.cap_usd
 
     def reserve(self, prompt_tokens: int, fixed_usd: float, usd_per_prompt_token: float) -> None:
         """Hold a row's worst case: its estimated prompt (valued at the learned ratio) and
         `fixed_usd` (its n * max_tokens of completion), or raise BudgetReached."""
-        self._usd_per_prompt_token = usd_per_prompt_token
-        worst = usd_per_prompt_token * self.prompt_ratio * prompt_tokens + fixed_usd
-        if self.cap_usd is not None and self.spent_usd + self.reserved_usd + worst > self.cap_usd:
-            self.refused_usd = worst
+        if not self._fits(prompt_tokens, fixed_usd, usd_per_prompt_token):
+            self.refused_usd = self._worst(prompt_tokens, fixed_usd, usd_per_prompt_token)
+            self.refused_in_flight_usd = self.reserved_usd
             raise BudgetReached
         self._rows += 1
         self._prompt += prompt_tokens
@@ -80,3 +99,5 @@ class Budget:
         self._fixed_usd -= fixed_usd
         self.spent_usd += actual_usd
         self._first_settled.set()
+        self._settled.set()
+        self._settled = asyncio.Event()

@@ -136,7 +136,8 @@ class LeasedBudget(Budget):
     ) -> None:
         """Before a row is reserved: top the slice up to the row's worst case, waiting
         while the budget is out with rows in flight, or stop at the cap."""
-        await super().ready(prompt_tokens, fixed_usd, usd_per_prompt_token)
+        if self.cap_usd is not None:
+            await self._first_goes_alone()  # the slice, not the local sums, decides the rest
         need = usd_per_prompt_token * self.prompt_ratio * prompt_tokens + fixed_usd
         while self.cap_usd is not None and self.slice_usd < need:
             async with self.client.lock:

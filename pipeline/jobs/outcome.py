@@ -148,9 +148,13 @@ def stop_message(
     if stop.kind == "budget":
         req = config.request
         price = config.prices[req.model]
+        held = budget.refused_in_flight_usd
+        in_flight = f" and ${held:.4f} held by rows in flight" if held > 0 else ""
+        total = budget.spent_usd + held + budget.refused_usd
         return (
             f"stopped: budget cap ${budget.cap_usd:g} reached with ${budget.spent_usd:.4f} "
-            f"spent; the next row reserves up to ${budget.refused_usd:.4f}, its worst case: "
+            f"spent{in_flight}; the next row would make it ${total:.4f}: it reserves up to "
+            f"${budget.refused_usd:.4f}, its worst case: "
             f"{req.n} x max_tokens {req.max_tokens} at ${price.output_per_1m:g}/1M output "
             f"plus its prompt (x{budget.prompt_ratio:.2f}, what the server billed against "
             f"the estimate); raise --max-cost and {resume} (a smaller max_tokens reserves "
