@@ -198,3 +198,34 @@ def test_an_unprefixed_model_is_sent_with_its_family_prefix_to_memories_ai() -> 
     # Another server gets the name as written (OpenAI, vLLM... know no prefixes).
     other = load_config(overrides={"model": "gpt-4o", "endpoint": "http://127.0.0.1:9/v1"})
     assert other.request.model == "gpt-4o"
+
+
+def test_response_format_as_openais_request_body_has_it(tmp_path: Path) -> None:
+    """A `[request.response_format]` table copied from OpenAI's docs means the same as the
+    `response_format` and `json_schema` settings."""
+    schema = {
+        "type": "object",
+        "properties": {"subject": {"type": "string"}},
+        "required": ["subject"],
+        "additionalProperties": False,
+    }
+    job = tmp_path / "job.toml"
+    job.write_text(
+        "[request.response_format]\n"
+        'type = "json_schema"\n'
+        "[request.response_format.json_schema]\n"
+        'name = "labels"\n'
+        "strict = true\n"
+        "[request.response_format.json_schema.schema]\n"
+        'type = "object"\n'
+        'required = ["subject"]\n'
+        "additionalProperties = false\n"
+        "[request.response_format.json_schema.schema.properties.subject]\n"
+        'type = "string"\n'
+    )
+    config = load_config(job)
+    assert config.request.response_format == "json_schema"
+    assert config.request.json_schema == {"name": "labels", "strict": True, "schema": schema}
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[request.response_format]\ntype = "json_object"\n')
+    assert load_config(plain).request.response_format == "json_object"

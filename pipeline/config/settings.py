@@ -273,6 +273,22 @@ class JobConfig:
             )
 
 
+def _unfold_response_format(request: dict[str, Any]) -> None:
+    """`response_format` as OpenAI's own request body has it (a table: `type`, and for
+    `json_schema` the `json_schema` object) means the same as the two settings."""
+    given = request.get("response_format")
+    if not isinstance(given, dict):
+        return
+    request["response_format"] = given.get("type")
+    if "json_schema" in given:
+        if "json_schema" in request:
+            raise UsageError(
+                "[request] json_schema is given twice: as a setting and inside "
+                "response_format; keep one"
+            )
+        request["json_schema"] = given["json_schema"]
+
+
 def _serves_prefixed_names(url: str) -> bool:
     """Whether the endpoint names models `family:model` (memories.ai's does)."""
     host = urlparse(url).hostname or ""
@@ -359,6 +375,7 @@ def load_config(
             "--" + flag.replace("_", "-") if flag in FLAG_SETTINGS else f"{flag}="
         )
 
+    _unfold_response_format(merged["request"])
     schema = merged["request"].get("json_schema")
     if isinstance(schema, str | Path):
         # Relative to the config file when named there, else to the working folder.
