@@ -263,3 +263,13 @@ def test_a_stream_without_done_is_complete_when_every_choice_finished() -> None:
     assert parse_completion(body, 200, EP).choices[0].content == "a cat"
     with pytest.raises(TransientError, match=r"ended before \[DONE\]"):
         stream_of(first, done=False)  # cut off: no finish_reason, no [DONE]
+
+
+def test_memories_envelope_inside_a_stream_means_what_it_means_outside() -> None:
+    """`data: {"code": "0402", ...}` (no credits) stops the run, as the same envelope in
+    a plain answer does, instead of being retried as a transient failure."""
+    first = {"id": "s", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+    with pytest.raises(FatalApiError, match="0402"):
+        stream_of(first, {"code": "0402", "msg": "not enough credits", "data": None}, done=True)
+    with pytest.raises(RateLimited, match="0429"):
+        stream_of({"code": "0429", "msg": "too busy", "data": None}, done=True)

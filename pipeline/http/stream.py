@@ -7,7 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pipeline.errors import TransientError
-from pipeline.http.answer import Redacts, as_count, as_text, error_fields, loads, unusable
+from pipeline.http.answer import (
+    Redacts,
+    as_count,
+    as_text,
+    envelope_error,
+    error_fields,
+    loads,
+    unusable,
+)
 
 
 async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dict[str, Any]:
@@ -31,6 +39,8 @@ async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dic
             raise TransientError("stream sent an event that is not JSON", http_status=200) from None
         if not isinstance(chunk, dict):
             continue
+        if (enveloped := envelope_error(chunk, 200, endpoint)) is not None:
+            raise enveloped  # memories.ai's envelope as an event: its code decides, as outside
         if "error" in chunk or chunk.get("status") == "errored":
             code, message = error_fields(chunk)
             raise TransientError(
