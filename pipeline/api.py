@@ -197,4 +197,18 @@ def read_results(output: str | Path) -> pd.DataFrame:
         tables = list(joined(out))
         schema = out.result_schema()
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return flatten_parsed(table).to_pandas()
+    return flatten_parsed(table).to_pandas(types_mapper=_nullable)
+
+
+def _nullable(kind: Any) -> Any:
+    """Integers and booleans as pandas' nullable dtypes: an error row's missing token
+    count or label stays <NA>, and the column stays int64 or bool, not float64 or object."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_integer(kind):
+        signed = "Int" if pa.types.is_signed_integer(kind) else "UInt"
+        return pd.api.types.pandas_dtype(f"{signed}{kind.bit_width}")
+    if pa.types.is_boolean(kind):
+        return pd.BooleanDtype()
+    return None

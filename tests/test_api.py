@@ -13,7 +13,7 @@ import pytest
 
 import pipeline
 from pipeline.errors import FatalApiError, UsageError
-from tests.fakes import Reply, ScriptedServer
+from tests.fakes import Reply, ScriptedServer, digest_of_file
 from tests.helpers import SAMPLES
 
 
@@ -72,7 +72,28 @@ def test_read_results_joins_the_lists_columns_and_spreads_parsed_fields(
     assert sorted(frame["split"]) == ["test", "train"]
     assert {"parsed.animal", "parsed.kind"} <= set(frame.columns)
     assert set(frame["parsed.kind"]) <= {"a", "b"}
-    assert frame["parsed.animal"].dtype == bool
+    assert frame["parsed.animal"].dtype == "boolean"
+
+
+def test_read_results_keeps_integers_and_booleans_with_error_rows(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """An error row has no tokens and no labels: the columns stay integer and boolean
+    (pandas' nullable dtypes, with <NA>), not float64 and object."""
+    server.plan(
+        digest_of_file(SAMPLES / "icon.gif"),
+        Reply(status=400, body={"error": {"message": "too small", "type": "x"}}),
+    )
+    schema = {"type": "object", "properties": {"animal": {"type": "boolean"}}}
+    result = pipeline.run(SAMPLES, tmp_path / "out", endpoint=server.url, json_schema=schema)
+    assert (result.ok, result.errors) == (5, 1)
+    frame = pipeline.read_results(tmp_path / "out")
+    assert frame["prompt_tokens"].dtype == "Int64"
+    assert frame["created"].dtype == "Int64"
+    assert frame["parsed.animal"].dtype == "boolean"
+    error = frame[frame["status"] == "error"].iloc[0]
+    assert pd.isna(error["prompt_tokens"])
+    assert pd.isna(error["parsed.animal"])
 
 
 def test_estimate_is_a_frame_with_a_row_per_model() -> None:
