@@ -117,7 +117,8 @@ def test_sample_values_fit_their_schema() -> None:
 def test_schema_files_bare_or_wrapped(tmp_path: Path) -> None:
     bare = tmp_path / "my labels.json"
     bare.write_text(json.dumps(SCHEMA))
-    assert load_schema_file(bare) == {"name": "my_labels", "strict": True, "schema": SCHEMA}
+    # Not strict: `box` allows other properties, which OpenAI's strict mode refuses.
+    assert load_schema_file(bare) == {"name": "my_labels", "strict": False, "schema": SCHEMA}
     wrapped = tmp_path / "w.json"
     wrapped.write_text(json.dumps({"name": "tags", "strict": False, "schema": SCHEMA}))
     assert load_schema_file(wrapped)["name"] == "tags"
@@ -137,7 +138,7 @@ def test_config_takes_a_schema_file_relative_to_itself_and_implies_json_schema(
     toml.write_text('[request]\njson_schema = "labels.json"\n')
     req = load_config(toml).request
     assert req.response_format == "json_schema"
-    assert req.json_schema == {"name": "labels", "strict": True, "schema": SCHEMA}
+    assert req.json_schema == {"name": "labels", "strict": False, "schema": SCHEMA}
     table = tmp_path / "table.toml"
     table.write_text(
         '[request]\nresponse_format = "json_schema"\n'
@@ -167,3 +168,37 @@ def test_bad_structured_settings_are_named(tmp_path: Path, toml: str, message: s
     path.write_text(f"[request]\n{toml}\n")
     with pytest.raises(UsageError, match=message):
         load_config(path)
+
+
+def test_a_bare_schema_is_sent_strict_only_when_strict_mode_takes_it() -> None:
+    """OpenAI's strict mode refuses a schema with optional properties or without
+    `additionalProperties: false`: such a bare schema goes without `strict`."""
+    from pipeline.config.labels import as_json_schema_setting
+
+    fits = {
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string"},
+            "box": {
+                "type": "object",
+                "properties": {"x": {"type": "number"}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["kind", "box"],
+        "additionalProperties": False,
+    }
+    assert as_json_schema_setting(fits)["strict"] is True
+    optional = {**fits, "required": ["kind"]}
+    assert as_json_schema_setting(optional)["strict"] is False
+    open_inner = {
+        **fits,
+        "properties": {
+            **fits["properties"],
+            "box": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]},
+        },
+    }
+    assert as_json_schema_setting(open_inner)["strict"] is False
+    # OpenAI's own object keeps what the user wrote.
+    assert as_json_schema_setting({"name": "n", "strict": True, "schema": optional})["strict"]

@@ -169,3 +169,27 @@ def test_the_estimate_counts_the_schema_and_matches_what_was_billed(
     out = tmp_path / "out"
     run_cli(str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--schema", str(schema_file))
     assert read_status(out).prompt_tokens == structured
+
+
+def test_a_folder_whose_bare_schema_was_sent_strict_reruns_as_the_same_job(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """Older versions sent every bare schema with strict: true; one that strict mode
+    refuses now goes without it. A folder recorded the old way is still the same job."""
+    from pipeline.config.identity import fingerprint
+
+    loose = {"type": "object", "properties": {"subject": {"type": "string"}}}  # optional
+    (tmp_path / "loose.json").write_text(json.dumps(loose))
+    out = tmp_path / "out"
+    args = [str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--schema"]
+    assert run_cli(*args, str(tmp_path / "loose.json"))[0] == 0
+    run_json = out / ".caption" / "run.json"
+    meta = json.loads(run_json.read_text())
+    assert meta["job"]["json_schema"]["strict"] is False
+    meta["job"]["json_schema"]["strict"] = True  # as an older version recorded it
+    meta["fingerprint"] = fingerprint(meta["job"])
+    run_json.write_text(json.dumps(meta))
+    sent = server.count()
+    code, output = run_cli(*args, str(tmp_path / "loose.json"))
+    assert code == 0, output
+    assert server.count() == sent  # nothing sent again

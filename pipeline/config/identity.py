@@ -8,6 +8,7 @@ import hashlib
 import json
 from typing import Any
 
+from pipeline.config.labels import strict_fits
 from pipeline.config.prices import canonical_model
 from pipeline.config.settings import JobConfig
 from pipeline.errors import UsageError
@@ -81,10 +82,25 @@ def refuse_other_ids(label: str, previous: dict[str, Any] | None, scheme: str) -
 
 
 def _same_job(old: dict[str, Any], definition: dict[str, Any]) -> bool:
-    """A folder fingerprinted before model names were made canonical (`gpt-4o`)."""
+    """The same job, recorded by an older version: before model names were made
+    canonical (`gpt-4o`), or before a bare schema that OpenAI's strict mode refuses was
+    sent without `strict` (it was sent with it, and such requests were refused or the
+    flag ignored: the job is the same)."""
     if not isinstance(old.get("model"), str):
         return False
-    return fingerprint({**old, "model": canonical_model(old["model"])}) == fingerprint(definition)
+    then = {**old, "model": canonical_model(old["model"])}
+    schema = then.get("json_schema")
+    now = definition.get("json_schema")
+    if (
+        isinstance(schema, dict)
+        and isinstance(now, dict)
+        and schema.get("strict") is True
+        and now.get("strict") is False
+        and schema.get("schema") == now.get("schema")
+        and not strict_fits(schema.get("schema"))
+    ):
+        then["json_schema"] = {**schema, "strict": False}
+    return fingerprint(then) == fingerprint(definition)
 
 
 def _short(value: Any, limit: int = 40) -> str:

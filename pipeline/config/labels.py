@@ -71,7 +71,25 @@ def as_json_schema_setting(data: Any, name: str = "labels") -> Any:
     JSON Schema keyword): it is left for the check to name what it lacks."""
     if isinstance(data, dict) and {"schema", "name", "strict"} & data.keys():
         return data
-    return {"name": name, "strict": True, "schema": data}
+    return {"name": name, "strict": strict_fits(data), "schema": data}
+
+
+def strict_fits(schema: Any) -> bool:
+    """Whether OpenAI's strict mode takes `schema` as it is: every object lists all its
+    properties as required and sets `additionalProperties: false` (strict mode refuses
+    the request otherwise). A bare schema that does not fit is sent without `strict`:
+    the answer is still checked here, against the schema as written."""
+    if isinstance(schema, list):
+        return all(strict_fits(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    props = schema.get("properties")
+    if isinstance(props, dict):
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required") or []) != set(props):
+            return False
+    return all(strict_fits(v) for k, v in schema.items() if k != "enum" and k != "const")
 
 
 def check_json_schema(value: Any) -> str | None:
