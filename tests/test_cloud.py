@@ -75,6 +75,12 @@ def test_a_bucket_prefix_into_a_bucket_folder_resumes_from_the_bucket_alone(
     result = CliRunner().invoke(cli, ["export", out, "-o", str(tmp_path / "all.csv")])
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "all.csv").read_text().splitlines()) == 7
+    # The estimate takes the bucket folder's own job (from its run.json alone).
+    result = CliRunner().invoke(cli, ["estimate", f"s3://{bucket}/imgs/", "-o", out, "--json"])
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.stdout)
+    assert estimate["models"][0]["images"] == 0  # all 6 already done
+    assert estimate["expected_basis"] == f"mean of 6 rows already answered in {out}"
 
 
 def test_a_list_file_in_a_bucket_and_globs(

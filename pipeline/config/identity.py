@@ -51,13 +51,18 @@ def fingerprint(definition: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def changed_settings(old: dict[str, Any], definition: dict[str, Any]) -> list[str]:
+    """The settings in which two job definitions differ, by name."""
+    return [k for k in sorted(set(old) | set(definition)) if old.get(k) != definition.get(k)]
+
+
 def refuse_another_job(label: str, previous: dict[str, Any], config: JobConfig) -> None:
     """Refuse to mix answers of a different job into the folder `label`."""
     definition = job_definition(config)
     old = previous.get("job", {})
     if previous.get("fingerprint") == fingerprint(definition) or _same_job(old, definition):
         return
-    changed = [k for k in sorted(set(old) | set(definition)) if old.get(k) != definition.get(k)]
+    changed = changed_settings(old, definition)
     described = "; ".join(
         f"{k}: {_short(old.get(k))} -> {_short(definition.get(k))}" for k in changed
     )

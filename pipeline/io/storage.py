@@ -308,6 +308,11 @@ def upload(local: str, url: str) -> None:
         write_bytes(url, f.read())
 
 
+def bucket_error(url: str, exc: BaseException) -> StorageError:
+    """A failed bucket call as the one-line StorageError every command ends with."""
+    return StorageError(f"{url}: {bucket_problem(url, exc)}")
+
+
 def deliver(local: Path, target: str) -> None:
     """Put a finished local file where the user asked: a bucket object (one PUT), or a
     local path (its folders made, then renamed into place: visible only complete)."""
@@ -315,7 +320,7 @@ def deliver(local: Path, target: str) -> None:
         try:
             upload(str(local), target)
         except Exception as exc:
-            raise StorageError(f"{target}: {bucket_problem(target, exc)}") from None
+            raise bucket_error(target, exc) from None
         return
     path = Path(target)
     try:

@@ -4,6 +4,7 @@ real run would make, with nothing sent or written."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -11,13 +12,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config.identity import fingerprint, job_definition
+from pipeline.config.identity import changed_settings, fingerprint, job_definition
 from pipeline.config.settings import JobConfig
 from pipeline.cost.estimate import Estimate, estimate
 from pipeline.errors import UsageError
+from pipeline.io.storage import bucket_error, is_remote, join, read_bytes
 from pipeline.output import books
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import RUN_JSON, STATE_DIR
 from pipeline.output.mirror import readable
 from pipeline.records import ManifestRow
 from pipeline.sources.ids import PATH_IDS, RowSpec
@@ -58,17 +61,22 @@ def observed_output(out: OutputDir, config: JobConfig) -> tuple[float, int] | No
 
 
 def folder_job(output: Path | str) -> dict[str, Any] | None:
-    """The job definition an output folder (local or in a bucket) recorded, if any."""
-    with readable(str(output), must_exist=False) as folder:
-        out = OutputDir(folder)
-        meta = out.read_run_json() if out.exists() else None
-    job = (meta or {}).get("job")
+    """The job definition an output folder (local or in a bucket) recorded, if any. In a
+    bucket only its run.json is read: the estimate copies the folder once, later."""
+    if not is_remote(str(output)):
+        meta = OutputDir(Path(output)).read_run_json()
+    else:
+        url = join(str(output), STATE_DIR, RUN_JSON)
+        try:
+            meta = json.loads(read_bytes(url))
+        except FileNotFoundError:
+            meta = None
+        except ValueError as exc:
+            raise UsageError(f"{url}: unreadable ({exc})") from None
+        except Exception as exc:
+            raise bucket_error(url, exc) from None
+    job = meta.get("job") if isinstance(meta, dict) else None
     return job if isinstance(job, dict) else None
-
-
-def _difference(old: dict[str, Any], config: JobConfig) -> list[str]:
-    new = job_definition(config)
-    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def estimate_sources(
@@ -123,7 +131,8 @@ def estimate_sources(
                 if seen is not None:
                     observed = (seen[0], f"mean of {seen[1]} rows already answered in {output}")
                 elif done.ok and (job := (out.read_run_json() or {}).get("job")):
-                    differs = ", ".join(_difference(job, config)) or "its fingerprint"
+                    changed = changed_settings(job, job_definition(config))
+                    differs = ", ".join(changed) or "its fingerprint"
                     notes.append(
                         f"the answers in {output} are of another job (it differs in "
                         f"{differs}), so their length is not the expected output"

@@ -42,9 +42,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import StorageError, UsageError
+from pipeline.errors import UsageError
 from pipeline.io.storage import (
-    bucket_problem,
+    bucket_error,
     cache_root,
     delete,
     download,
@@ -87,10 +87,6 @@ def cache_folder(url: str) -> Path:
     """The local mirror of a bucket folder: one per output URI."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1].strip("/"))[-60:]
     return cache_root() / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
-
-
-def _storage_error(url: str, exc: BaseException) -> StorageError:
-    return StorageError(f"{url}: {bucket_problem(url, exc)}")
 
 
 class BucketFolder:
@@ -155,7 +151,7 @@ class BucketFolder:
         try:
             remote = self._remote_files()
         except Exception as exc:
-            raise _storage_error(self.url, exc) from None
+            raise bucket_error(self.url, exc) from None
         self._pushed = self._load_pushed()
         if only is not None:
             remote = {k: v for k, v in remote.items() if k.rsplit("/", 1)[-1].startswith(only)}
@@ -194,7 +190,7 @@ class BucketFolder:
                 download(self._remote(rel), str(path) + ".part")
                 os.replace(str(path) + ".part", path)
             except Exception as exc:
-                raise _storage_error(self._remote(rel), exc) from None
+                raise bucket_error(self._remote(rel), exc) from None
             self._pushed[rel] = self._stamp(path)
         self._save_pushed()
         log.info("pulled %s into %s", self.url, self.local)
@@ -247,10 +243,10 @@ class BucketFolder:
                 upload(str(path), self._remote(rel))
             except FileNotFoundError:
                 if path.exists():  # the bucket's answer, not our file: it is missing
-                    raise _storage_error(self._remote(rel), FileNotFoundError()) from None
+                    raise bucket_error(self._remote(rel), FileNotFoundError()) from None
                 continue
             except Exception as exc:
-                raise _storage_error(self._remote(rel), exc) from None
+                raise bucket_error(self._remote(rel), exc) from None
             self._pushed[rel] = stamp
             written += 1
         mine = {r for r in self._pushed if self._mine(r.rsplit("/", 1)[-1])}
@@ -262,7 +258,7 @@ class BucketFolder:
             try:
                 delete(self._remote(rel))
             except Exception as exc:
-                raise _storage_error(self._remote(rel), exc) from None
+                raise bucket_error(self._remote(rel), exc) from None
             del self._pushed[rel]
         self._save_pushed()
         return written

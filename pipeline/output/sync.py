@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import StorageError
-from pipeline.io.storage import bucket_problem
+from pipeline.io.storage import bucket_error
 from pipeline.output.bucketlock import BucketLock, LockLost, lease_s
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,7 @@ class Sync:
                     deadline = self._task_deadline()
                 self._retrying(self.push, deadline, stoppable=True)
             except BaseException as exc:  # the thread must not die with the run unaware
-                failure = (
-                    exc
-                    if isinstance(exc, StorageError)
-                    else StorageError(f"{self.url}: {bucket_problem(self.url, exc)}")
-                )
+                failure = exc if isinstance(exc, StorageError) else bucket_error(self.url, exc)
                 self._lose(failure)
                 return
 
