@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure
 
 from pipeline.config.identity import fingerprint, job_definition
-from pipeline.config.settings import load_config
+from pipeline.config.loading import load_config
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.records import RESULT_SCHEMA

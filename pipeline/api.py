@@ -68,7 +68,7 @@ def _sources(sources: Sources) -> list[str]:
 
 
 def _config(config: str | Path | None, settings: dict[str, Any]) -> JobConfig:
-    from pipeline.config.settings import load_config
+    from pipeline.config.loading import load_config
 
     return load_config(Path(config) if config is not None else None, settings)
 

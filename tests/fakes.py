@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.config.prices import load_price_table
+from pipeline.testing.fake_families import family, message_parts
 from pipeline.testing.fake_server import BadRequest, completion_for, image_digest, respond
 
 
@@ -86,16 +87,10 @@ class ScriptedServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        try:
-            image = next(
-                part["image_url"]
-                for m in body["messages"]
-                if isinstance(m.get("content"), list)
-                for part in m["content"]
-                if part.get("type") == "image_url"
-            )
-            digest, _ = image_digest(image["url"])
-        except (StopIteration, KeyError, BadRequest):
+        try:  # the image in whichever family's shape the model's prefix names
+            _, images = message_parts(family(str(body.get("model", ""))), body)
+            digest, _ = image_digest(images[0]["url"])
+        except (IndexError, BadRequest):
             digest = "?"
         with self._lock:
             self.seen.append(Seen(digest, body, dict(request.headers)))

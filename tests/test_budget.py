@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config.loading import load_config
 from pipeline.config.prices import cost_usd
-from pipeline.config.settings import load_config
-from pipeline.cost.tokens import image_tokens, prompt_text_tokens, text_tokens
+from pipeline.cost.images import image_tokens
+from pipeline.cost.tokens import prompt_text_tokens, text_tokens
 from pipeline.engine.budget import Budget, BudgetReached
 from tests.fakes import Reply, ScriptedServer, digest_of_file
 from tests.helpers import SAMPLES, by_name, distinct_images, results, run

@@ -66,14 +66,20 @@ def test_prices_json() -> None:
     result = CliRunner().invoke(cli, ["prices", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.output)
-    assert len(rows) == 33
+    assert len(rows) == 33 + 9 + 14 + 4  # gpt, gemini, qwen, nova
     assert {
         "model": "gpt:gpt-4o",
         "input_per_1m": 2.5,
         "cached_input_per_1m": None,
         "output_per_1m": 10.0,
+        "tiers": [],
         "image": {"rule": "tile", "base": 85, "per_tile": 170},
+        "image_tokens_exact": True,
+        "rule": "tile: 85 + 170 per 512-px tile",
     } in rows
+    pro = next(r for r in rows if r["model"] == "gemini:gemini-2.5-pro")
+    assert pro["tiers"] == [{"above": 200000, "input_per_1m": 2.5, "output_per_1m": 15.0}]
+    assert pro["image_tokens_exact"] is False
 
 
 def test_prices_table_includes_job_overrides(tmp_path: Path) -> None:
@@ -84,12 +90,28 @@ def test_prices_table_includes_job_overrides(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["prices", "--config", str(job)])
     assert result.exit_code == 0
     lines = result.output.splitlines()
-    assert "cached $/1M" in lines[0]
+    assert lines[0] == "gpt: prices from https://api-tools.memories.ai/api-reference/gpt/gpt-ilm"
+    assert "cached $/1M" in lines[1]
     assert any(
         line.split() == ["gpt:gpt-6", "3", "1.5", "12", "none", "(images", "not", "counted)"]
         for line in lines
     )
     assert any("gpt:gpt-4o " in line and "tile: 85 + 170 per 512-px tile" in line for line in lines)
+    families = [line.split(":")[0] for line in lines if " prices from https://" in line]
+    assert families == ["gpt", "gemini", "qwen", "nova"]
+    pro = lines.index(next(line for line in lines if "gemini:gemini-2.5-pro " in line))
+    assert "(approximate)" in lines[pro]
+    assert lines[pro + 1].split() == [
+        "2.5",
+        "15",
+        "when",
+        "the",
+        "prompt",
+        "is",
+        "over",
+        "200,000",
+        "tokens",
+    ]
 
 
 def test_ingest_samples(tmp_path: Path) -> None:

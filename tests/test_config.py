@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config.flags import FLAG_SETTINGS
+from pipeline.config.loading import load_config
 from pipeline.config.settings import (
-    FLAG_SETTINGS,
     EndpointConfig,
     JobConfig,
     LimitsConfig,
     OutputConfig,
     RequestConfig,
-    load_config,
 )
 from pipeline.errors import UsageError
 from tests.helpers import REPO

@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.config.prices import load_price_table
-from pipeline.cost.tokens import image_tokens, max_image_tokens, prompt_text_tokens
+from pipeline.cost.images import image_tokens, max_image_tokens
+from pipeline.cost.tokens import prompt_text_tokens
 from tests.fakes import ScriptedServer, json_error, serve_in_thread
 from tests.helpers import KEY, SAMPLES
 
@@ -55,6 +56,8 @@ def test_exact_estimate_for_local_images() -> None:
         "output_tokens_max": 6000,
         "cost_expected_usd": usd(image + text, 6000, "2.5", "10"),
         "cost_max_usd": usd(image + text, 6000, "2.5", "10"),
+        "cost_per_1k_usd": usd(image + text, 6000, "2.5", "10") / 6 * 1000,
+        "image_tokens_exact": True,
     }
     assert report["sizes"]["headers"] == 6
     assert report["sizes"]["assumed"] == 0

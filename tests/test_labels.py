@@ -14,7 +14,7 @@ from pipeline.config.labels import (
     load_schema_file,
     sample_value,
 )
-from pipeline.config.settings import load_config
+from pipeline.config.loading import load_config
 from pipeline.errors import UsageError
 
 SCHEMA = {

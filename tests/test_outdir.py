@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.config.identity import fingerprint, job_definition
-from pipeline.config.settings import load_config
+from pipeline.config.loading import load_config
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.output.writer import ShardWriter

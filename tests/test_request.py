@@ -39,7 +39,7 @@ def test_url_body_escapes_the_url(url: str) -> None:
 
 
 def test_only_a_prompt_equal_to_the_slot_marker_is_refused() -> None:
-    marker = "\x00caption:image-url\x00"
+    marker = "\x00caption:image\x00"
     req = RequestConfig(prompt=f"a{marker}b")  # inside a longer string: no clash
     url = "data:image/png;base64,AAAA"
     assert json.loads(BodyTemplate.for_request(req).with_url(url)) == build_payload(req, url)
@@ -48,13 +48,32 @@ def test_only_a_prompt_equal_to_the_slot_marker_is_refused() -> None:
 
 
 def test_the_body_is_shaped_by_the_model_family() -> None:
-    """gpt:, an unprefixed name and any OpenAI-compatible server's model all speak
-    OpenAI's shapes (the other families of memories.ai are issue 22's)."""
+    """gpt:, an unprefixed name and any OpenAI-compatible server's model speak OpenAI's
+    shapes; gemini:, qwen: and nova: each their own (tests/test_providers.py)."""
     from pipeline.http.providers import provider_for
 
-    for model in ("gpt:gpt-4o", "gpt-4o", "llama-3.2-vision"):
+    for model in ("gpt:gpt-4o", "gpt-4o", "llama-3.2-vision", "llava:7b"):
         assert provider_for(model).family == "gpt"
+    for family in ("gemini", "qwen", "nova"):
+        assert provider_for(f"{family}:any").family == family
     req = RequestConfig(model="gpt:gpt-4o")
     assert json.loads(BodyTemplate.for_request(req).with_url("https://x/a.png")) == (
-        provider_for(req.model).payload(req, "https://x/a.png")
+        provider_for(req.model).payload(req, "https://x/a.png", "image/png")
     )
+
+
+@pytest.mark.parametrize("model", ["gemini:gemini-2.0-flash", "qwen:qwen3-vl-flash"])
+@pytest.mark.parametrize("inline", ["data_url", "base64"])
+def test_a_family_body_gets_the_image_and_its_type(model: str, inline: str) -> None:
+    from pipeline.http.providers import provider_for
+
+    req = RequestConfig(model=model, system_prompt="s", inline_images=inline)
+    template = BodyTemplate.for_request(req)
+    encoded = base64.b64encode((SAMPLES / "sunset.jpg").read_bytes())
+    image = encoded.decode()
+    if inline == "data_url":
+        image = "data:image/png;base64," + image
+    expected = provider_for(model).payload(req, image, "image/png")
+    assert json.loads(template.with_data("image/png", encoded)) == expected
+    url = "https://x/a.webp"
+    assert json.loads(template.with_url(url)) == provider_for(model).payload(req, url, "image/webp")

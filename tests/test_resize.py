@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.config.prices import PatchRule, TileRule
-from pipeline.cost.tokens import billed_size, image_tokens
+from pipeline.config.imagerules import PatchRule, TileRule
+from pipeline.cost.images import billed_size, image_tokens
 from pipeline.engine.resize import reduce_image
 from tests.fakes import ScriptedServer
 

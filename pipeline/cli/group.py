@@ -229,7 +229,8 @@ def run(
     "--pilot",
     type=click.IntRange(min=0),
     default=0,
-    help="Send N real requests on a random sample to measure the output length.",
+    help="Send N real requests on a random sample (to the first --model) to measure the "
+    "output length and what the server bills for prompts against this estimate.",
 )
 @click.option(
     "-o",
@@ -254,11 +255,13 @@ def estimate(
     from pipeline.cost.sizes import parse_size
     from pipeline.jobs.dryrun import estimate_sources
 
+    if models and pilot:  # a pilot measures the first --model
+        flags["model"] = models[0]
     config = load_job(config_path, flags)
     if output is not None and config_path is None:
         # The folder's own job, where no flag says otherwise: its answers then tell the
         # expected output length without repeating every flag of the run.
-        from pipeline.config.settings import load_config
+        from pipeline.config.loading import load_config
         from pipeline.jobs.dryrun import folder_job
 
         if (job := folder_job(output)) is not None:

@@ -105,7 +105,7 @@ def _option(flag: Flag, for_estimate: bool) -> Callable[[Command], Command]:
 
 
 def load_job(config_path: Path | None, flags: dict[str, Any]) -> JobConfig:
-    from pipeline.config.settings import load_config
+    from pipeline.config.loading import load_config
 
     overrides = {k: v for k, v in flags.items() if k in FLAG_SETTINGS}
     return load_config(config_path, overrides)

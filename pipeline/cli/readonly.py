@@ -23,9 +23,10 @@ from pipeline.errors import UsageError
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def prices(config_path: Path | None, as_json: bool) -> None:
-    """Print every model's input and output price per 1M tokens."""
-    from pipeline.config.prices import load_price_table
-    from pipeline.config.settings import load_config
+    """Print every model's input and output price per 1M tokens, family by family, with
+    the page each family's prices come from."""
+    from pipeline.config.loading import load_config
+    from pipeline.config.prices import FAMILIES, family_of, load_price_table
 
     table = load_config(config_path).prices if config_path else load_price_table()
     rows = [price_entry_row(p) for p in table.values()]
@@ -33,19 +34,35 @@ def prices(config_path: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     width = max(len(r["model"]) for r in rows)
-    click.echo(
-        f"{'model':<{width}}  {'input $/1M':>10}  {'cached $/1M':>11}  {'output $/1M':>11}  image rule"
-    )
-    for r in rows:
-        cached = "" if r["cached_input_per_1m"] is None else f"{r['cached_input_per_1m']:g}"
+    families = [*FAMILIES, None]  # None: names of no family (custom [prices] tables)
+    for family in families:
+        listed = [r for r in rows if family_of(r["model"]) == family]
+        if not listed:
+            continue
+        page = table.pages.get(family or "", "")
+        click.echo(f"{family or 'other'}:" + (f" prices from {page}" if page else ""))
         click.echo(
-            f"{r['model']:<{width}}  {r['input_per_1m']:>10g}  {cached:>11}  "
-            f"{r['output_per_1m']:>11g}  {describe_rule(r['image'])}"
+            f"  {'model':<{width}}  {'input $/1M':>10}  {'cached $/1M':>11}  "
+            f"{'output $/1M':>11}  image rule"
         )
+        for r in listed:
+            cached = "" if r["cached_input_per_1m"] is None else f"{r['cached_input_per_1m']:g}"
+            click.echo(
+                f"  {r['model']:<{width}}  {r['input_per_1m']:>10g}  {cached:>11}  "
+                f"{r['output_per_1m']:>11g}  {r['rule']}"
+            )
+            for tier in r["tiers"]:
+                click.echo(
+                    f"  {'':<{width}}  {tier['input_per_1m']:>10g}  {'':>11}  "
+                    f"{tier['output_per_1m']:>11g}  when the prompt is over "
+                    f"{tier['above']:,} tokens"
+                )
+        click.echo("")
 
 
 def price_entry_row(price: Any) -> dict[str, Any]:
-    """A price as `caption prices` shows it: per-1M prices and the image rule."""
+    """A price as `caption prices` shows it: per-1M prices, tiers and the image rule."""
+    from pipeline.config.imagerules import describe_rule
     from pipeline.config.prices import price_entry
 
     entry = price_entry(price)
@@ -54,16 +71,11 @@ def price_entry_row(price: Any) -> dict[str, Any]:
         "input_per_1m": price.input_per_1m,
         "cached_input_per_1m": entry.get("cached_input_per_1m"),
         "output_per_1m": price.output_per_1m,
+        "tiers": entry.get("tiers", []),
         "image": entry.get("image"),
+        "image_tokens_exact": price.image.exact if price.image is not None else None,
+        "rule": describe_rule(price.image),
     }
-
-
-def describe_rule(rule: dict[str, Any] | None) -> str:
-    if rule is None:
-        return "none (images not counted)"
-    if rule.get("rule") == "tile":
-        return f"tile: {rule['base']} + {rule['per_tile']} per 512-px tile"
-    return f"patch: 32-px patches x {rule['multiplier']:g}, at most {rule['budget']}"
 
 
 @click.command(short_help="Show what an output folder holds: done, errors, pending, cost.")

@@ -26,6 +26,10 @@ def job_definition(config: JobConfig) -> dict[str, Any]:
     # every image to that size itself), so switching it on keeps the job the same.
     if isinstance(req.resize, int):
         schema["resize"] = req.resize
+    if req.thinking_budget is not None:
+        schema["thinking_budget"] = req.thinking_budget
+    if req.inline_images != "data_url":
+        schema["inline_images"] = req.inline_images
     return {
         "endpoint": config.endpoint.url,
         "model": canonical_model(req.model),  # gpt-4o and gpt:gpt-4o are one model

@@ -16,10 +16,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.imagerules import ImageRule, image_rule_entry, parse_image_rule
 from pipeline.errors import UsageError
 
 DEFAULT_PROVIDER = "gpt"
+# memories.ai's model families, picked by the model name's prefix (`gemini:...`).
+FAMILIES = ("gpt", "gemini", "qwen", "nova")
 _TOKENS_PER_UNIT = 1_000_000
+
+
+def family_of(model: str) -> str | None:
+    """The family a model name's prefix names, or None (no prefix, or not a family)."""
+    prefix = model.strip().split(":", 1)[0]
+    return prefix if prefix in FAMILIES and ":" in model else None
 
 
 def canonical_model(name: str) -> str:
@@ -29,22 +38,12 @@ def canonical_model(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TileRule:
-    """Tile models: base + per_tile * tiles of 512 px after the 2048/768 scaling."""
+class Tier:
+    """The rates of a request whose prompt is over `above` tokens (a tiered price)."""
 
-    base: int
-    per_tile: int
-
-
-@dataclass(frozen=True, slots=True)
-class PatchRule:
-    """Patch models: 32-px patches up to `budget`, times a per-model multiplier."""
-
-    multiplier: float
-    budget: int = 1536
-
-
-ImageRule = TileRule | PatchRule
+    above: int
+    input_per_1m: float
+    output_per_1m: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +53,15 @@ class ModelPrice:
     output_per_1m: float
     image: ImageRule | None = None
     cached_input_per_1m: float | None = None
+    tiers: tuple[Tier, ...] = ()  # ascending `above`; the plain rates apply below them all
+
+
+def rates_for(price: ModelPrice, prompt_tokens: int) -> ModelPrice:
+    """The flat price one request pays: its tier is chosen by its prompt tokens."""
+    for tier in reversed(price.tiers):
+        if prompt_tokens > tier.above:
+            return ModelPrice(price.model, tier.input_per_1m, tier.output_per_1m, price.image)
+    return price
 
 
 def cost_usd(
@@ -64,11 +72,14 @@ def cost_usd(
 ) -> float:
     """USD for one request's usage: exact arithmetic, one rounding to float at the end.
 
-    Cached prompt tokens are a subset of `prompt_tokens`; they cost `cached_input_per_1m`
-    when the table sets it, otherwise the plain input price.
+    A tiered price is charged at the tier of this request's prompt tokens. Cached prompt
+    tokens are a subset of `prompt_tokens`; they cost `cached_input_per_1m` when the table
+    sets it, otherwise the plain input price.
     """
     cached = min(max(cached_tokens, 0), prompt_tokens)
-    input_rate, cached_rate, output_rate, denominator = _integer_rates(price)
+    input_rate, cached_rate, output_rate, denominator = _integer_rates(
+        rates_for(price, prompt_tokens)
+    )
     total = (
         (prompt_tokens - cached) * input_rate
         + cached * cached_rate
@@ -90,16 +101,35 @@ def _integer_rates(price: ModelPrice) -> tuple[int, int, int, int]:
 
 
 class PriceTable(Mapping[str, ModelPrice]):
-    """Models by canonical name; lookups accept names with or without the `gpt:` prefix."""
+    """Models by canonical name; a lookup by a name without its family prefix finds the
+    model in whichever family lists it (`gpt-4o`, `us.amazon.nova-lite-v1:0`). `pages`:
+    each family's price page, where its numbers come from."""
 
-    def __init__(self, prices: Mapping[str, ModelPrice]) -> None:
+    def __init__(
+        self, prices: Mapping[str, ModelPrice], pages: Mapping[str, str] | None = None
+    ) -> None:
         self._prices = {canonical_model(k): v for k, v in prices.items()}
+        self.pages = dict(pages or {})
+
+    def resolve(self, name: str) -> str | None:
+        """The table's own name for `name`, or None if it lists no such model."""
+        key = canonical_model(name)
+        if key in self._prices:
+            return key
+        if family_of(name) is None:
+            for family in FAMILIES:
+                if (prefixed := f"{family}:{name.strip()}") in self._prices:
+                    return prefixed
+        return None
 
     def __getitem__(self, name: str) -> ModelPrice:
-        return self._prices[canonical_model(name)]
+        key = self.resolve(name)
+        if key is None:
+            raise KeyError(name)
+        return self._prices[key]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and canonical_model(name) in self._prices
+        return isinstance(name, str) and self.resolve(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._prices)
@@ -110,7 +140,7 @@ class PriceTable(Mapping[str, ModelPrice]):
     def with_overrides(self, overrides: Mapping[str, ModelPrice]) -> PriceTable:
         merged = dict(self._prices)
         merged.update({canonical_model(k): v for k, v in overrides.items()})
-        return PriceTable(merged)
+        return PriceTable(merged, self.pages)
 
 
 def _number(where: str, key: str, value: Any, *, integer: bool = False) -> float:
@@ -121,30 +151,29 @@ def _number(where: str, key: str, value: Any, *, integer: bool = False) -> float
     return value
 
 
-def _image_rule(where: str, raw: Any) -> ImageRule | None:
+_PRICE_KEYS = {"input_per_1m", "output_per_1m", "cached_input_per_1m", "image", "tiers"}
+
+
+def _tiers(where: str, raw: Any) -> tuple[Tier, ...]:
     if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where} image = {raw!r}: must be a table with a rule")
-    rule = raw.get("rule")
-    if rule == "tile":
-        unknown = set(raw) - {"rule", "base", "per_tile"}
-        if unknown:
-            raise UsageError(f"{where} image: unknown key {sorted(unknown)[0]!r} for rule 'tile'")
-        base = int(_number(where, "image.base", raw.get("base"), integer=True))
-        per_tile = int(_number(where, "image.per_tile", raw.get("per_tile"), integer=True))
-        return TileRule(base=base, per_tile=per_tile)
-    if rule == "patch":
-        unknown = set(raw) - {"rule", "multiplier", "budget"}
-        if unknown:
-            raise UsageError(f"{where} image: unknown key {sorted(unknown)[0]!r} for rule 'patch'")
-        multiplier = _number(where, "image.multiplier", raw.get("multiplier"))
-        budget = int(_number(where, "image.budget", raw.get("budget", 1536), integer=True))
-        return PatchRule(multiplier=float(multiplier), budget=budget)
-    raise UsageError(f"{where} image.rule = {rule!r}: must be 'tile' or 'patch'")
-
-
-_PRICE_KEYS = {"input_per_1m", "output_per_1m", "cached_input_per_1m", "image"}
+        return ()
+    shape = "a list of { above = N, input_per_1m = X, output_per_1m = Y }"
+    if not isinstance(raw, list) or not all(
+        isinstance(t, dict) and set(t) == {"above", "input_per_1m", "output_per_1m"} for t in raw
+    ):
+        raise UsageError(f"{where} tiers = {raw!r}: must be {shape}")
+    tiers = tuple(
+        Tier(
+            above=int(_number(where, "tiers.above", t["above"], integer=True)),
+            input_per_1m=float(_number(where, "tiers.input_per_1m", t["input_per_1m"])),
+            output_per_1m=float(_number(where, "tiers.output_per_1m", t["output_per_1m"])),
+        )
+        for t in raw
+    )
+    aboves = [t.above for t in tiers]
+    if aboves != sorted(set(aboves)):
+        raise UsageError(f"{where} tiers: `above` must rise from one tier to the next")
+    return tiers
 
 
 def parse_price_entries(
@@ -174,7 +203,8 @@ def parse_price_entries(
             cached_input_per_1m=None
             if cached is None
             else float(_number(label, "cached_input_per_1m", cached)),
-            image=_image_rule(label, entry.get("image")),
+            image=parse_image_rule(label, entry.get("image")),
+            tiers=_tiers(label, entry.get("tiers")),
         )
     return out
 
@@ -187,18 +217,13 @@ def price_entry(price: ModelPrice) -> dict[str, Any]:
     }
     if price.cached_input_per_1m is not None:
         entry["cached_input_per_1m"] = price.cached_input_per_1m
-    if isinstance(price.image, TileRule):
-        entry["image"] = {
-            "rule": "tile",
-            "base": price.image.base,
-            "per_tile": price.image.per_tile,
-        }
-    elif isinstance(price.image, PatchRule):
-        entry["image"] = {
-            "rule": "patch",
-            "multiplier": price.image.multiplier,
-            "budget": price.image.budget,
-        }
+    if price.image is not None:
+        entry["image"] = image_rule_entry(price.image)
+    if price.tiers:
+        entry["tiers"] = [
+            {"above": t.above, "input_per_1m": t.input_per_1m, "output_per_1m": t.output_per_1m}
+            for t in price.tiers
+        ]
     return entry
 
 
@@ -222,4 +247,7 @@ def load_price_table(path: Path | None = None) -> PriceTable:
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
         raise UsageError(f'price table {path}: no [models."..."] tables')
-    return PriceTable(parse_price_entries(models, str(path)))
+    pages = raw.get("pages", {})
+    if not isinstance(pages, dict) or not all(isinstance(v, str) for v in pages.values()):
+        raise UsageError(f"price table {path}: [pages] must map a family to its page's URL")
+    return PriceTable(parse_price_entries(models, str(path)), pages)

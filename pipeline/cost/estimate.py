@@ -11,17 +11,17 @@ case, so an estimate without sizes is an upper bound, never an undercount.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from pipeline.config.prices import ModelPrice, cost_usd
+from pipeline.config.prices import ModelPrice
 from pipeline.config.settings import JobConfig
+from pipeline.cost.permodel import ImageTokens, ModelEstimate, model_estimate
 from pipeline.cost.sizes import HeaderReader, Uploads, column_ints, probe_sizes
-from pipeline.cost.tokens import image_tokens_array, max_image_tokens, prompt_text_tokens
+from pipeline.cost.tokens import prompt_text_tokens
 from pipeline.errors import UsageError
 from pipeline.http.request import worst_case_completion_tokens
 from pipeline.records import MANIFEST_SOURCE
@@ -42,22 +42,6 @@ class SizeCounts:
     @property
     def measured(self) -> int:
         return self.headers + self.columns + self.probed
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEstimate:
-    model: str
-    images: int
-    image_tokens: int
-    text_tokens: int
-    input_tokens: int
-    output_tokens_expected: int
-    output_tokens_max: int
-    input_cost_usd: float
-    output_cost_expected_usd: float
-    output_cost_max_usd: float
-    cost_expected_usd: float
-    cost_max_usd: float
 
 
 @dataclass(slots=True)
@@ -95,8 +79,10 @@ class Estimate:
                         "output_tokens_max",
                         "cost_expected_usd",
                         "cost_max_usd",
+                        "image_tokens_exact",
                     )
                 }
+                | {"cost_per_1k_usd": m.cost_per_1k_usd}
                 for m in self.models
             ],
             "skipped": self.skipped,
@@ -158,10 +144,11 @@ class Estimate:
             "out $ max",
             "total $ exp",
             "total $ max",
+            "$/1k img",
         )
         rows = [
             (
-                m.model,
+                m.model + ("" if m.image_tokens_exact else " ~"),
                 f"{m.images:,}",
                 f"{m.image_tokens:,}",
                 f"{m.text_tokens:,}",
@@ -170,6 +157,7 @@ class Estimate:
                 f"{m.output_cost_max_usd:.4f}",
                 f"{m.cost_expected_usd:.4f}",
                 f"{m.cost_max_usd:.4f}",
+                f"{m.cost_per_1k_usd:.4f}",
             )
             for m in self.models
         ]
@@ -193,25 +181,6 @@ class Estimate:
 # Sizes
 
 
-@dataclass(slots=True)
-class _Accumulator:
-    """Per-model image-token sums, fed batch by batch: memory stays flat in the row count."""
-
-    prices: list[ModelPrice]
-    detail: str | None
-    image_tokens: list[int]
-    worst_case_images: int = 0
-
-    def add_sizes(self, widths: list[int], heights: list[int]) -> None:
-        if not widths:
-            return
-        w, h = np.asarray(widths, dtype=np.int64), np.asarray(heights, dtype=np.int64)
-        for i, price in enumerate(self.prices):
-            if price.image is not None:  # a custom model without a rule: text only
-                rule = price.image
-                self.image_tokens[i] += int(image_tokens_array(rule, w, h, self.detail).sum())
-
-
 def estimate(
     batches: Iterable[pa.RecordBatch],
     config: JobConfig,
@@ -220,15 +189,19 @@ def estimate(
     assume_size: tuple[int, int] | None = None,
     probe_urls: bool = False,
     expected_output: tuple[float, str] | None = None,
+    prompt_ratios: Mapping[str, float] | None = None,
 ) -> Estimate:
     """Estimate `batches` of manifest rows (columns id, source, optional width/height).
 
     `expected_output` is (completion tokens per image, where that figure comes from); by
-    default the worst case.
+    default the worst case. `prompt_ratios`: per model, what the server billed over what
+    this estimate counted for the same prompts (a pilot's measure); those models' prompt
+    tokens are scaled by it.
     """
     prices = _prices(config, models)
     req = config.request
-    acc = _Accumulator(prices=prices, detail=req.detail, image_tokens=[0] * len(prices))
+    text = prompt_text_tokens(req.system_prompt, req.prompt, req.json_schema)
+    acc = ImageTokens(prices=prices, detail=req.detail, text_tokens=text)
     sizes = SizeCounts()
     skipped: list[dict[str, str]] = []
     skipped_count = 0
@@ -277,7 +250,7 @@ def estimate(
     finally:
         headers.close()
     images = sizes.measured + sizes.assumed
-    text = prompt_text_tokens(req.system_prompt, req.prompt, req.json_schema)
+    acc.add_worst_cases()
     expected, basis = expected_output or (
         float(worst_case_completion_tokens(req)),
         "worst case: n x max_tokens (no pilot and no earlier output)",
@@ -285,24 +258,25 @@ def estimate(
     results = []
     notes = []
     for i, price in enumerate(prices):
-        worst_images = 0
         if price.image is None:
             notes.append(
                 f"{price.model}: the price table has no image rule for it, so its image "
                 "tokens are not counted (text only); add image = { rule = ... } to its "
                 "[prices] entry to count them"
             )
-        else:
-            worst_images = acc.worst_case_images * max_image_tokens(price.image, req.detail)
-        results.append(
-            _model_estimate(
-                price,
-                images,
-                acc.image_tokens[i] + worst_images,
-                text,
-                expected,
-                worst_case_completion_tokens(req),
+        ratio = (prompt_ratios or {}).get(price.model, 1.0)
+        if ratio != 1.0:
+            notes.append(
+                f"{price.model}: prompt tokens scaled by {ratio:.3f}, what the server billed "
+                "over this estimate's count in the pilot"
             )
+        worst = worst_case_completion_tokens(req)
+        results.append(model_estimate(price, acc.by_tier[i], text, expected, worst, ratio))
+    if any(not m.image_tokens_exact for m in results):
+        notes.append(
+            "~ image tokens by the provider's published rule, which is not exact for the "
+            "models marked so: a run corrects its budget by the billed-to-estimated ratio "
+            "of its first answers; --pilot N measures that ratio before the run"
         )
     assumed = f"{assume_size[0]}x{assume_size[1]}" if assume_size else "each model's worst case"
     return Estimate(
@@ -321,7 +295,7 @@ def estimate(
 
 
 def _assume(
-    acc: _Accumulator,
+    acc: ImageTokens,
     sizes: SizeCounts,
     assume_size: tuple[int, int] | None,
     widths: list[int],
@@ -346,31 +320,3 @@ def _prices(config: JobConfig, models: list[str]) -> list[ModelPrice]:
 
 # ---------------------------------------------------------------------------------------
 # From sources (or a manifest, or an output folder) to an estimate
-
-
-def _model_estimate(
-    price: ModelPrice,
-    images: int,
-    image_tokens: int,
-    text_per_image: int,
-    expected_per_image: float,
-    max_per_image: int,
-) -> ModelEstimate:
-    text = text_per_image * images
-    prompt = image_tokens + text
-    out_expected = round(expected_per_image * images)
-    out_max = max_per_image * images
-    return ModelEstimate(
-        model=price.model,
-        images=images,
-        image_tokens=image_tokens,
-        text_tokens=text,
-        input_tokens=prompt,
-        output_tokens_expected=out_expected,
-        output_tokens_max=out_max,
-        input_cost_usd=cost_usd(price, prompt, 0),
-        output_cost_expected_usd=cost_usd(price, 0, out_expected),
-        output_cost_max_usd=cost_usd(price, 0, out_max),
-        cost_expected_usd=cost_usd(price, prompt, out_expected),
-        cost_max_usd=cost_usd(price, prompt, out_max),
-    )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.config.prices import ImageRule
-from pipeline.cost.tokens import billed_size
+from pipeline.config.imagerules import ImageRule
+from pipeline.cost.images import billed_size
 from pipeline.errors import RequestRejected, UsageError
 from pipeline.http.fetch import FetchRules, fetch_many
 from pipeline.io.storage import is_remote, read_many

@@ -22,8 +22,12 @@ class BudgetReached(Stopping):
 
 
 class Budget:
-    def __init__(self, cap_usd: float | None, spent_usd: float = 0.0) -> None:
+    def __init__(
+        self, cap_usd: float | None, spent_usd: float = 0.0, *, measure: bool = False
+    ) -> None:
         self.cap_usd = cap_usd
+        # Count every row's prompt even without a cap: a pilot measures the ratio.
+        self.measure = measure or cap_usd is not None
         self.spent_usd = spent_usd
         self.refused_usd = 0.0  # the reservation that did not fit, for the stop message
         self.refused_in_flight_usd = 0.0  # what rows in flight held when it did not fit
@@ -43,6 +47,12 @@ class Budget:
         """Billed over estimated prompt tokens so far, never below 1: the server billed
         more than the estimate in a real run, and the cap must hold all the same."""
         return max(1.0, self._billed / self._estimated) if self._estimated else 1.0
+
+    @property
+    def learned_ratio(self) -> float | None:
+        """Billed over estimated prompt tokens as measured (None before any answer): what
+        an estimate scales its prompt tokens by after a pilot."""
+        return self._billed / self._estimated if self._estimated else None
 
     @property
     def reserved_usd(self) -> float:

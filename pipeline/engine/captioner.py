@@ -17,7 +17,8 @@ import aiohttp
 from pipeline.config.labels import Labels
 from pipeline.config.prices import ModelPrice, cost_usd
 from pipeline.config.settings import JobConfig
-from pipeline.cost.tokens import estimated_usage, image_tokens, max_image_tokens, prompt_text_tokens
+from pipeline.cost.images import image_tokens, max_image_tokens
+from pipeline.cost.tokens import estimated_usage, prompt_text_tokens
 from pipeline.engine.budget import Budget, Stopping
 from pipeline.engine.prepare import Prepared, Preparer, error_row, now_ms
 from pipeline.engine.retries import RetryPolicy, Tries, WaitingRows
@@ -83,7 +84,7 @@ class Captioner:
 
     @property
     def needs_estimates(self) -> bool:
-        return self.config.limits.tpm is not None or self.budget.cap_usd is not None
+        return self.config.limits.tpm is not None or self.budget.measure
 
     def prompt_tokens_estimate(self, width: int | None, height: int | None) -> int:
         rule = self.price.image

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 
-from pipeline.config.prices import ImageRule
+from pipeline.config.imagerules import ImageRule
 from pipeline.config.settings import JobConfig
-from pipeline.cost.tokens import billed_size, image_tokens
+from pipeline.cost.images import billed_size, image_tokens
 from pipeline.engine.resize import Reduced, reduce_image
 from pipeline.errors import ApiError, RequestRejected
 from pipeline.http.fetch import FetchRules, fetch_many

@@ -3,7 +3,7 @@
 A vision model scales every image down before it looks at it (gpt-4o at detail high:
 into 2048x2048, then the short side to 768), so a 12 MP photo is billed as a
 1024x768 one, and uploading the rest is bandwidth for nothing. With `resize = "model"`
-the worker computes that size with the estimate's own rule (`tokens.billed_size`) and
+the worker computes that size with the estimate's own rule (`images.billed_size`) and
 this module produces it: decoded (JPEG in draft mode, which lets libjpeg scale by 1/2,
 1/4 or 1/8 while decoding), resampled with Lanczos, turned upright by its EXIF
 orientation, and encoded as JPEG at quality 90, or PNG where there is alpha.

@@ -6,44 +6,77 @@ sends it; `estimate` counts what it would send.
 from __future__ import annotations
 
 import json
+import mimetypes
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from pipeline.config.settings import RequestConfig
 from pipeline.errors import UsageError
 from pipeline.http.providers import provider_for
 
-# Stands where the image URL goes while the job's body is serialised once.
-_SLOT = "\x00caption:image-url\x00"
+# Stand where the image (its URL, data URL or base64) and its MIME type go while the
+# job's body is serialised once.
+_IMAGE = "\x00caption:image\x00"
+_MIME = "\x00caption:mime\x00"
 
 
 @dataclass(frozen=True, slots=True)
 class BodyTemplate:
-    """The job's request body as JSON bytes, serialised once, with a slot for the image.
+    """The job's request body as JSON bytes, serialised once, with slots for the image and
+    its MIME type (a family may name the type beside the image: gemini's `mime_type`).
 
-    Every request differs only in its image URL. A local image's data URL is base64, whose
-    alphabet needs no escaping in JSON, so its bytes are spliced in as they are: a photo
-    never goes through json.dumps, nor is copied whole for it.
+    Every request differs only in its image. A local image's base64, whose alphabet needs
+    no escaping in JSON, is spliced in as it is: a photo never goes through json.dumps,
+    nor is copied whole for it.
     """
 
-    before: bytes
-    after: bytes
+    pieces: tuple[bytes | str, ...]  # JSON bytes, and the slot names between them
+    inline: str  # "data_url" or "base64": how a local image is written into its slot
 
     @classmethod
     def for_request(cls, req: RequestConfig) -> BodyTemplate:
-        payload = provider_for(req.model).payload(req, _SLOT)
-        parts = json.dumps(payload).split(json.dumps(_SLOT))
-        if len(parts) != 2:
-            raise UsageError(f"[request] a prompt may not be {_SLOT!r}: it marks the image")
-        before, after = parts
-        return cls(before=f'{before}"'.encode(), after=f'"{after}'.encode())
+        text = json.dumps(provider_for(req.model).payload(req, _IMAGE, _MIME))
+        if text.count(json.dumps(_IMAGE)) != 1:
+            raise UsageError(f"[request] a prompt may not hold {_IMAGE!r}: it marks the image")
+        pieces: list[bytes | str] = []
+        for i, chunk in enumerate(text.split(json.dumps(_IMAGE))):
+            for j, part in enumerate(chunk.split(json.dumps(_MIME))):
+                if j:
+                    pieces.append("mime")
+                pieces.append(part.encode())
+            if i == 0:
+                pieces.append("image")
+        return cls(pieces=tuple(pieces), inline=req.inline_images)
+
+    def _join(self, image: list[bytes], mime: str) -> bytes:
+        quoted = json.dumps(mime).encode()
+        out: list[bytes] = []
+        for piece in self.pieces:
+            if piece == "image":
+                out.extend((b'"', *image, b'"'))
+            elif piece == "mime":
+                out.append(quoted)
+            else:
+                assert isinstance(piece, bytes)
+                out.append(piece)
+        return b"".join(out)
 
     def with_url(self, url: str) -> bytes:
         """The body for an image the endpoint fetches itself."""
-        return b"".join((self.before, json.dumps(url)[1:-1].encode(), self.after))
+        return self._join([json.dumps(url)[1:-1].encode()], mime_of_url(url))
 
     def with_data(self, mime: str, encoded: bytes) -> bytes:
-        """The body for a local image: `encoded` is its base64, sent as a data URL."""
-        return b"".join((self.before, b"data:", mime.encode(), b";base64,", encoded, self.after))
+        """The body for a local image: `encoded` is its base64, sent as a data URL (or as
+        bare base64, if `[request] inline_images` says so)."""
+        if self.inline == "base64":
+            return self._join([encoded], mime)
+        return self._join([b"data:", mime.encode(), b";base64,", encoded], mime)
+
+
+def mime_of_url(url: str) -> str:
+    """An image URL's type, by its name: JPEG when the name does not say."""
+    guessed, _ = mimetypes.guess_type(urlparse(url).path)
+    return guessed if guessed and guessed.startswith("image/") else "image/jpeg"
 
 
 def worst_case_completion_tokens(req: RequestConfig) -> int:

@@ -144,12 +144,20 @@ def estimate_sources(
         assume_size=assume_size,
         probe_urls=probe_urls,
         expected_output=pilot_expected or observed,
+        prompt_ratios=_learned(pilot_report),
     )
     result.pilot = pilot_report
     result.duplicates = counts.duplicates
     result.found = found[0]
     result.notes.extend(notes)
     return result
+
+
+def _learned(pilot: dict[str, Any] | None) -> dict[str, float]:
+    """The pilot model's billed-to-estimated prompt ratio, for the estimate to scale by."""
+    if not pilot or not pilot.get("prompt_tokens_ratio"):
+        return {}
+    return {pilot["model"]: pilot["prompt_tokens_ratio"]}
 
 
 def _run_pilot(
@@ -174,7 +182,7 @@ def _run_pilot(
         )
         if outcome.exit_code not in EXIT_PILOT_OK:
             raise UsageError(f"the pilot stopped: {outcome.message or outcome.summary}")
-        tally = outcome.tally
+        tally, ratio = outcome.tally, outcome.prompt_ratio
     else:
         rows = sample_rows(
             (
@@ -184,7 +192,7 @@ def _run_pilot(
             ),
             n,
         )
-        tally = run_pilot(config, rows)
+        tally, ratio = run_pilot(config, rows)
     mean = tally.completion_tokens / tally.ok if tally.ok else None
     report = {
         "model": config.request.model,
@@ -192,6 +200,7 @@ def _run_pilot(
         "ok": tally.ok,
         "completion_tokens_mean": mean or 0.0,
         "prompt_tokens": tally.prompt_tokens,
+        "prompt_tokens_ratio": ratio,  # billed over estimated
         "cost_usd": tally.cost_usd,
         "written_to": str(output) if output is not None else None,
     }

@@ -24,17 +24,21 @@ class _Discard:
         pass
 
 
-async def _pilot(config: JobConfig, key: str, rows: list[ManifestRow]) -> Tally:
+async def _pilot(
+    config: JobConfig, key: str, rows: list[ManifestRow]
+) -> tuple[Tally, float | None]:
     stop = StopReason()
-    async with open_captioner(config, key, asyncio.Event(), Budget(None)) as captioner:
+    budget = Budget(None, measure=True)  # no cap: it measures the billed-to-estimated ratio
+    async with open_captioner(config, key, asyncio.Event(), budget) as captioner:
         tally = await caption_rows(
             rows, captioner, _Discard(), workers=config.limits.concurrency, stop=stop
         )
     if stop.kind == "fatal":
         raise FatalApiError(stop.message)
-    return tally
+    return tally, budget.learned_ratio
 
 
-def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> Tally:
-    """Send real requests for `rows` (a sample) and measure them; nothing is written."""
+def run_pilot(config: JobConfig, rows: list[ManifestRow]) -> tuple[Tally, float | None]:
+    """Send real requests for `rows` (a sample) and measure them, nothing written: the
+    tally, and the billed-to-estimated ratio of their prompt tokens."""
     return asyncio.run(_pilot(config, read_api_key(config), rows))

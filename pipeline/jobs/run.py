@@ -59,6 +59,7 @@ class RunOutcome:
     message: str | None = None  # one line for stderr when the run stopped early
     tally: Tally = field(default_factory=Tally)
     stopped: str = ""  # why the run stopped early: fatal, budget, interrupted, storage
+    prompt_ratio: float | None = None  # billed over estimated prompt tokens, as measured
 
 
 def _prepare_manifest(
@@ -225,7 +226,7 @@ def _run_locked(
     meta["price"] = price_entry(config.prices[config.request.model])
     out.write_run_json(meta)
 
-    budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd)
+    budget = Budget(config.limits.max_cost_usd, spent_usd=done.cost_usd, measure=sample > 0)
     run_started = utc_now()
     executed = Executed()
     if total:
@@ -260,4 +261,4 @@ def _run_locked(
         tally, Counted(total, retried, already, remaining), final, wall, ingest, config, out.label
     )
     message = stop_message(stop, out.label, remaining, budget, unsaved, config)
-    return RunOutcome(exit_code, summary, message, tally, stop.kind)
+    return RunOutcome(exit_code, summary, message, tally, stop.kind, budget.learned_ratio)

@@ -117,7 +117,8 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
     import pyarrow.compute as pc
 
     from pipeline.config.prices import cost_usd, parse_price_entries
-    from pipeline.cost.tokens import image_tokens_array, prompt_text_tokens
+    from pipeline.cost.images import image_tokens_array
+    from pipeline.cost.tokens import prompt_text_tokens
 
     job = meta.get("job") or {}
     model, entry = job.get("model"), meta.get("price")

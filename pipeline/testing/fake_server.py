@@ -26,27 +26,33 @@ from aiohttp import web
 
 from pipeline.config.labels import sample_value
 from pipeline.config.prices import PriceTable, load_price_table
+from pipeline.cost.images import image_tokens
 from pipeline.cost.tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_REPLY_PRIMING,
-    image_tokens,
     o200k,
     schema_tokens,
     text_tokens,
 )
 from pipeline.sources.images import header_size
+from pipeline.testing.fake_families import (
+    BadRequest,
+    family,
+    message_parts,
+    requested_format,
+    shaped,
+)
 
 log = logging.getLogger(__name__)
 
 ASSUMED_URL_SIZE = (1024, 1024)  # the fake does not download URLs
 
 
-class BadRequest(Exception):
-    pass
-
-
 def image_digest(url: str) -> tuple[str, tuple[int, int]]:
-    """(sha256 of the image bytes or of the URL, pixel size) for an image_url value."""
+    """(sha256 of the image bytes or of the URL, pixel size) for an image's value: a data
+    URL, bare base64 (gemini: and qwen: may send that), or a URL the fake does not fetch."""
+    if not url.startswith(("data:", "http://", "https://")):
+        url = "data:base64," + url
     if url.startswith("data:"):
         try:
             header, encoded = url.split(",", 1)
@@ -75,38 +81,17 @@ def _content(response_format: Any, schema: dict[str, Any], digest: str, index: i
     return caption_for(digest, index)
 
 
-def _message_parts(body: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty array")
-    texts: list[str] = []
-    images: list[dict[str, Any]] = []
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m:
-            raise BadRequest("each message needs a role")
-        texts.append(m["role"])
-        content = m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            for part in content:
-                if part.get("type") == "text":
-                    texts.append(part.get("text", ""))
-                elif part.get("type") == "image_url":
-                    images.append(part.get("image_url") or {})
-        else:
-            raise BadRequest("message content must be a string or an array")
-    return texts, images
-
-
 def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
     """The fake's answer to a parsed request body (raises BadRequest for a bad one)."""
     model = body.get("model")
     if not isinstance(model, str) or model not in prices:
         raise BadRequest(f"unknown model {model!r}")
-    texts, images = _message_parts(body)
+    fam = family(model)
+    if fam != "gpt" and body.get("stream"):
+        raise BadRequest(f"stream is not served for {fam}: models")
+    texts, images = message_parts(fam, body)
     if not images:
-        raise BadRequest("no image_url part")
+        raise BadRequest("no image part")
     n = body.get("n", 1)
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 1000
     price = prices[model]
@@ -118,7 +103,7 @@ def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
         digests.append(digest)
         if price.image is not None:
             prompt += image_tokens(price.image, w, h, image.get("detail"))
-    response_format = body.get("response_format") or {}
+    response_format = requested_format(fam, body, texts)
     schema = (response_format.get("json_schema") or {}) if isinstance(response_format, dict) else {}
     prompt += schema_tokens(schema or None)
     choices = []
@@ -143,22 +128,25 @@ def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
                 "finish_reason": finish,
             }
         )
-    return {
-        "id": f"chatcmpl-fake-{digests[0][:16]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model.split(":", 1)[-1],
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    return shaped(
+        fam,
+        {
+            "id": f"chatcmpl-fake-{digests[0][:16]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model.split(":", 1)[-1],
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
         },
-        "service_tier": "default",
-        "system_fingerprint": "fp_fake",
-    }
+    )
 
 
 def stream_events(answer: dict[str, Any]) -> list[bytes]:

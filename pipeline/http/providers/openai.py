@@ -16,7 +16,7 @@ _OPTIONAL = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "s
 class OpenAIShapes:
     family = "gpt"
 
-    def payload(self, req: RequestConfig, image_url: str) -> dict[str, Any]:
+    def payload(self, req: RequestConfig, image_url: str, mime_type: str) -> dict[str, Any]:
         return build_payload(req, image_url)
 
     def completion(self, body: Any, status: int, endpoint: Redacts) -> Completion:
