@@ -206,3 +206,23 @@ def test_held_rows_are_written_when_the_verdict_finds_the_job_not_wrong() -> Non
     assert b.release() == []  # no proof yet
     assert b.verdict() is None
     assert [r.id for r in b.release(final=True)] == ["r1"]
+
+
+@pytest.mark.parametrize(("here", "there"), [("/iu/", "/ilm/"), ("/ilm/", "/iu/")])
+def test_a_404_on_memories_ai_names_the_other_spelling_of_the_path(here: str, there: str) -> None:
+    url = f"https://mavi-backend.memories.ai/serve/api/v2{here}chat/completions"
+    b = CircuitBreaker(url, clock=Clock())
+    missing = RequestRejected("HTTP 404: not found", http_status=404)
+    missing.job_level = "HTTP 404"
+    for _ in range(TRIP_AFTER - 1):
+        b.failure(missing)
+    with pytest.raises(FatalApiError) as info:
+        b.failure(missing)
+    assert f"both {here} and {there}" in info.value.message
+    assert url.replace(here, there) in info.value.message
+    other = CircuitBreaker("http://127.0.0.1:9/v1/chat/completions", clock=Clock())
+    for _ in range(TRIP_AFTER - 1):
+        other.failure(missing)
+    with pytest.raises(FatalApiError) as info:
+        other.failure(missing)
+    assert "spell this path" not in info.value.message

@@ -90,9 +90,25 @@ class CircuitBreaker:
     def _verdict(self) -> FatalApiError:
         last = self._last
         said = last.message if last is not None else self._kind
+        status = last.http_status if last is not None else None
         return FatalApiError(
             f"every request failed the same way and none succeeded ({self._count} in a row): "
-            f"{said}; the endpoint is {self.url}; check [endpoint] url and [request] model. "
-            "No row was marked failed",
-            http_status=last.http_status if last is not None else None,
+            f"{said}; the endpoint is {self.url}; check [endpoint] url and [request] model"
+            f"{path_hint(self.url, status)}. No row was marked failed",
+            http_status=status,
         )
+
+
+def path_hint(url: str, status: int | None) -> str:
+    """memories.ai's pages spell the image endpoint's path two ways: the prose and the
+    URL it gives say `/iu/`, the curl samples `/ilm/`. When one is not found, say so."""
+    if status != 404 or "memories.ai" not in url:
+        return ""
+    for here, there in (("/iu/", "/ilm/"), ("/ilm/", "/iu/")):
+        if here in url:
+            return (
+                f" (memories.ai's pages spell this path both {here} and {there}; if the "
+                f"server does not know this one, try [endpoint] url = "
+                f"{url.replace(here, there, 1)!r})"
+            )
+    return ""

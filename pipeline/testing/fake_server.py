@@ -1,9 +1,10 @@
-"""A fake OpenAI-compatible chat-completions endpoint, for trying jobs without a key.
+"""A fake of memories.ai's chat-completions endpoint, for trying jobs without a key.
 
 It answers every image with a deterministic caption (a hash of the image's bytes, or of its
-URL), or JSON that fits the requested `response_format`, cut off at `max_tokens` as a real
-server does (`finish_reason` `length`), and a realistic usage block: text tokens counted with o200k_base and image tokens by
-the model's published rule. It can add latency and a rate of injected failures (500s and
+URL), or JSON that fits the requested format, cut off at `max_tokens` as a real server
+does (`finish_reason` `length`), and a realistic usage block: text tokens counted with
+o200k_base and image tokens by the model's published rule. Each model family's request
+and answer are in that family's documented shape (`fake_families.py`). It can add latency and a rate of injected failures (500s and
 429s with Retry-After). `caption fake-endpoint` serves it; `--endpoint fake` runs it in
 process; the tests build scripted servers on `completion_for`.
 """
