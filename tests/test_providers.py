@@ -285,3 +285,16 @@ def test_a_name_in_no_table_suggests_one_across_families() -> None:
         load_config(None, {"model": "qwen:qwen3-vl-flsh"})
     with pytest.raises(UsageError, match=r"did you mean 'gemini:gemini-2\.0-flash-lite'"):
         load_config(None, {"model": "gemini-2.0-flash-lit"})
+
+
+@pytest.mark.parametrize("family", ["gemini", "qwen", "nova"])
+def test_the_bundled_fake_speaks_every_family_without_a_key(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEMORIES_API_KEY", raising=False)
+    out = tmp_path / "out"
+    result = run(str(SAMPLES), "-o", str(out), "--endpoint", "fake", "--model", MODELS[family])
+    assert result.exit_code == EXIT_OK, result.output
+    rows = results(out)
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    assert {r["model"] for r in rows} == {MODELS[family].split(":", 1)[1]}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from pipeline.config.labels import Labels
-from pipeline.config.prices import ModelPrice, cost_usd
+from pipeline.config.prices import ModelPrice, cost_usd, rates_for
 from pipeline.config.settings import JobConfig
 from pipeline.cost.images import image_tokens, max_image_tokens
 from pipeline.cost.tokens import estimated_usage, prompt_text_tokens
@@ -96,13 +96,19 @@ class Captioner:
         return self.text_tokens + max_image_tokens(rule, detail)
 
     @functools.cached_property
+    def reserved_rates(self) -> ModelPrice:
+        """The rates a row is reserved at: a tiered price's tier for this job's largest
+        prompt (its text and the most tokens any image can cost), so no row costs more."""
+        return rates_for(self.price, self.prompt_tokens_estimate(None, None))
+
+    @functools.cached_property
     def worst_completion_usd(self) -> float:
         """`n * max_tokens` of completion at the model's price."""
-        return cost_usd(self.price, 0, self.max_completion)
+        return cost_usd(self.reserved_rates, 0, self.max_completion)
 
     @functools.cached_property
     def usd_per_prompt_token(self) -> float:
-        return cost_usd(self.price, 1_000_000, 0) / 1_000_000
+        return cost_usd(self.reserved_rates, 1_000_000, 0) / 1_000_000
 
     # -- one row ----------------------------------------------------------------------
 
