@@ -44,7 +44,7 @@ def test_a_bucket_prefix_into_a_bucket_folder_resumes_from_the_bucket_alone(
     assert server.count() == 6
     keys = keys_under(bucket, "out")
     assert [k for k in keys if not k.startswith("out/.lock/")] == [
-        "out/.caption/manifest.parquet",
+        "out/.caption/manifest.pq",
         "out/.caption/run.json",
         "out/part-00000.parquet",
     ]  # no journal
@@ -83,6 +83,31 @@ def test_a_bucket_prefix_into_a_bucket_folder_resumes_from_the_bucket_alone(
     assert estimate["expected_basis"] == f"mean of 6 rows already answered in {out}"
 
 
+def test_a_bucket_folder_of_the_previous_layout_loses_its_parquet_named_manifest(
+    bucket: str, server: ScriptedServer, tmp_path: Path
+) -> None:
+    """The previous version kept `.caption/manifest.parquet`, which `**/*.parquet` globs
+    read as results: on the next run the bucket holds it as `manifest.pq` only."""
+    put_folder(bucket, "imgs", SAMPLES)
+    out = f"s3://{bucket}/out"
+    assert run_cli(f"s3://{bucket}/imgs", "-o", out, "--endpoint", server.url)[0] == 0
+    s3 = client()
+    s3.copy_object(
+        Bucket=bucket,
+        Key="out/.caption/manifest.parquet",
+        CopySource={"Bucket": bucket, "Key": "out/.caption/manifest.pq"},
+    )
+    s3.delete_object(Bucket=bucket, Key="out/.caption/manifest.pq")
+    shutil.rmtree(tmp_path / "cache")  # another machine: the bucket as the old version left it
+    code, output = run_cli(f"s3://{bucket}/imgs", "-o", out, "--endpoint", server.url)
+    assert code == 0, output
+    assert server.count() == 6  # nothing sent again
+    assert [k for k in keys_under(bucket, "out/.caption")] == [
+        "out/.caption/manifest.pq",
+        "out/.caption/run.json",
+    ]
+
+
 def test_a_list_file_in_a_bucket_and_globs(
     bucket: str, server: ScriptedServer, tmp_path: Path
 ) -> None:
@@ -92,7 +117,7 @@ def test_a_list_file_in_a_bucket_and_globs(
     out = tmp_path / "out"
     code, output = run_cli(f"s3://{bucket}/imgs/list.csv", "-o", str(out), "--endpoint", server.url)
     assert code == 0, output
-    manifest = pq.read_table(out / ".caption/manifest.parquet").to_pylist()
+    manifest = pq.read_table(out / ".caption/manifest.pq").to_pylist()
     assert [(r["source"], r["label"]) for r in manifest] == [
         (f"s3://{bucket}/imgs/sunset.jpg", "sky"),
         (f"s3://{bucket}/imgs/nested/panorama.png", "wide"),

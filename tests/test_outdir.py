@@ -104,6 +104,12 @@ def test_reading_the_folder_gives_the_results_and_nothing_else(
         sorted(r[0] for r in duckdb.sql(f"select id from read_parquet('{glob}')").fetchall()) == ids
     )
     assert sorted(pl.read_parquet(glob)["id"].to_list()) == ids
+    # `**` descends into hidden folders too: no file there may end in .parquet
+    deep = str(out / "**" / "*.parquet")
+    assert (
+        sorted(r[0] for r in duckdb.sql(f"select id from read_parquet('{deep}')").fetchall()) == ids
+    )
+    assert sorted(pl.read_parquet(deep)["id"].to_list()) == ids
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "part-00000.parquet",
         "part-00001.parquet",
@@ -116,24 +122,31 @@ def test_a_folder_of_the_older_layout_is_read_and_moved(
     out = tmp_path / "out"
     run = ["run", str(SAMPLES), "-o", str(out), "--endpoint", server.url, "--quiet"]
     assert CliRunner().invoke(cli, run).exit_code == 0
-    (out / ".caption/manifest.parquet").rename(out / "manifest.parquet")
+    (out / ".caption/manifest.pq").rename(out / "manifest.parquet")
     (out / ".caption/run.json").rename(out / "run.json")
     status = CliRunner().invoke(cli, ["status", str(out)])
     assert status.exit_code == 0, status.output
     assert "done         6 (6 ok, 0 errors)" in status.output
     assert CliRunner().invoke(cli, run).exit_code == 0
     assert server.count() == 6  # resumed: nothing sent again
-    assert (out / ".caption/manifest.parquet").exists()
+    assert (out / ".caption/manifest.pq").exists()
     assert (out / ".caption/run.json").exists()
     assert not (out / "manifest.parquet").exists()
     assert not (out / "run.json").exists()
     # A nightly command that names the folder's manifest by its old name still works.
-    (out / ".caption/manifest.parquet").rename(out / "manifest.parquet")
+    (out / ".caption/manifest.pq").rename(out / "manifest.parquet")
     (out / ".caption/run.json").rename(out / "run.json")
     legacy = ["run", str(out / "manifest.parquet"), "-o", str(out), "--endpoint", server.url]
     result = CliRunner().invoke(cli, [*legacy, "--quiet"])
     assert result.exit_code == 0, result.output
     assert server.count() == 6
+    # The previous version kept it as .caption/manifest.parquet, which `**/*.parquet`
+    # globs read as results: the next run renames it.
+    (out / ".caption/manifest.pq").rename(out / ".caption/manifest.parquet")
+    assert CliRunner().invoke(cli, ["status", str(out)]).exit_code == 0
+    assert CliRunner().invoke(cli, run).exit_code == 0
+    assert server.count() == 6
+    assert sorted(p.name for p in (out / ".caption").glob("manifest*")) == ["manifest.pq"]
 
 
 def test_a_hand_edited_run_json_is_one_error_naming_it(

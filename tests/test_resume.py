@@ -92,7 +92,7 @@ def test_kill_9_resends_at_most_what_was_in_flight(
         assert resent == set()  # one at a time: every answer was journaled before the next send
     assert len(set(first_run) | set(second_run)) == 30
     assert sorted(ids_once(out)) == sorted(
-        r["id"] for r in pq.read_table(out / ".caption/manifest.parquet").to_pylist()
+        r["id"] for r in pq.read_table(out / ".caption/manifest.pq").to_pylist()
     )
     assert not list(out.glob("*.journal.jsonl"))
     assert not list(out.glob("*.tmp"))
@@ -328,7 +328,7 @@ def test_status_reports_done_errors_pending_and_cost(
     assert code == 1
     # The source grows by one image that no run has seen yet: it is pending.
     (imgs / "new.png").write_bytes((imgs / "checkerboard.png").read_bytes() + b"\0")
-    write_manifest([str(imgs)], out / ".caption/manifest.parquet")
+    write_manifest([str(imgs)], out / ".caption/manifest.pq")
     result = CliRunner().invoke(cli, ["status", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -441,7 +441,7 @@ def test_sources_that_share_no_id_with_the_folder_are_refused(
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     assert run_cli("imgs", "-o", str(out), "--endpoint", server.url)[0] == 0
-    manifest = (out / ".caption/manifest.parquet").read_bytes()
+    manifest = (out / ".caption/manifest.pq").read_bytes()
     code, output = run_cli("other", "-o", str(out), "--endpoint", server.url)
     assert code == 2
     assert (
@@ -449,7 +449,7 @@ def test_sources_that_share_no_id_with_the_folder_are_refused(
     )
     assert "--accept-new-source" in output
     assert server.count() == 6  # nothing was sent
-    assert (out / ".caption/manifest.parquet").read_bytes() == manifest  # nor replaced
+    assert (out / ".caption/manifest.pq").read_bytes() == manifest  # nor replaced
     assert not list(out.glob("*.tmp"))
     code, output = run_cli("other", "-o", str(out), "--endpoint", server.url, "--accept-new-source")
     assert code == 0, output

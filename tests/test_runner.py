@@ -47,7 +47,7 @@ def test_every_row_once_with_its_own_caption_usage_and_exact_cost(
     rows = results(out)
     assert len(rows) == 6
     assert len({r["id"] for r in rows}) == 6
-    manifest = pq.read_table(out / ".caption/manifest.parquet").to_pylist()
+    manifest = pq.read_table(out / ".caption/manifest.pq").to_pylist()
     assert {r["id"] for r in rows} == {m["id"] for m in manifest}
     for row in rows:
         digest = digest_of_file(Path(row["source"]))

@@ -34,9 +34,9 @@ def as_version_1(out: Path, spelled: dict[str, str]) -> None:
     """Give a folder the ids version 1 wrote: the hash of each source as the user spelled
     it (`spelled`: absolute source -> spelling). Checked against the version before ids
     of the real path: `imgs/checkerboard.png` ran from /tmp/v1 got 63d50b92ac8a1484."""
-    manifest = pq.read_table(out / ".caption/manifest.parquet")
+    manifest = pq.read_table(out / ".caption/manifest.pq")
     mapping = {real: stable_id(spelled[src]) for real, src in _real_ids(manifest)}
-    for path in [out / ".caption/manifest.parquet", *out.glob("part-*.parquet")]:
+    for path in [out / ".caption/manifest.pq", *out.glob("part-*.parquet")]:
         table = pq.read_table(path)
         ids = pa.array([mapping.get(i, i) for i in table["id"].to_pylist()], pa.string())
         table = table.set_column(0, table.schema.field(0), ids)
@@ -95,12 +95,12 @@ def test_rows_paid_twice_under_two_spellings_become_one(
     as_version_1(out, _spellings(imgs, "imgs/"))
     shard = next(out.glob("part-*.parquet"))
     table = pq.read_table(shard)
-    sources = pq.read_table(out / ".caption/manifest.parquet")["source"].to_pylist()
+    sources = pq.read_table(out / ".caption/manifest.pq")["source"].to_pylist()
     # The same files named by their absolute path: version 1 gave them other ids.
     absolute = pa.array([stable_id(s) for s in sources], pa.string())
     by_source = dict(
         zip(
-            pq.read_table(out / ".caption/manifest.parquet")["id"].to_pylist(),
+            pq.read_table(out / ".caption/manifest.pq")["id"].to_pylist(),
             absolute.to_pylist(),
             strict=True,
         )
@@ -109,9 +109,9 @@ def test_rows_paid_twice_under_two_spellings_become_one(
         0, table.schema.field(0), pa.array([by_source[i] for i in table["id"].to_pylist()])
     )
     pq.write_table(second, out / "part-99999.parquet")
-    manifest = pq.read_table(out / ".caption/manifest.parquet")
+    manifest = pq.read_table(out / ".caption/manifest.pq")
     both = pa.concat_tables([manifest, manifest.set_column(0, manifest.schema.field(0), absolute)])
-    pq.write_table(both, out / ".caption/manifest.parquet")
+    pq.write_table(both, out / ".caption/manifest.pq")
     assert read_status(out).ok == 12  # the bug as users met it
 
     code, output = run_cli(str(imgs), "-o", str(out), "--endpoint", server.url)

@@ -29,6 +29,7 @@ from pipeline.io.arrow import read_parquet
 from pipeline.io.storage import download, is_remote
 from pipeline.output.layout import (
     JOURNAL_GLOB,
+    LEGACY_MANIFEST_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
     RUN_JSON,
@@ -57,24 +58,34 @@ class OutputDir:
         self.manifest = self._placed(MANIFEST_NAME)
         self.run_json = self._placed(RUN_JSON)
 
+    def _legacy(self, name: str) -> list[Path]:
+        """Where older versions kept a state file: beside the shards; the manifest also
+        as `.caption/manifest.parquet`, which `**/*.parquet` globs read as results."""
+        if name == MANIFEST_NAME:
+            return [self.state / LEGACY_MANIFEST_NAME, self.path / LEGACY_MANIFEST_NAME]
+        return [self.path / name]
+
     def _placed(self, name: str) -> Path:
-        """A state file: in `.caption/`, or beside the shards in a folder written by an
-        older version (until `migrate`), read-only commands included."""
-        current, legacy = self.state / name, self.path / name
-        return legacy if legacy.exists() and not current.exists() else current
+        """A state file where it is: today's place, or an older version's (until
+        `migrate`), read-only commands included."""
+        current = self.state / name
+        if current.exists():
+            return current
+        return next((p for p in self._legacy(name) if p.exists()), current)
 
     def migrate(self) -> None:
-        """Under the lock: the state files of an older version (beside the shards) move
-        into `.caption/`. The rest of an upgrade (schema, ids) is `output/upgrade.py`'s."""
+        """Under the lock: the state files of an older version move to today's places.
+        The rest of an upgrade (schema, ids) is `output/upgrade.py`'s."""
         for name in (MANIFEST_NAME, RUN_JSON):
-            legacy, current = self.path / name, self.state / name
-            if legacy.exists() and not current.exists():
-                try:
-                    self.state.mkdir(exist_ok=True)
-                    os.replace(legacy, current)
-                except OSError as exc:
-                    raise storage_error(self.path, exc) from None
-                log.info("moved %s into %s/", name, self.state.name)
+            current = self.state / name
+            for legacy in self._legacy(name):
+                if legacy.exists() and not current.exists():
+                    try:
+                        self.state.mkdir(exist_ok=True)
+                        os.replace(legacy, current)
+                    except OSError as exc:
+                        raise storage_error(self.path, exc) from None
+                    log.info("moved %s to %s", legacy, current)
         self.manifest = self.state / MANIFEST_NAME
         self.run_json = self.state / RUN_JSON
 
@@ -230,7 +241,7 @@ class OutputDir:
     def is_own_manifest(self, path: Path) -> bool:
         """Whether `path` is this folder's manifest, by today's name or the legacy one
         (which `migrate` may just have renamed)."""
-        names = (self.state / MANIFEST_NAME, self.path / MANIFEST_NAME)
+        names = (self.state / MANIFEST_NAME, *self._legacy(MANIFEST_NAME))
         return os.path.abspath(path) in {str(p) for p in names}
 
     def staged_manifest(self) -> Path:

@@ -3,7 +3,7 @@
     OUT/part-N.parquet                   complete result shards: all a reader sees
     OUT/part-r<run>-<block>-N.parquet    a Ray task's shards (`block_prefix`)
     OUT/part-unpushed-<hex>.parquet      a bucket mirror's shard the bucket differed on
-    OUT/.caption/manifest.parquet        the manifest the job runs over
+    OUT/.caption/manifest.pq             the manifest the job runs over (Parquet)
     OUT/.caption/run.json                the job's definition, fingerprint and totals
     OUT/.caption/part-N.journal.jsonl    the shard being written (folded on restart)
     OUT/.caption/superseded-N.ledger     paid attempts a later answer replaced
@@ -14,8 +14,10 @@
 
 Everything but the result shards lives in the hidden `.caption/`: pandas and pyarrow
 skip it when reading the folder, and `OUT/*.parquet` (duckdb, polars) matches the shards
-alone. Older versions kept the manifest, run.json and journals beside the shards; they
-are still read, and moved by the next run.
+alone. No file but a shard ends in `.parquet`, so `OUT/**/*.parquet`, which does descend
+into hidden folders, matches the shards alone too. Older versions kept the manifest,
+run.json and journals beside the shards, and then the manifest as
+`.caption/manifest.parquet`; they are still read, and moved by the next run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ SHARD_GLOB = f"part-*{SHARD_SUFFIX}"
 JOURNAL_SUFFIX = ".journal.jsonl"
 JOURNAL_GLOB = f"part-*{JOURNAL_SUFFIX}"
 TMP_SUFFIX = ".tmp"
-MANIFEST_NAME = "manifest.parquet"
+MANIFEST_NAME = "manifest.pq"
+LEGACY_MANIFEST_NAME = "manifest.parquet"  # beside the shards, then in .caption/
 RUN_JSON = "run.json"
 LOCK_NAME = ".lock"
 LOCK_GENERATION_PREFIX = "g-"
@@ -41,7 +44,7 @@ SEQUENCE = re.compile(r"^part-(\d+)")  # a shard's or journal's number
 IS_SHARD = re.compile(r"part-.*\.parquet$")
 # The state files a bucket mirror copies (the lock and its own record are not).
 IS_STATE_FILE = re.compile(
-    r"(run\.json|manifest\.parquet|part-.*\.journal\.jsonl|superseded-\d+\.ledger)$"
+    r"(run\.json|manifest\.pq|manifest\.parquet|part-.*\.journal\.jsonl|superseded-\d+\.ledger)$"
 )
 
 

@@ -58,6 +58,7 @@ from pipeline.output.layout import (
     IS_SHARD,
     IS_STATE_FILE,
     JOURNAL_SUFFIX,
+    LEGACY_MANIFEST_NAME,
     MANIFEST_NAME,
     PUSHED,
     RUN_JSON,
@@ -198,7 +199,8 @@ class BucketFolder:
     def _unpushed(self) -> list[str]:
         """Local files holding rows (shards, journals, the ledger) that the bucket is not
         known to hold as they are now."""
-        rows = [r for r in self._local_files() if not r.endswith((RUN_JSON, MANIFEST_NAME))]
+        not_rows = (RUN_JSON, MANIFEST_NAME, LEGACY_MANIFEST_NAME)
+        rows = [r for r in self._local_files() if not r.endswith(not_rows)]
         return [r for r in rows if self._pushed.get(r) != self._stamp(self.local / r)]
 
     def _load_pushed(self) -> dict[str, tuple[int, int]]:

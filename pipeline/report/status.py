@@ -89,7 +89,7 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
         raise UsageError(f"{path}: no such output folder")
     meta = out.read_run_json()
     if meta is None or not out.manifest.exists():
-        raise UsageError(f"{path}: not a caption output folder (no run.json or manifest.parquet)")
+        raise UsageError(f"{path}: not a caption output folder (no run.json or manifest)")
     done = books.scan(out, include_journals=True)
     skip = done.ids
     job = meta.get("job", {})

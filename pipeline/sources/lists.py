@@ -24,7 +24,7 @@ from pipeline.io.storage import is_remote, join, open_binary
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
 from pipeline.sources.images import is_url
 
-LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet"})
+LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet", ".pq"})
 SOURCE_COLUMNS = ("image", "image_url", "url", "path", "file")
 BATCH_ROWS = 16_384
 
@@ -41,7 +41,7 @@ def read_list(
         yield from _read_csv(path, base, column, id_column, "\t" if ext == ".tsv" else ",")
     elif ext == ".jsonl":
         yield from _read_jsonl(path, base, column, id_column)
-    elif ext == ".parquet":
+    elif ext in (".parquet", ".pq"):
         yield from _read_parquet(path, base, column, id_column)
     else:
         raise ValueError(f"not a list file: {path}")

@@ -238,7 +238,7 @@ def write_manifest(
                 f"no images found in {', '.join(sources)} (images are "
                 f"{' '.join(sorted(IMAGE_EXTENSIONS))}); nothing was written"
             )
-        staged = workdir / "manifest.parquet"
+        staged = workdir / "manifest.pq"
         with pq.ParquetWriter(staged, schema) as out:
             for part in parts:
                 for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
@@ -272,7 +272,7 @@ def _write_parts(
             if writer is None or not table.schema.equals(parts[-1][1]):
                 if writer is not None:
                     writer.close()
-                part = workdir / f"part-{len(parts):05d}.parquet"
+                part = workdir / f"part-{len(parts):05d}.pq"
                 parts.append((part, table.schema))
                 writer = pq.ParquetWriter(part, table.schema)
             writer.write_table(table)
@@ -334,7 +334,7 @@ def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[Mani
 
 def is_manifest(path: str) -> bool:
     """A Parquet file that already has `id` and `source` is a manifest, used as is."""
-    if not path.lower().endswith(".parquet"):
+    if not path.lower().endswith((".parquet", ".pq")):
         return False
     try:
         if is_remote(path):
