@@ -128,6 +128,26 @@ def assert_stopped_with_rows_pending(result: Result, out: Path) -> str:
             json_error(404, "The model `gpt-4q` does not exist", "model_not_found"),
             "HTTP 404 model_not_found",
         ),
+        (  # LiteLLM's proxy: a 400 that names the model, the code a bare number
+            json_error(
+                400,
+                "litellm.BadRequestError: Invalid model name passed in model=gpt:gpt-4o. "
+                "Call `/v1/models` to view available models for your key.",
+                "400",
+            ),
+            "Invalid model name passed in model=gpt:gpt-4o",
+        ),
+        (  # llama-stack: FastAPI's {"detail": ...}, the model named
+            Reply(status=400, body={"detail": "Model 'gpt-4o' not found"}),
+            "Model 'gpt-4o' not found",
+        ),
+        (  # OpenAI's own shape for a bad parameter: param says it is the model
+            Reply(
+                status=400,
+                body={"error": {"message": "unsupported", "type": "x", "param": "model"}},
+            ),
+            "HTTP 400 x: unsupported",
+        ),
     ],
 )
 def test_a_wrong_path_or_model_stops_the_job_early(
@@ -179,6 +199,22 @@ def test_few_rows_all_failing_the_same_way_stop_too(
     out = tmp_path / "out"
     assert_stopped_with_rows_pending(run(str(src), "-o", str(out), "--endpoint", server.url), out)
     assert server.count() == 3
+
+
+def test_a_folder_of_bad_images_ends_as_error_rows_not_a_stop(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    """Every request refused the same way, but about the image, not the model: the
+    server judged each row, so each is an error row and the run ends (exit 1)."""
+    src = distinct_images(tmp_path / "imgs", 30)
+    server.default = json_error(400, "Invalid image: could not decode the image data")
+    out = tmp_path / "out"
+    result = run(str(src), "-o", str(out), "--endpoint", server.url, "--concurrency", "4")
+    assert result.exit_code == 1, result.output
+    rows = results(out)
+    assert len(rows) == 30
+    assert {r["error_kind"] for r in rows} == {"rejected"}
+    assert server.count() == 30
 
 
 def test_poison_rows_among_successes_are_row_errors(

@@ -93,6 +93,7 @@ async def open_captioner(
             config.endpoint.timeout,
             max_response_bytes=int(limits.max_response_mb * 1_000_000),
             provider=provider_for(config.request.model),
+            model=config.request.model,
         )
         limiter = limiter or AdaptiveLimiter(
             limits.concurrency, limits.rpm, limits.tpm, max_pause=limits.max_retry_after

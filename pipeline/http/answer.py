@@ -114,8 +114,12 @@ def loads(data: bytes) -> Any:
         return json.loads(data)
 
 
-def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Redacts) -> ApiError:
-    """Turn a non-2xx answer into the error that says what to do about it."""
+def classify(
+    status: int, raw: bytes, headers: Mapping[str, str], endpoint: Redacts, model: str = ""
+) -> ApiError:
+    """Turn a non-2xx answer into the error that says what to do about it. `model` is the
+    job's: a rejection about it (`param: "model"`, or its name in the message, as LiteLLM
+    and llama-stack answer an unknown model with a 400) is wrong for every row."""
     try:
         body = loads(raw)
     except ValueError:
@@ -126,7 +130,27 @@ def classify(status: int, raw: bytes, headers: Mapping[str, str], endpoint: Reda
     if message is None:
         message = raw.decode("utf-8", "replace").strip()[:MAX_ERROR_TEXT] or "(empty body)"
     text = endpoint.redact(f"HTTP {status}" + (f" {code}" if code else "") + f": {message}")
-    return _by_status(status, code, text, parse_retry_after(headers), headers)
+    error = _by_status(status, code, text, parse_retry_after(headers), headers)
+    if (
+        isinstance(error, RequestRejected)
+        and error.job_level is None
+        and _about_the_model(body, message, model)
+    ):
+        error.job_level = f"HTTP {status} about the model"
+    return error
+
+
+def _about_the_model(body: Any, message: str, model: str) -> bool:
+    """Whether a rejection is about the job's model rather than the row: the error names
+    `model` as its parameter, or its message names the model. This matches the job's own
+    model name, never a phrase: which words a server uses is its own."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("param") == "model":
+        return True
+    if not model:
+        return False
+    names = {model, model.split(":", 1)[-1]}
+    return any(len(name) >= 3 and name in message for name in names)
 
 
 def _by_status(

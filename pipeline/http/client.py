@@ -42,6 +42,7 @@ class Endpoint:
     client_timeout: aiohttp.ClientTimeout
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     provider: Provider = field(default_factory=OpenAIShapes)  # decodes its answers
+    model: str = ""  # the job's model: a rejection that names it is the job's, not a row's
 
     @classmethod
     def create(
@@ -52,6 +53,7 @@ class Endpoint:
         timeout: float,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         provider: Provider | None = None,
+        model: str = "",
     ) -> Endpoint:
         value = f"Bearer {api_key}" if auth_scheme == "bearer" else api_key
         headers = {"Authorization": value, "Content-Type": "application/json"}
@@ -63,6 +65,7 @@ class Endpoint:
             client_timeout=aiohttp.ClientTimeout(total=timeout),
             max_response_bytes=max_response_bytes,
             provider=provider or OpenAIShapes(),
+            model=model,
         )
 
     def redact(self, text: str) -> str:
@@ -200,7 +203,7 @@ async def _answer(resp: aiohttp.ClientResponse, endpoint: Endpoint, stream: bool
     cap = endpoint.max_response_bytes
     try:
         if not 200 <= status < 300:
-            raise classify(status, await _read(resp, cap), headers, endpoint)
+            raise classify(status, await _read(resp, cap), headers, endpoint, endpoint.model)
         if stream and resp.content_type == "text/event-stream":
             parsed: Any = await assemble_stream(_lines(resp, cap), endpoint)
         else:
