@@ -69,10 +69,10 @@ def test_any_exception_while_reading_an_answer_is_that_rows_error(
     row, not the answers in flight."""
     real = Labels.parse
 
-    def parse(self: Labels, text: str | None, finish: str | None) -> Any:
+    def parse(self: Labels, text: str | None, finish: str | None, refusal: str | None) -> Any:
         if text and "poster" in text:
             raise KeyError("a bug in the parser")
-        return real(self, text, finish)
+        return real(self, text, finish, refusal)
 
     monkeypatch.setattr(Labels, "parse", parse)
     server.plan(digest_of_file(imgs / "poster.jpg"), Reply(body=completion('{"poster": 1}')))

@@ -193,3 +193,73 @@ def test_a_folder_whose_bare_schema_was_sent_strict_reruns_as_the_same_job(
     code, output = run_cli(*args, str(tmp_path / "loose.json"))
     assert code == 0, output
     assert server.count() == sent  # nothing sent again
+
+
+def _sse(*events: dict) -> bytes:
+    lines = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events]
+    return b"".join(lines) + b"data: [DONE]\n\n"
+
+
+USAGE = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+NO_TEXT = {
+    # a refusal: content null, the refusal's text in its own field
+    "refusal": (
+        {"content": None, "refusal": "I can't help with that."},
+        [{"refusal": "I can't "}, {"refusal": "help with that."}],
+    ),
+    # a tool call: content null, no refusal
+    "tool call": (
+        {"content": None, "tool_calls": [{"id": "t", "type": "function"}]},
+        [{"tool_calls": [{"index": 0, "id": "t", "type": "function"}]}],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(NO_TEXT))
+@pytest.mark.parametrize("structured", [False, True])
+def test_an_answer_without_text_is_the_same_row_streamed_or_not(
+    tmp_path: Path, server: ScriptedServer, key: str, schema_file: Path, kind: str, structured: bool
+) -> None:
+    """caption is null either way (it was "" when streamed); a refusal's text is kept in
+    `refusal`, and a structured job calls it `refused`, not "the answer is not JSON"."""
+    message, deltas = NO_TEXT[kind]
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "stop"}
+        ],
+        "usage": USAGE,
+    }
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    stream = _sse(
+        *({**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas),
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": USAGE},
+    )
+    src = SAMPLES / "sunset.jpg"
+    rows = []
+    for streamed in (False, True):
+        out = tmp_path / f"out-{streamed}"
+        reply = (
+            Reply(raw=stream, content_type="text/event-stream") if streamed else Reply(body=answer)
+        )
+        server.plan(digest_of_file(src), reply)
+        job = tmp_path / "job.toml"
+        job.write_text(f"[request]\nstream = {'true' if streamed else 'false'}\n")
+        args = [str(src), "-o", str(out), "--endpoint", server.url, "--config", str(job)]
+        code, output = run_cli(*args, *(["--schema", str(schema_file)] if structured else []))
+        assert code == (1 if structured else 0), output
+        (row,) = pq.read_table(out).to_pylist()
+        rows.append(row)
+    keys = ("status", "caption", "refusal", "error_kind", "error", "cost_usd")
+    assert {k: rows[0][k] for k in keys} == {k: rows[1][k] for k in keys}
+    row = rows[0]
+    assert row["caption"] is None
+    assert row["refusal"] == ("I can't help with that." if kind == "refusal" else None)
+    if structured:
+        assert row["error_kind"] == ("refused" if kind == "refusal" else "invalid_output")
+        assert "not JSON" not in row["error"]
+        assert row["cost_usd"] > 0

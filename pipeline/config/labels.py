@@ -300,9 +300,14 @@ class Labels:
         return cls(response_format, json_schema) if response_format in STRUCTURED else None
 
     def parse(
-        self, text: str | None, finish_reason: str | None
+        self, text: str | None, finish_reason: str | None, refusal: str | None = None
     ) -> tuple[Any, str | None, str | None]:
-        """(the `parsed` value, error kind, error message) of the first choice."""
+        """(the `parsed` value, error kind, error message) of the first choice. A refusal
+        is `refused` (its text is in the `refusal` column), not an answer that is not JSON."""
+        if refusal:
+            return None, "refused", f"the model refused: {refusal[:200]}"
+        if text is None and finish_reason not in CUT_OFF:
+            return None, "invalid_output", "the answer has no text (null content, or a tool call)"
         if finish_reason in CUT_OFF:
             return (
                 None,

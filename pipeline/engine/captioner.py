@@ -205,7 +205,7 @@ class Captioner:
             # its text and cost, and is not sent again unless --retry-errors asks.
             first = completion.choices[0]
             result.parsed, result.error_kind, result.error = self.labels.parse(
-                first.content, first.finish_reason
+                first.content, first.finish_reason, first.refusal
             )
             if result.error_kind is not None:
                 result.status = "error"

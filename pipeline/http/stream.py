@@ -75,7 +75,8 @@ async def assemble_stream(lines: AsyncIterator[bytes], endpoint: Redacts) -> dic
             "index": i,
             "message": {
                 "role": "assistant",
-                "content": "".join(content[i]),
+                # No text at all (a refusal, a tool call) is null, as a whole answer says it.
+                "content": "".join(content[i]) if content[i] else None,
                 "refusal": "".join(refusal[i]) if i in refusal else None,
             },
             "finish_reason": finish.get(i),
