@@ -66,6 +66,8 @@ class ApiError(CaptionError):
         # The usage an answer reported although it was unusable (a 200 without choices, a
         # stream cut off after its usage): it was billed, so the row's cost counts it.
         self.usage: Usage | None = None
+        # False when no connection was made: the request body never left.
+        self.sent = True
 
 
 class TransientError(ApiError):

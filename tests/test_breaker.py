@@ -177,6 +177,7 @@ def test_a_dead_endpoint_stops_the_job_in_seconds(tmp_path: Path, key: str) -> N
     assert "connection refused" in line
     assert url in line
     assert time.monotonic() - started < 30
+    assert "MB sent" not in result.output  # nothing left: no connection was ever made
 
 
 @pytest.mark.timeout(60)

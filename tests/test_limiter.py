@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from pipeline.http.limiter import AdaptiveLimiter
+from pipeline.http.limiter import PACE, AdaptiveLimiter
 
 
 class Clock:
@@ -80,7 +80,7 @@ def test_in_flight_never_exceeds_the_window() -> None:
 
 def test_rpm_paces_requests_evenly_just_under_the_cap() -> None:
     """600 rpm: no burst (a sliding-window server would count it), then one request
-    every 0.1 s / 0.985."""
+    every 0.1 s / PACE."""
     clock = Clock()
 
     async def main() -> list[float]:
@@ -92,8 +92,8 @@ def test_rpm_paces_requests_evenly_just_under_the_cap() -> None:
         return times
 
     times = asyncio.run(main())
-    assert times[:2] == [0.0, pytest.approx(0.1 / 0.985)]
-    assert all(b - a == pytest.approx(0.1 / 0.985) for a, b in itertools.pairwise(times))
+    assert times[:2] == [0.0, pytest.approx(0.1 / PACE)]
+    assert all(b - a == pytest.approx(0.1 / PACE) for a, b in itertools.pairwise(times))
 
 
 def test_a_limit_from_the_headers_is_learned_and_paced() -> None:
@@ -112,7 +112,7 @@ def test_a_limit_from_the_headers_is_learned_and_paced() -> None:
         return times
 
     times = asyncio.run(main())
-    gap = 0.1 / 0.985
+    gap = 0.1 / PACE
     assert times[:10] == [0.0] * 10
     assert times[10] == pytest.approx(10 * gap)  # the debt of the ten already sent
     assert all(b - a == pytest.approx(gap) for a, b in itertools.pairwise(times[10:]))
@@ -123,7 +123,7 @@ def test_a_given_rpm_below_the_learned_limit_wins() -> None:
     lim = AdaptiveLimiter(10, rpm=60, clock=clock)
     lim.observe_headers({"x-ratelimit-limit-requests": "6000"})
     assert lim._rpm is not None
-    assert lim._rpm.rate == pytest.approx(0.985)
+    assert lim._rpm.rate == pytest.approx(PACE)
 
 
 def test_tpm_counts_tokens() -> None:
@@ -204,3 +204,30 @@ def test_a_long_pause_is_capped_and_logged_once(caplog: pytest.LogCaptureFixture
     lim.observe_headers(empty)  # extends the same pause: not logged again
     assert lim.paused_until - clock.t == 20.0
     assert caplog.text.count("pausing all requests for 20 s") == 1
+
+
+def test_paced_at_a_known_limit_an_empty_window_costs_one_request_not_a_pause() -> None:
+    """A sliding window caught full for a moment: a request it admitted costs nothing,
+    one it refused costs one interval; paused for its reset, everyone lost up to a
+    second of requests (issue 25, item 15). A long reset is a spent budget: paused."""
+    clock = Clock()
+    blip = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "400ms"}
+
+    async def main() -> list[float]:
+        lim = AdaptiveLimiter(64, rpm=6000, clock=clock, sleep=clock.sleep)
+        times = []
+        for i in range(6):
+            async with lim.slot():
+                times.append(clock.t - 1000.0)
+            if i == 1:
+                lim.observe_headers(blip)  # on a success: nothing
+            if i == 3:
+                lim.observe_headers(blip, refused=True)  # on a 429: one interval
+        lim.observe_headers(
+            {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "5s"}
+        )
+        assert lim.held_back() == "paused by the server"
+        return times
+
+    gap = 0.01 / PACE
+    assert asyncio.run(main()) == pytest.approx([0.0, gap, 2 * gap, 3 * gap, 5 * gap, 6 * gap])

@@ -249,19 +249,22 @@ class Captioner:
 
     async def _attempt(self, body: bytes, tokens: int) -> Answer:
         async with self.limiter.slot(tokens):
-            self.bytes_sent += len(body)
             try:
                 answer = await post_completion(
                     self.session, self.endpoint, body, stream=self.config.request.stream
                 )
             except RateLimited as exc:
+                self.bytes_sent += len(body)
                 self.limiter.on_rate_limited()
-                self.limiter.observe_headers(exc.headers)
+                self.limiter.observe_headers(exc.headers, refused=True)
                 raise
             except ApiError as exc:
+                if exc.sent:  # not when no connection was made: nothing left
+                    self.bytes_sent += len(body)
                 self.limiter.observe_headers(exc.headers)
                 self.breaker.failure(exc)  # raises FatalApiError when the job is wrong
                 raise
+            self.bytes_sent += len(body)
             self.breaker.success()
             self.limiter.on_success()
             self.limiter.observe_headers(answer.headers)

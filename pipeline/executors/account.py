@@ -27,7 +27,7 @@ from pipeline.http.limiter import RATE_DECREASE, RATE_RECOVERY_STEP, SHRINK_COOL
 
 RECENT_S = 5.0
 DUST_USD = 1e-9
-# Of a known requests-per-minute limit. Lower than the local limiter's 98.5%: requests
+# Of a known requests-per-minute limit. Lower than the local limiter's 99%: requests
 # from several processes reach the server with more jitter than one event loop's, and a
 # server counting a sliding second refuses the ones that bunch up.
 PACE = 0.95

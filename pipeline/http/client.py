@@ -177,6 +177,7 @@ async def post_completion(
         failure = _connect_failure(exc)
         error = TransientError(f"{failure} ({exc.host}:{exc.port})")
         error.job_level = failure
+        error.sent = False
         raise error from None
     except aiohttp.ClientConnectionError as exc:
         # Reset, server disconnected: the way to the server failed.

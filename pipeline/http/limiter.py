@@ -6,12 +6,15 @@
   decrease). The refused request alone waits its Retry-After (in the worker): one 429 no
   longer holds up every other request.
 - A requests-per-minute limit, given (`--rpm`) or learned from `x-ratelimit-limit-requests`
-  (per minute, OpenAI's convention), is paced evenly at 98.5% of it, one request at a
+  (per minute, OpenAI's convention), is paced evenly at 99% of it, one request at a
   time: a burst would spill over a server's sliding window. Likewise tokens per minute
   (`--tpm`, `x-ratelimit-limit-tokens`), with a second's worth of burst. A 429 trims the
   pace by 10%; successes restore it.
 - Dispatch pauses for everyone only when the server says its budget is empty:
-  `x-ratelimit-remaining-*` = 0, until the matching `x-ratelimit-reset-*`.
+  `x-ratelimit-remaining-*` = 0, until the matching `x-ratelimit-reset-*`. Paced at a
+  known requests limit, an empty window that refills within a second (a sliding window
+  caught at its edge by timing) costs one request's interval instead: pausing everyone
+  for that second cost 3-5% of the rate.
 
 Every wait a server asks for is capped at `max_pause` (`[limits] max_retry_after`): a
 reset of `99999`, an epoch time or `1h` must not freeze the run in silence. A pause of
@@ -37,10 +40,12 @@ log = logging.getLogger(__name__)
 SHRINK_COOLDOWN_S = 1.0
 LOG_PAUSES_OVER_S = 5.0
 DEFAULT_MAX_PAUSE_S = 120.0
-PACE = 0.985  # of a known requests-per-minute limit
+PACE = 0.99  # of a known requests-per-minute limit
 RATE_DECREASE = 0.9
 RATE_RECOVERY_STEP = 0.01
 MIN_RATE_FACTOR = 1 / 64
+# A requests budget that resets within this long, when the pace is known, is a blip.
+BLIP_RESET_S = 1.0
 
 
 class _Bucket:
@@ -221,9 +226,9 @@ class AdaptiveLimiter:
             self.window = max(1.0, self.window / 2)
             self.rate_factor = max(MIN_RATE_FACTOR, self.rate_factor * RATE_DECREASE)
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
+    def observe_headers(self, headers: Mapping[str, str], *, refused: bool = False) -> None:
         """Learn `x-ratelimit-limit-*`, and honour `x-ratelimit-remaining-*` = 0 until the
-        matching reset."""
+        matching reset. `refused`: these came with a 429."""
         for kind in ("requests", "tokens"):
             limit = headers.get(f"x-ratelimit-limit-{kind}")
             if limit is not None:
@@ -236,8 +241,17 @@ class AdaptiveLimiter:
                 exhausted = float(remaining) <= 0
             except ValueError:
                 continue
-            if exhausted and (wait := parse_reset(reset)) is not None:
-                self._pause(self._clock(), wait, f"x-ratelimit-remaining-{kind}: 0")
+            if not exhausted or (wait := parse_reset(reset)) is None:
+                continue
+            if kind == "requests" and self._rpm is not None and wait <= BLIP_RESET_S:
+                # Paced at a known limit, an empty window that refills within a second is
+                # a blip of timing, not a spent budget. A request it admitted costs
+                # nothing; one it refused costs one interval (the refused request itself
+                # waits its Retry-After), not a pause of every request until the reset.
+                if refused:
+                    self._rpm.take(1)
+                continue
+            self._pause(self._clock(), wait, f"x-ratelimit-remaining-{kind}: 0")
 
     def _learn(self, kind: str, value: str) -> None:
         try:

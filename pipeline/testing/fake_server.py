@@ -310,7 +310,13 @@ def make_app(
         """What the server was sent and what it refused (for benchmarks)."""
         return web.json_response(counts)
 
+    async def warm_up(_app: web.Application) -> None:
+        # The BPE file takes about a second to load: a cold first answer would stall
+        # every request behind it, and then let them through the rate window at once.
+        await asyncio.get_running_loop().run_in_executor(None, o200k)
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.on_startup.append(warm_up)
     app.router.add_post("/chat/completions", chat)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/stats", stats)
