@@ -161,3 +161,15 @@ def test_estimate_help_shows_only_what_an_estimate_uses() -> None:
     for flag in ("--rpm", "--tpm", "--max-attempts", "--max-cost", "--rows-per-shard"):
         assert flag in run_text
     assert "--pilot" not in run_text
+
+
+def test_verbose_is_taken_after_the_command_too(tmp_path: Path) -> None:
+    from pipeline.cli.group import verbose_first
+
+    assert verbose_first(["run", "src", "-vv", "-o", "out", "--", "-v"]) == [
+        "-vv", "run", "src", "-o", "out", "--", "-v",
+    ]  # fmt: skip
+    out = tmp_path / "out"
+    result = run("run", str(SAMPLES), "-o", str(out), "--endpoint", "fake", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "INFO pipeline" in result.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ log = logging.getLogger("pipeline")
 
 class _Group(click.Group):
     """Turns `UsageError` (exit 2), `FatalApiError` (exit 3) and `StorageError` (exit 5)
-    into one line on stderr."""
+    into one line on stderr; and takes `-v` wherever it is given."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, verbose_first(args))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -49,6 +53,17 @@ class _Group(click.Group):
             # kept, since every file is written under a temporary name first.
             click.echo("caption: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+
+
+VERBOSE = re.compile(r"^(-v+|--verbose)$")
+
+
+def verbose_first(args: list[str]) -> list[str]:
+    """`caption run -v ...` as `caption -v run ...`: -v is the group's option, and users
+    put it after the command as often as before. Not after `--`."""
+    end = args.index("--") if "--" in args else len(args)
+    moved = [a for a in args[:end] if VERBOSE.match(a)]
+    return moved + [a for a in args[:end] if not VERBOSE.match(a)] + args[end:]
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
