@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -15,7 +17,7 @@ from pipeline.cli import cli
 from pipeline.report.page import compute, is_report
 from tests.buckets import client
 from tests.fakes import Reply, ScriptedServer, digest_of_file
-from tests.helpers import SAMPLES
+from tests.helpers import SAMPLES, results
 
 SCHEMA = {
     "type": "object",
@@ -89,11 +91,39 @@ def test_the_page_in_a_real_browser(folder: Path, tmp_path: Path) -> None:
     assert "5\nrows ok" in totals
     assert "1\nerror rows" in totals
     assert "new rows" in runs
+    assert "ran to the end (exit 1)" in runs
     assert len(images) == 5
     assert all(w > 0 for w in images)  # every thumbnail decoded
     shot = (tmp_path / "report.png").read_bytes()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(shot) > 20_000
+
+
+def test_the_runs_table_says_why_a_run_stopped_and_thumbnails_stand_upright(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer turns it 90 degrees
+    Image.new("RGB", (400, 200), (200, 30, 30)).save(imgs / "portrait.jpg", exif=exif.tobytes())
+    out = tmp_path / "out"
+    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url, "--quiet"]
+    assert CliRunner().invoke(cli, [*args, "--max-cost", "0.000001"]).exit_code == 4
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    figures = compute(out, "out")
+    (row,) = figures.sample
+    (stored,) = results(out)
+    assert (stored["image_width"], stored["image_height"]) == (400, 200)  # as stored
+    with Image.open(io.BytesIO(base64.b64decode(row["thumbnail"].split(",", 1)[1]))) as thumb:
+        assert thumb.width < thumb.height  # as a viewer shows it
+    page = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", str(out), "-o", str(page)]).exit_code == 0
+    html = page.read_text()
+    assert "stopped: budget (exit 4): " in html
+    assert "ran to the end (exit 0)" in html
 
 
 @pytest.mark.timeout(60)

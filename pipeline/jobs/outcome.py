@@ -109,6 +109,7 @@ def run_record(
         "image_bytes_read": tally.images.read,
         "images_reduced": tally.images.reduced,
         "stopped": stop.kind or None,
+        "stop_reason": stop.message[:MAX_REASON] or None,  # its one line, for the report
         "exit_code": exit_code,
         "settings": {
             "concurrency": limits.concurrency,
@@ -118,6 +119,9 @@ def run_record(
             "resize": config.request.resize,
         },
     }
+
+
+MAX_REASON = 500
 
 
 def exit_code_of(stop: StopReason, errors_in_folder: int) -> int:

@@ -159,7 +159,7 @@ def _thumbnail(source: str) -> tuple[str | None, str | None]:
     """A small JPEG of the image as a data URI, or None and why not. The source is read
     bounded: only a regular file (or object) of at most THUMB_MAX_BYTES, in a thread
     given THUMB_TIMEOUT_S, so a FIFO, a device or a stalled mount never hangs the report."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if source.startswith(("http://", "https://")):
         return None, "a URL (not fetched)"
@@ -175,7 +175,7 @@ def _thumbnail(source: str) -> tuple[str | None, str | None]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMB_PX, THUMB_PX))
-            thumb = im.convert("RGB")
+            thumb = ImageOps.exif_transpose(im.convert("RGB"))  # upright, as a viewer shows it
             thumb.thumbnail((THUMB_PX, THUMB_PX))
             buf = io.BytesIO()
             thumb.save(buf, "JPEG", quality=75)
@@ -290,15 +290,28 @@ def render(f: Figures) -> str:
     )
 
 
+def _ended(run: dict[str, Any]) -> str:
+    """How a run ended: why it stopped, in its own words, or that it went through."""
+    code = run.get("exit_code")
+    exit_code = f" (exit {code})" if code is not None else ""
+    if not run.get("stopped"):
+        return f"ran to the end{exit_code}"
+    reason = run.get("stop_reason")
+    return f"stopped: {run['stopped']}{exit_code}" + (f": {reason}" if reason else "")
+
+
 def _runs_table(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return '<p class="none">no runs yet</p>'
-    head = "<tr><th>started</th><th>new rows</th><th>ok</th><th>errors</th><th>cost</th><th>wall</th><th>stopped</th></tr>"
+    head = (
+        "<tr><th>started</th><th>new rows</th><th>ok</th><th>errors</th><th>cost</th>"
+        "<th>wall</th><th>how it ended</th></tr>"
+    )
     rows = "".join(
         f"<tr><td>{escape(str(r.get('started_at')))}</td><td>{r.get('new_rows', 0):,}</td>"
         f"<td>{r.get('ok', 0):,}</td><td>{r.get('errors', 0):,}</td>"
         f"<td>${r.get('cost_usd') or 0:,.4f}</td><td>{r.get('wall_s') or 0:,.1f} s</td>"
-        f"<td>{escape(str(r.get('stopped') or ''))}</td></tr>"
+        f'<td class="ended">{escape(_ended(r))}</td></tr>'
         for r in runs
     )
     return f'<table id="runs">{head}{rows}</table>'
