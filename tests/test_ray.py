@@ -334,3 +334,22 @@ def test_a_bucket_gone_mid_run_stops_every_task(
     assert len({r["id"] for r in results}) == len(results) == 120
     twice = [d for d, n in server.requests_by_digest().items() if n > 1]
     assert len(twice) <= 4, twice  # at most what was in flight (2 workers x 2)
+
+
+@pytest.mark.timeout(180)
+def test_a_local_cluster_of_our_own_starts_without_rays_banners(tmp_path: Path) -> None:
+    """Ray announces that it enabled token authentication on every new local cluster;
+    caption owns that cluster, and its user should see only caption's own lines."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["RAY_ADDRESS"] = ""  # a cluster of its own, not this module's
+    args = ["run", str(SAMPLES), "-o", str(tmp_path / "out"), "--endpoint", "fake"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, "--executor", "ray", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Token authentication" not in result.stderr
+    assert result.stdout.startswith("6 ok, 0 errors of 6 new")

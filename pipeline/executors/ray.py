@@ -105,17 +105,29 @@ def check_cluster(spec: ExecutorSpec, output: str, sources: list[str]) -> None:
     )
 
 
+# Ray 2.5x announces, on every new local cluster, that it enabled token authentication
+# (the secure default); to a caption user it is noise about a cluster caption owns.
+_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def _init(spec: ExecutorSpec) -> ModuleType:
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            address=spec.address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            ignore_reinit_error=True,
-        )
+        announcer = logging.getLogger(_TOKEN_SETUP_LOGGER)
+        level = announcer.level
+        if spec.address is None:  # a cluster of our own: its auth is not the user's concern
+            announcer.setLevel(logging.ERROR)
+        try:
+            ray.init(
+                address=spec.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                ignore_reinit_error=True,
+            )
+        finally:
+            announcer.setLevel(level)
     return ray
 
 
