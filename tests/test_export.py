@@ -25,14 +25,16 @@ pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 def two_drifting_nights(tmp_path: Path, server: ScriptedServer) -> Path:
     """Night 1: image,label with integer labels. Night 2: the list grew, and gained split
-    and score columns and a label of 2.5."""
+    and score columns and a label of 2.5. One row per shard: each night's shards stay as
+    written (full shards are never merged)."""
     out = tmp_path / "out"
     names = sorted(p.name for p in SAMPLES.iterdir() if p.is_file())
     night1 = tmp_path / "night1.csv"
     night1.write_text(
         "image,label\n" + "".join(f"{SAMPLES / n},{i}\n" for i, n in enumerate(names[:3]))
     )
-    assert run(str(night1), "-o", str(out), "--endpoint", server.url).exit_code == 0
+    one = ("--rows-per-shard", "1")
+    assert run(str(night1), "-o", str(out), "--endpoint", server.url, *one).exit_code == 0
     night2 = tmp_path / "night2.csv"
     night2.write_text(
         "image,label,split,score\n"
@@ -40,7 +42,7 @@ def two_drifting_nights(tmp_path: Path, server: ScriptedServer) -> Path:
         + f"{SAMPLES / names[3]},2.5,test,0.9\n"
         + f"{SAMPLES / names[4]},4,test,0.8\n"
     )
-    assert run(str(night2), "-o", str(out), "--endpoint", server.url).exit_code == 0
+    assert run(str(night2), "-o", str(out), "--endpoint", server.url, *one).exit_code == 0
     return out
 
 
@@ -49,7 +51,7 @@ def test_every_shard_has_the_one_schema_whatever_the_lists_do(
 ) -> None:
     out = two_drifting_nights(tmp_path, server)
     shards = sorted(out.glob("part-*.parquet"))
-    assert len(shards) == 2
+    assert len(shards) == 5  # 3 written the first night, 2 the second
     assert all(pq.read_schema(s).equals(RESULT_SCHEMA) for s in shards)
     assert ds.dataset(out).to_table().num_rows == 5
     frame = pd.read_parquet(out)

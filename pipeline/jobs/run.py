@@ -37,6 +37,7 @@ from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_messag
 from pipeline.output import books
 from pipeline.output.books import Done
 from pipeline.output.folder import OutputDir, utc_now
+from pipeline.output.merge import merge_small_shards
 from pipeline.output.mirror import BucketFolder
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
 from pipeline.records import ManifestRow
@@ -240,6 +241,8 @@ def _run_locked(
     try:
         if retry_errors:
             books.compact(out)
+        if stop.kind != "storage":  # a full disk is no place to rewrite shards
+            merge_small_shards(out, config.output.rows_per_shard)
         final = books.scan(out)
         exit_code = exit_code_of(stop, final.errors)
         meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
