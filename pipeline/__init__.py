@@ -11,7 +11,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # The Python API (`pipeline/api.py`), loaded on first use so that `import pipeline` (and
 # the CLI's start-up) stays light.
-__all__ = ["RunResult", "arun", "estimate", "read_results", "run"]
+__all__ = ["RunResult", "arun", "compare", "estimate", "read_results", "run"]
 
 
 def __getattr__(name: str) -> object:

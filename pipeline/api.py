@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import FatalApiError, StorageError
+from pipeline.errors import EXIT_FATAL_API, FatalApiError, StorageError
 from pipeline.sources.ids import RowSpec
 
 if TYPE_CHECKING:
@@ -177,6 +177,61 @@ def estimate(
         spec=RowSpec(column, id_column, id_from),
     )
     return pd.DataFrame(report.to_json()["models"])
+
+
+def compare(
+    sources: Sources,
+    output: str | Path,
+    *,
+    sample: int,
+    models: Iterable[str] = (),
+    prompts: dict[str, str] | None = None,
+    truth: dict[str, str] | None = None,
+    seed: int = 0,
+    margin: float = 2.0,
+    config: str | Path | None = None,
+    api_key: str | None = None,
+    id_from: str = "path",
+    column: str | None = None,
+    id_column: str | None = None,
+    **settings: Any,
+) -> pd.DataFrame:
+    """`caption compare`: every model with every prompt (`prompts`: name -> text) on one
+    seeded sample of `sample` images; one row per variant, as `CMP/compare.parquet`
+    (accuracy against `truth`, field -> column, else agreement; cost as billed and
+    projected to the whole source). `frame.attrs` holds the recommendation, the exit
+    code and why it stopped early (a budget cap). Writes `CMP/compare.html` too."""
+    import pandas as pd
+
+    from pipeline.jobs.compare import TABLE_NAME, CompareSpec, run_compare
+    from pipeline.jobs.sample import sample_paths
+    from pipeline.report.compare_page import write_compare_page
+
+    spec = CompareSpec(
+        sources=_sources(sources),
+        output=Path(output),
+        sample=sample,
+        models=list(models),
+        prompts=list((prompts or {}).items()),
+        truth=dict(truth or {}),
+        seed=seed,
+        margin=margin / 100,
+        spec=RowSpec(column, id_column, id_from),
+    )
+    outcome = run_compare(spec, _config(config, settings), api_key=api_key, handle_signals=False)
+    write_compare_page(
+        spec.output, outcome.table, sample_paths(spec.output)[0], outcome.recommendation
+    )
+    if outcome.exit_code == EXIT_FATAL_API:
+        raise FatalApiError(outcome.message or "the endpoint refused the comparison")
+    frame = pd.read_parquet(spec.output / TABLE_NAME)
+    # A budget stop is an outcome, not a failure: the variants measured so far are here.
+    frame.attrs.update(
+        recommendation=outcome.recommendation,
+        exit_code=outcome.exit_code,
+        message=outcome.message,
+    )
+    return frame
 
 
 def read_results(output: str | Path) -> pd.DataFrame:

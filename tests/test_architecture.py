@@ -16,7 +16,7 @@ FLOORS = [
     {"io"},
     {"config"},
     {"sources"},
-    {"http", "cost", "output"},
+    {"http", "cost", "output", "quality"},
     {"engine"},
     {"testing"},
     {"executors"},

@@ -296,9 +296,10 @@ def estimate(
     print_estimate(report, as_json)
 
 
+from pipeline.cli.compare import compare  # noqa: E402
 from pipeline.cli.readonly import export, fake_endpoint, prices, report, status  # noqa: E402
 
-for command in (prices, status, export, report, fake_endpoint):
+for command in (compare, prices, status, export, report, fake_endpoint):
     cli.add_command(command)
 
 

@@ -54,10 +54,13 @@ def row_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def job_options(*, for_estimate: bool = False) -> Callable[[Command], Command]:
+def job_options(
+    *, for_estimate: bool = False, models: bool = False
+) -> Callable[[Command], Command]:
     """Flags that override the job config (flag > file > default), built from the one
     table of them (`config/flags.py`). An estimate sends nothing unless asked for a
-    pilot, so the flags that only shape sending say so, and the run's limits are absent."""
+    pilot, so the flags that only shape sending say so, and the run's limits are absent.
+    `models`: --model is repeated (into `models`), as estimate and compare take it."""
     options = [
         click.option(
             "--config",
@@ -67,14 +70,16 @@ def job_options(*, for_estimate: bool = False) -> Callable[[Command], Command]:
         )
     ]
     for flag in FLAGS:
-        if for_estimate and flag.name == "model":
+        if (for_estimate or models) and flag.name == "model":
             options.append(
                 click.option(
                     "--model",
                     "models",
                     multiple=True,
                     help="Model to price; repeat to compare models side by side (default: "
-                    "the job's).",
+                    "the job's)."
+                    if for_estimate
+                    else "A model to compare; repeat it (default: the job's).",
                 )
             )
         elif not (for_estimate and flag.estimate == "run"):

@@ -147,6 +147,22 @@ def report(output: str, target: str, force: bool) -> None:
     click.echo(f"wrote {target}")
 
 
+def _wrong_rates(given: tuple[str, ...]) -> dict[str, float]:
+    rates = {}
+    for item in given:
+        model, _, rate = item.rpartition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if not model or not 0 <= value <= 1:
+            raise click.BadParameter(
+                f"{item!r}: must be MODEL=RATE, a rate from 0 to 1", param_hint="--wrong-rate"
+            )
+        rates[model] = value
+    return rates
+
+
 @click.command("fake-endpoint", short_help="Serve a fake OpenAI-compatible endpoint on loopback.")
 @click.option("--port", type=int, default=8099, show_default=True)
 @click.option(
@@ -186,6 +202,13 @@ def report(output: str, target: str, force: bool) -> None:
     help="One shared bandwidth cap, in Mbit/s, on the request bodies it reads (a slow "
     "upload link).",
 )
+@click.option(
+    "--wrong-rate",
+    multiple=True,
+    metavar="MODEL=RATE",
+    help="A quality knob for `caption compare`: MODEL answers this share of images' "
+    "structured labels wrongly (its first field). Repeat per model.",
+)
 def fake_endpoint(
     port: int,
     latency: float,
@@ -195,6 +218,7 @@ def fake_endpoint(
     rate_limit_form: str,
     flaky_429: float,
     uplink_mbps: float | None,
+    wrong_rate: tuple[str, ...],
 ) -> None:
     """Serve /chat/completions on 127.0.0.1 with deterministic captions and realistic
     usage, for trying jobs without a real key: it accepts any key
@@ -212,6 +236,7 @@ def fake_endpoint(
         rate_limit_form=rate_limit_form,
         flaky_429=flaky_429,
         uplink_mbps=uplink_mbps,
+        wrong_rates=_wrong_rates(wrong_rate),
     )
 
     def started(_message: str) -> None:

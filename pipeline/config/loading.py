@@ -88,7 +88,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config {path}: not valid TOML ({exc})") from None
 
-    sections = [*_SECTIONS, "prices"]
+    sections = [*_SECTIONS, "prices", "compare"]  # [compare] is `caption compare`'s
     for key, value in raw.items():
         if key not in sections:
             raise _unknown_key(f"{source}:", key, sections)

@@ -151,11 +151,11 @@ def _sample(shards: list[Path], ok_rows: int) -> list[dict[str, Any]]:
             full = read_shard(shard, columns=["source", "caption", "prompt_tokens", "cost_usd"])
             rows += full.take(pa.array(ok_index[mine])).to_pylist()
     for row in rows:
-        row["thumbnail"], row["no_thumbnail"] = _thumbnail(row["source"])
+        row["thumbnail"], row["no_thumbnail"] = thumbnail(row["source"])
     return rows
 
 
-def _thumbnail(source: str) -> tuple[str | None, str | None]:
+def thumbnail(source: str) -> tuple[str | None, str | None]:
     """A small JPEG of the image as a data URI, or None and why not. The source is read
     bounded: only a regular file (or object) of at most THUMB_MAX_BYTES, in a thread
     given THUMB_TIMEOUT_S, so a FIFO, a device or a stalled mount never hangs the report."""

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -72,18 +72,58 @@ def caption_for(digest: str, index: int = 0) -> str:
     return f"A fake caption for image {digest[:12]}{suffix}."
 
 
-def _content(response_format: Any, schema: dict[str, Any], digest: str, index: int) -> str:
+def right_answer(schema: dict[str, Any], digest: str, index: int = 0) -> Any:
+    """The structured answer the fake gives an image when it is right (what a truth
+    column for a test of `caption compare` holds)."""
+    return sample_value(schema, f"{digest}{index or ''}")
+
+
+def wrong_answer(value: Any, schema: dict[str, Any]) -> Any:
+    """The answer with its first field changed to another value of its type."""
+    props = schema.get("properties") or {}
+    if not isinstance(value, dict) or not props:
+        return value
+    name = next(iter(props))
+    prop, given = props[name], value.get(name)
+    if prop.get("enum"):
+        options = prop["enum"]
+        other = options[(options.index(given) + 1) % len(options)] if given in options else None
+    elif isinstance(given, bool):
+        other = not given
+    elif isinstance(given, int | float):
+        other = given + 1
+    elif isinstance(given, list):
+        other = [*given, "wrong"]
+    else:
+        other = f"{given} (wrong)"
+    return {**value, name: other}
+
+
+def is_wrong(model: str, digest: str, rate: float) -> bool:
+    """Whether `model` answers this image wrongly, at its `rate`: fixed per image, so
+    reruns and tests see the same answers."""
+    draw = int(hashlib.sha256(f"{model}|{digest}".encode()).hexdigest()[:8], 16) / 2**32
+    return draw < rate
+
+
+def _content(
+    response_format: Any, schema: dict[str, Any], digest: str, index: int, wrong: bool = False
+) -> str:
     """The answer's text: a caption, or JSON that fits the requested format."""
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "json_schema" and isinstance(schema.get("schema"), dict):
-        return json.dumps(sample_value(schema["schema"], f"{digest}{index or ''}"))
+        value = right_answer(schema["schema"], digest, index)
+        return json.dumps(wrong_answer(value, schema["schema"]) if wrong else value)
     if kind == "json_object":
         return json.dumps({"caption": caption_for(digest, index)})
     return caption_for(digest, index)
 
 
-def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
-    """The fake's answer to a parsed request body (raises BadRequest for a bad one)."""
+def completion_for(
+    body: dict[str, Any], prices: PriceTable, wrong_rates: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """The fake's answer to a parsed request body (raises BadRequest for a bad one).
+    `wrong_rates`: per model, the share of images whose structured answer it gets wrong."""
     model = body.get("model")
     if not isinstance(model, str) or model not in prices:
         raise BadRequest(f"unknown model {model!r}")
@@ -110,7 +150,8 @@ def completion_for(body: dict[str, Any], prices: PriceTable) -> dict[str, Any]:
     choices = []
     completion = 0
     for i in range(n):
-        content = _content(response_format, schema, digests[0], i)
+        wrong = is_wrong(model, digests[0], (wrong_rates or {}).get(model, 0.0))
+        content = _content(response_format, schema, digests[0], i, wrong)
         finish = "stop"
         encoded = o200k().encode_ordinary(content)
         if len(encoded) > max_tokens:  # cut off, as a real server does
@@ -211,6 +252,9 @@ class FakeOptions:
     flaky_429: float = 0.0
     # One shared cap on the request bodies read, in Mbit/s: a client's upload link.
     uplink_mbps: float | None = None
+    # Per model, the share of images whose structured answer is wrong (a quality knob
+    # for `caption compare`): its first field, changed.
+    wrong_rates: dict[str, float] = field(default_factory=dict)
 
 
 class Uplink:
@@ -301,7 +345,7 @@ def make_app(
             )
         try:
             body = json.loads(await uplink.read(request)) if uplink else await request.json()
-            answer = completion_for(body, table)
+            answer = completion_for(body, table, opts.wrong_rates)
         except (ValueError, BadRequest) as exc:
             return web.json_response(error_body(400, str(exc)), status=400)
         return await respond(request, answer, bool(body.get("stream")), headers)
