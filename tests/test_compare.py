@@ -200,3 +200,41 @@ def test_scores() -> None:
     )
     assert chosen == {"1": 1}
     assert shares == {"x": 1.0, "y": 1.0, "z": 1.0}
+
+
+def test_the_page_in_a_real_browser(
+    tmp_path: Path, fake: tuple[str, dict[str, int]], key: str
+) -> None:
+    import os
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CAPTION_REQUIRE_BROWSER"):
+            pytest.fail("no chromium: .ci/run should have installed Debian's")
+        pytest.skip("no chromium here (.ci/run installs Debian's: apt-get install chromium)")
+    from playwright import sync_api as playwright
+
+    url, _ = fake
+    listing = source_with_truth(tmp_path / "imgs", 12)
+    out = tmp_path / "cmp"
+    args = compare_args(listing, out, url, "--sample", "10", "--truth", "subject=subject_truth")
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    requests: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((out / "compare.html").as_uri())
+        page.wait_for_load_state("load")
+        recommendation = page.inner_text("#recommendation")
+        variants = page.inner_text("#variants")
+        points = page.eval_on_selector_all("svg circle", "els => els.length")
+        images = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        browser.close()
+    assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
+    assert recommendation.startswith("recommended: ")
+    assert "qwen-qwen3-vl-flash" in variants
+    assert points == 3
+    assert len(images) == 10
+    assert all(w > 0 for w in images)
