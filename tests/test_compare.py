@@ -238,3 +238,33 @@ def test_the_page_in_a_real_browser(
     assert points == 3
     assert len(images) == 10
     assert all(w > 0 for w in images)
+
+
+def test_the_same_from_a_toml_file(
+    tmp_path: Path, fake: tuple[str, dict[str, int]], key: str
+) -> None:
+    url, counts = fake
+    listing = source_with_truth(tmp_path / "imgs", 12)
+    (tmp_path / "short.txt").write_text("Label this image.")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[endpoint]\nurl = "{url}"\n[request]\njson_schema = "{listing.parent / "labels.json"}"\n'
+        '[compare]\nsample = 8\nseed = 3\nmodels = ["gpt:gpt-4o", "qwen:qwen3-vl-flash"]\n'
+        f'prompt_files = ["{tmp_path / "short.txt"}"]\ntruth = {{ subject = "subject_truth" }}\n'
+    )
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        cli, ["compare", str(listing), "-o", str(out), "--config", str(job)]
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out / "compare.parquet").to_pylist()
+    assert [r["variant"] for r in table] == ["gpt-gpt-4o--short", "qwen-qwen3-vl-flash--short"]
+    assert all(r["prompt"] == "short" for r in table)
+    assert counts["requests"] == 16
+    bad = job.read_text().replace("seed = 3", "seeds = 3")
+    job.write_text(bad)
+    result = CliRunner().invoke(
+        cli, ["compare", str(listing), "-o", str(out), "--config", str(job)]
+    )
+    assert result.exit_code == 2
+    assert "[compare] seeds: unknown key" in result.output
