@@ -189,6 +189,7 @@ def compare(
     truth: dict[str, str] | None = None,
     seed: int = 0,
     margin: float = 2.0,
+    judge: str | None = None,
     config: str | Path | None = None,
     api_key: str | None = None,
     id_from: str = "path",
@@ -216,6 +217,7 @@ def compare(
         truth=dict(truth or {}),
         seed=seed,
         margin=margin / 100,
+        judge=judge,
         spec=RowSpec(column, id_column, id_from),
     )
     outcome = run_compare(spec, _config(config, settings), api_key=api_key, handle_signals=False)

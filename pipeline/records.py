@@ -71,6 +71,11 @@ PARSED = "parsed"
 RESULT_COLUMNS: frozenset[str] = frozenset([*RESULT_SCHEMA.names, PARSED])
 
 
+# A manifest column that gives a row its own prompt in place of the job's (a comparison's
+# judge asks about two captions per row). Named so that no user's list has it by chance.
+ROW_PROMPT = "_caption_row_prompt"
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One image to caption: a stable id, where to read it, and the user's own columns."""

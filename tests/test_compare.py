@@ -19,7 +19,8 @@ import pipeline
 from pipeline.cli import cli
 from pipeline.config.prices import cost_usd, load_price_table
 from pipeline.quality.scores import agreement, consensus, score
-from pipeline.testing.fake_server import FakeOptions, make_app, right_answer
+from pipeline.testing.fake_quality import right_answer
+from pipeline.testing.fake_server import FakeOptions, make_app
 from tests.fakes import serve_in_thread
 from tests.helpers import results
 
@@ -268,3 +269,46 @@ def test_the_same_from_a_toml_file(
     )
     assert result.exit_code == 2
     assert "[compare] seeds: unknown key" in result.output
+
+
+def test_a_judge_ranks_free_text_captions_each_pair_asked_in_both_orders(
+    tmp_path: Path, fake: tuple[str, dict[str, int]], key: str
+) -> None:
+    """Plain captions: the fake spoils each model's at its rate, and as a judge prefers the
+    unspoiled one. Every pair of variants is asked about every image twice, A and B
+    swapped; the win rates rank the models, and a rerun asks nothing again."""
+    url, counts = fake
+    listing = source_with_truth(tmp_path / "imgs", 80)
+    out = tmp_path / "cmp"
+    args = ["compare", str(listing), "-o", str(out), "--endpoint", url, "-q", "--sample", "80"]
+    args += ["--judge", "gpt:gpt-4.1-mini"]
+    for model in RATES:
+        args += ["--model", model]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert counts["requests"] == 3 * 80 + 3 * 80 * 2  # 3 variants; 3 pairs x 2 orders
+    judged = results(out / "judge-gpt-gpt-4.1-mini")
+    prompts = pq.read_table(out / ".caption" / "judge.pq").to_pylist()
+    asked: dict[tuple[str, frozenset[str]], list[tuple[str, str]]] = {}
+    for p in prompts:
+        pair = frozenset((p["shown_a"], p["shown_b"]))
+        asked.setdefault((p["image_id"], pair), []).append((p["shown_a"], p["shown_b"]))
+    assert len(asked) == 3 * 80
+    for orders in asked.values():  # each pair about each image: once each way round
+        assert len(orders) == 2
+        assert orders[0] == orders[1][::-1]
+    assert len(judged) == 480
+    table = {r["variant"]: r for r in pq.read_table(out / "compare.parquet").to_pylist()}
+    rates = [table[m.replace(":", "-")]["judge_win_rate"] for m in RATES]
+    assert rates == sorted(rates, reverse=True)  # 5% spoiled beats 20% beats 45%
+    assert all(
+        table[v]["judge_win_rate_low"]
+        <= table[v]["judge_win_rate"]
+        <= table[v]["judge_win_rate_high"]
+        for v in table
+    )
+    assert table["gpt-gpt-4o"]["quality"] == table["gpt-gpt-4o"]["judge_win_rate"]
+    assert "recommended: gpt-gpt-4o" in result.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert counts["requests"] == 3 * 80 + 3 * 80 * 2  # nothing asked twice

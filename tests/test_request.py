@@ -43,8 +43,26 @@ def test_only_a_prompt_equal_to_the_slot_marker_is_refused() -> None:
     req = RequestConfig(prompt=f"a{marker}b")  # inside a longer string: no clash
     url = "data:image/png;base64,AAAA"
     assert json.loads(BodyTemplate.for_request(req).with_url(url)) == build_payload(req, url)
-    with pytest.raises(UsageError, match="marks the image"):
+    with pytest.raises(UsageError, match="slot markers"):
         BodyTemplate.for_request(RequestConfig(system_prompt=marker))
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt:gpt-4o", "gemini:gemini-2.0-flash", "nova:us.amazon.nova-lite-v1:0"]
+)
+def test_a_rows_own_prompt_takes_the_jobs_place(model: str) -> None:
+    """A manifest's ROW_PROMPT column (a comparison's judge) replaces the job's prompt in
+    that row's body, escaped, whatever the family does around it (nova adds to it)."""
+    from pipeline.http.providers import provider_for
+
+    job = RequestConfig(model=model, json_schema={"name": "x", "schema": {"type": "object"}})
+    own = 'Which is better?\nCaption A: "a cat" \u2028'
+    url = "https://x/a.png"
+    body = BodyTemplate.for_request(job).with_url(url, own)
+    expected = provider_for(model).payload(
+        RequestConfig(model=model, prompt=own, json_schema=job.json_schema), url, "image/png"
+    )
+    assert json.loads(body) == expected
 
 
 def test_the_body_is_shaped_by_the_model_family() -> None:

@@ -1,7 +1,7 @@
 """`caption compare`: which model and prompt to run, by quality per dollar, on a sample.
 
 Its settings come from flags, over a `[compare]` table of the job's TOML (`sample`,
-`models`, `prompt_files`, `truth`, `seed`, `margin`), over the defaults; the job's other
+`models`, `prompt_files`, `truth`, `seed`, `margin`, `judge`), over the defaults; the job's other
 settings (endpoint, schema, limits...) as for `run`.
 """
 
@@ -18,7 +18,7 @@ from pipeline.cli.options import job_options, load_job, row_options
 from pipeline.errors import UsageError
 from pipeline.sources.ids import RowSpec
 
-COMPARE_KEYS = {"sample", "models", "prompt_files", "truth", "seed", "margin"}
+COMPARE_KEYS = {"sample", "models", "prompt_files", "truth", "seed", "margin", "judge"}
 
 
 def _table(config_path: Path | None) -> dict[str, Any]:
@@ -83,6 +83,12 @@ def read_prompts(paths: list[Path]) -> list[tuple[str, str]]:
 )
 @click.option("--seed", type=int, help="Seed of the sample (default 0).")
 @click.option(
+    "--judge",
+    metavar="MODEL",
+    help="A model that judges free-text captions pairwise, each pair twice in swapped "
+    "order; its cost counts against --max-cost.",
+)
+@click.option(
     "--margin",
     type=float,
     help="Points of quality the recommendation may give up for a lower price (default 2).",
@@ -100,6 +106,7 @@ def compare(
     prompt_files: tuple[Path, ...],
     truth: tuple[str, ...],
     seed: int | None,
+    judge: str | None,
     margin: float | None,
     dry_run: bool,
     quiet: bool,
@@ -128,6 +135,7 @@ def compare(
         truth=parse_truth(list(truth) or table.get("truth", {})),
         seed=seed if seed is not None else int(table.get("seed", 0)),
         margin=(margin if margin is not None else float(table.get("margin", 2))) / 100,
+        judge=judge or table.get("judge"),
         spec=spec,
     )
     config = load_job(config_path, flags)

@@ -206,8 +206,9 @@ def _wrong_rates(given: tuple[str, ...]) -> dict[str, float]:
     "--wrong-rate",
     multiple=True,
     metavar="MODEL=RATE",
-    help="A quality knob for `caption compare`: MODEL answers this share of images' "
-    "structured labels wrongly (its first field). Repeat per model.",
+    help="A quality knob for `caption compare`: MODEL answers this share of images "
+    "wrongly (a structured job's first field; a caption marked as wrong, which the fake "
+    "as a judge prefers the other to). Repeat per model.",
 )
 def fake_endpoint(
     port: int,

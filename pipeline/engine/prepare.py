@@ -28,7 +28,7 @@ from pipeline.errors import ApiError, RequestRejected
 from pipeline.http.fetch import FetchRules, fetch_many
 from pipeline.http.request import BodyTemplate
 from pipeline.io.storage import is_remote, read_many
-from pipeline.records import ManifestRow, ResultRow
+from pipeline.records import ROW_PROMPT, ManifestRow, ResultRow
 from pipeline.sources.images import LoadedImage, is_url, load_image
 
 log = logging.getLogger(__name__)
@@ -167,15 +167,17 @@ class Preparer:
         assert image is not None
         width = image.width or _as_int(row.extra.get("width"))
         height = image.height or _as_int(row.extra.get("height"))
+        prompt = row.extra.get(ROW_PROMPT)  # a row's own prompt (a judge's), else the job's
+        prompt = prompt if isinstance(prompt, str) and prompt else None
         if image.url is not None:
-            body = self.body.with_url(image.url)
+            body = self.body.with_url(image.url, prompt)
         elif reduced is not None:
             self.sizes.reduced += 1
             self.sizes.reduced_from += len(image.data)
             self.sizes.reduced_to += len(reduced.data)
-            body = self.body.with_data(reduced.mime, base64.b64encode(reduced.data))
+            body = self.body.with_data(reduced.mime, base64.b64encode(reduced.data), prompt)
         else:
-            body = self.body.with_data(image.mime, base64.b64encode(image.data))
+            body = self.body.with_data(image.mime, base64.b64encode(image.data), prompt)
         return Prepared(row, started, body=body, width=width, height=height)
 
     # -- a chunk ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pipeline.config.settings import JobConfig
 from pipeline.cost.estimate import estimate
 from pipeline.errors import EXIT_BUDGET, EXIT_OK, EXIT_ROW_ERRORS, UsageError
 from pipeline.io.storage import is_remote
+from pipeline.jobs.judge import judge_folder, run_judge, win_rates
 from pipeline.jobs.measure import VariantFigures, measure_variant, score_variants
 from pipeline.jobs.run import run_job
 from pipeline.jobs.sample import draw_sample
@@ -46,6 +47,7 @@ class CompareSpec:
     truth: dict[str, str] = field(default_factory=dict)  # structured field -> column
     seed: int = 0
     margin: float = DEFAULT_MARGIN
+    judge: str | None = None  # a model that judges free-text captions pairwise
     spec: RowSpec = PATH_IDS
 
 
@@ -102,10 +104,12 @@ def run_compare(
         spec.sources, spec.output, spec.sample, spec.seed, spec.spec
     )
     cap = config.limits.max_cost_usd
+    judged = judge_folder(spec.output, spec.judge) if spec.judge else None
     message = None
     exit_code = EXIT_OK
     for variant in chosen:
         others = sum(_spent(v.folder) for v in chosen if v is not variant)
+        others += _spent(judged) if judged else 0.0
         limits = variant.config.limits
         if cap is not None:
             if cap - others <= 0:
@@ -132,6 +136,13 @@ def run_compare(
         for v in ran
     ]
     consensus = score_variants(figures, sample, spec.truth)
+    if spec.judge and exit_code in (EXIT_OK, EXIT_ROW_ERRORS):
+        judged_code, judged_message = _judge(
+            spec, config, figures, sample, chosen, api_key, show_progress, handle_signals
+        )
+        if judged_code != EXIT_OK:
+            exit_code, message = judged_code, judged_message
+
     write_table(spec.output / TABLE_NAME, [f.as_row() for f in figures])
     write_table(
         spec.output / CONSENSUS_NAME,
@@ -142,6 +153,50 @@ def run_compare(
         ],
     )
     return CompareOutcome(exit_code, figures, recommend(figures, spec.margin), message)
+
+
+def _judge(
+    spec: CompareSpec,
+    config: JobConfig,
+    figures: list[VariantFigures],
+    sample: Path,
+    chosen: list[Variant],
+    api_key: str | None,
+    show_progress: bool,
+    handle_signals: bool,
+) -> tuple[int, str | None]:
+    """Judge the captions pairwise, within what the budget leaves; each variant's win
+    rate (and, without truth, its quality)."""
+    assert spec.judge is not None
+    limits = config.limits
+    if limits.max_cost_usd is not None:
+        spent = sum(_spent(v.folder) for v in chosen)
+        if limits.max_cost_usd - spent <= 0:
+            return EXIT_BUDGET, _over(limits.max_cost_usd, spent, "the judge")
+        limits = replace(limits, max_cost_usd=limits.max_cost_usd - spent)
+    outcome = run_judge(
+        spec.judge,
+        figures,
+        sample,
+        spec.output,
+        replace(config, limits=limits),
+        api_key=api_key,
+        show_progress=show_progress,
+        handle_signals=handle_signals,
+    )
+    for f in figures:
+        rate = win_rates(spec.output, spec.judge).get(f.variant)
+        if rate is None:
+            continue
+        f.scores.update(
+            judge_win_rate=rate[0], judge_win_rate_low=rate[1], judge_win_rate_high=rate[2]
+        )
+        f.scores["judge_judgments"] = float(rate[3])
+        if not spec.truth:
+            f.quality = rate[0]
+    if outcome is not None and outcome.exit_code not in (EXIT_OK, EXIT_ROW_ERRORS):
+        return outcome.exit_code, f"the judge: {outcome.message or outcome.summary}"
+    return EXIT_OK, None
 
 
 def _spent(folder: Path) -> float:
@@ -174,7 +229,8 @@ def recommend(figures: list[VariantFigures], margin: float) -> str:
             return "no variant answered: nothing to recommend"
         cheapest = min(ok, key=lambda f: f.projected_cost_usd)
         return (
-            f"no measure of quality (no --truth, no structured fields two variants answered): "
+            "no measure of quality (no --truth, no structured fields two variants answered, "
+            "no --judge): "
             f"the cheapest is {cheapest.variant}, {_projected(cheapest)}"
         )
     best = max(f.quality for f in scored if f.quality is not None)

@@ -25,7 +25,6 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.config.labels import sample_value
 from pipeline.config.prices import PriceTable, load_price_table
 from pipeline.cost.images import image_tokens
 from pipeline.cost.tokens import (
@@ -43,6 +42,7 @@ from pipeline.testing.fake_families import (
     requested_format,
     shaped,
 )
+from pipeline.testing.fake_quality import WRONG, is_wrong, judgment, right_answer, wrong_answer
 
 log = logging.getLogger(__name__)
 
@@ -72,40 +72,6 @@ def caption_for(digest: str, index: int = 0) -> str:
     return f"A fake caption for image {digest[:12]}{suffix}."
 
 
-def right_answer(schema: dict[str, Any], digest: str, index: int = 0) -> Any:
-    """The structured answer the fake gives an image when it is right (what a truth
-    column for a test of `caption compare` holds)."""
-    return sample_value(schema, f"{digest}{index or ''}")
-
-
-def wrong_answer(value: Any, schema: dict[str, Any]) -> Any:
-    """The answer with its first field changed to another value of its type."""
-    props = schema.get("properties") or {}
-    if not isinstance(value, dict) or not props:
-        return value
-    name = next(iter(props))
-    prop, given = props[name], value.get(name)
-    if prop.get("enum"):
-        options = prop["enum"]
-        other = options[(options.index(given) + 1) % len(options)] if given in options else None
-    elif isinstance(given, bool):
-        other = not given
-    elif isinstance(given, int | float):
-        other = given + 1
-    elif isinstance(given, list):
-        other = [*given, "wrong"]
-    else:
-        other = f"{given} (wrong)"
-    return {**value, name: other}
-
-
-def is_wrong(model: str, digest: str, rate: float) -> bool:
-    """Whether `model` answers this image wrongly, at its `rate`: fixed per image, so
-    reruns and tests see the same answers."""
-    draw = int(hashlib.sha256(f"{model}|{digest}".encode()).hexdigest()[:8], 16) / 2**32
-    return draw < rate
-
-
 def _content(
     response_format: Any, schema: dict[str, Any], digest: str, index: int, wrong: bool = False
 ) -> str:
@@ -116,7 +82,7 @@ def _content(
         return json.dumps(wrong_answer(value, schema["schema"]) if wrong else value)
     if kind == "json_object":
         return json.dumps({"caption": caption_for(digest, index)})
-    return caption_for(digest, index)
+    return caption_for(digest, index) + (WRONG if wrong else "")
 
 
 def completion_for(
@@ -152,6 +118,9 @@ def completion_for(
     for i in range(n):
         wrong = is_wrong(model, digests[0], (wrong_rates or {}).get(model, 0.0))
         content = _content(response_format, schema, digests[0], i, wrong)
+        if (verdict := judgment(texts)) is not None:
+            structured = isinstance(response_format, dict) and response_format.get("type")
+            content = json.dumps({"winner": verdict}) if structured else verdict
         finish = "stop"
         encoded = o200k().encode_ordinary(content)
         if len(encoded) > max_tokens:  # cut off, as a real server does
