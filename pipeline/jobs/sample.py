@@ -58,7 +58,9 @@ def draw_sample(
         [{MANIFEST_ID: r.id, MANIFEST_SOURCE: r.source, **r.extra} for r in rows],
         schema=pq.read_schema(full),
     )
-    pq.write_table(table, sample)
+    staged = sample.with_name(sample.name + ".tmp")
+    pq.write_table(table, staged)
+    staged.replace(sample)  # whole or absent; the record is written last
     record.write_text(json.dumps({**drawn, "source_images": summary.rows}, indent=2) + "\n")
     return sample, full, summary.rows
 
