@@ -2,7 +2,7 @@
 
     python bench/resume.py [--rows 100000] [--rows-per-shard 10000]
 
-Builds a finished output folder (.caption/manifest.parquet, shards, .caption/run.json) of the given size, then times:
+Builds a finished output folder (.caption/manifest.pq, shards, .caption/run.json) of the given size, then times:
 - the done-row scan a rerun does before sending anything (recover, compact, scan, count
   pending), in process;
 - a whole `caption run` rerun that finds nothing to do (a child process);
@@ -28,6 +28,7 @@ from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.loading import load_config
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import MANIFEST_NAME
 from pipeline.records import RESULT_SCHEMA
 from pipeline.sources.ids import stable_id
 
@@ -36,7 +37,7 @@ def build(out: Path, rows: int, per_shard: int) -> None:
     (out / ".caption").mkdir(parents=True)
     ids = [stable_id(f"https://img.example.com/{i:08d}.jpg") for i in range(rows)]
     sources = [f"https://img.example.com/{i:08d}.jpg" for i in range(rows)]
-    pq.write_table(pa.table({"id": ids, "source": sources}), out / ".caption/manifest.parquet")
+    pq.write_table(pa.table({"id": ids, "source": sources}), out / ".caption" / MANIFEST_NAME)
     now = int(time.time() * 1000)
     for shard, start in enumerate(range(0, rows, per_shard)):
         n = min(per_shard, rows - start)
@@ -94,7 +95,7 @@ def main() -> None:
                 "-m",
                 "pipeline",
                 "run",
-                str(out / ".caption/manifest.parquet"),
+                str(out / ".caption" / MANIFEST_NAME),
                 "-o",
                 str(out),
                 "--endpoint",

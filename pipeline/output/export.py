@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
 from pipeline.io.arrow import combined, read_parquet
+from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import deliver, is_remote
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
@@ -85,13 +86,13 @@ def _schema(out: OutputDir) -> pa.Schema:
 def joined(out: OutputDir) -> Iterator[pa.Table]:
     """Each shard with the manifest's own columns of its rows beside it."""
     own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
-    ids = own[MANIFEST_ID].combine_chunks()
+    lookup = IdLookup(own[MANIFEST_ID])  # once: per shard, it made export quadratic
     extras = own.drop_columns([MANIFEST_ID])
     names = out.result_schema().names
     for shard in out.shards():
         results = read_shard(shard).select(names)
-        where = pc.index_in(results[MANIFEST_ID], value_set=ids)
-        beside = extras.take(where)  # a row the manifest lacks gets nulls
+        at = lookup.positions(results[MANIFEST_ID])
+        beside = extras.take(pa.array(at, mask=at < 0))  # a row the manifest lacks: nulls
         for name in beside.column_names:
             results = results.append_column(name, beside[name])
         yield results

@@ -27,10 +27,10 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
+from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import is_remote, open_binary, read_many, upload
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, to_schema
 from pipeline.sources.entries import source_entries
@@ -312,10 +312,12 @@ def read_manifest(
 def without_done(
     batches: Iterable[pa.RecordBatch], skip: pa.Array | None
 ) -> Iterator[pa.RecordBatch]:
-    """Leave out the rows whose id is in `skip` (rows an output folder already holds)."""
+    """Leave out the rows whose id is in `skip` (rows an output folder already holds).
+    The lookup is built once, not per batch: that was quadratic in the folder's size."""
+    lookup = IdLookup(skip) if skip is not None and len(skip) else None
     for batch in batches:
-        if skip is not None and len(skip):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column(MANIFEST_ID), value_set=skip)))
+        if lookup is not None:
+            batch = batch.filter(pa.array(~lookup.contains(batch.column(MANIFEST_ID))))
         yield batch
 
 

@@ -1,0 +1,83 @@
+"""A set of row ids looked up many times, built once.
+
+`pc.is_in(batch, value_set=ids)` and `pc.index_in` hash their value set on every call:
+called per manifest batch or per shard with every id of a folder, they made resume and
+export quadratic (3M rows: 276 s and 236 s, against 30 s and 26 s at 1M). Here the ids
+are laid out once as fixed-width byte strings straight from Arrow's buffers, sorted once,
+and each query is a vectorised binary search: O(n log n) to build, O(k log n) per
+lookup of k ids, 8 + width bytes per id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_CHUNK = 1 << 16
+
+
+def _flat(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    if pa.types.is_large_string(ids.type) or pa.types.is_string(ids.type):
+        return ids.cast(pa.large_binary())
+    return ids.cast(pa.large_string()).cast(pa.large_binary())
+
+
+def fixed_width(ids: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
+    """The ids as numpy byte strings of `width` bytes (shorter ones padded with NULs,
+    which no id holds; none may be longer)."""
+    flat = _flat(ids)
+    n = len(flat)
+    if n == 0:
+        return np.empty(0, dtype=f"S{max(width, 1)}")
+    lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False)
+    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int64)[flat.offset : flat.offset + n + 1]
+    data = np.frombuffer(flat.buffers()[2], dtype=np.uint8)
+    if (lengths == width).all():  # the common case (16-hex ids): the buffer is the array
+        start = int(offsets[0])
+        return np.frombuffer(data[start : start + n * width].tobytes(), dtype=f"S{width}")
+    out = np.zeros((n, width), dtype=np.uint8)
+    starts = offsets[:-1]
+    for length in np.unique(lengths):  # one vectorised copy per distinct length,
+        every = np.nonzero(lengths == length)[0]
+        cols = np.arange(length)
+        for first in range(0, len(every), _CHUNK):  # in chunks: index arrays stay small
+            rows = every[first : first + _CHUNK]
+            if length:
+                out[rows[:, None], cols] = data[starts[rows][:, None] + cols]
+    return out.view(f"S{width}").ravel()
+
+
+class IdLookup:
+    def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        flat = _flat(ids)
+        self.width = max(1, int(pc.max(pc.binary_length(flat)).as_py() or 1)) if len(flat) else 1
+        keys = fixed_width(flat, self.width)
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def positions(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each queried id's position in the ids the lookup was built from, or -1."""
+        flat = _flat(query)
+        if not len(flat) or not len(self.keys):
+            return np.full(len(flat), -1, dtype=np.int64)
+        lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False)
+        fits = lengths <= self.width  # a longer id cannot be one of these
+        q = fixed_width(flat.filter(pa.array(fits)), self.width) if not fits.all() else None
+        if q is None:
+            q = fixed_width(flat, self.width)
+        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        found = np.where(self.keys[at] == q, self.order[at], -1)
+        if fits.all():
+            return found.astype(np.int64)
+        out = np.full(len(flat), -1, dtype=np.int64)
+        out[fits] = found
+        return out
+
+    def contains(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        return self.positions(query) >= 0

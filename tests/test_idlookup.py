@@ -1,0 +1,49 @@
+"""`io/idlookup.IdLookup` against Python's own dict, on the ids caption makes (16 hex
+characters) and on a user's own ids (any length, any text)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.io.idlookup import IdLookup
+
+
+def check(ids: list[str], queries: list[str], chunked: bool = False) -> None:
+    built: pa.Array | pa.ChunkedArray = pa.array(ids, pa.string())
+    if chunked and len(ids) > 2:
+        built = pa.chunked_array([ids[:2], ids[2:]], pa.string())
+    lookup = IdLookup(built)
+    where = {v: i for i, v in enumerate(ids)}
+    got = lookup.positions(pa.array(queries, pa.string()))
+    assert got.tolist() == [where.get(q, -1) for q in queries]
+    assert lookup.contains(pa.array(queries, pa.large_string())).tolist() == [
+        q in where for q in queries
+    ]
+
+
+def test_caption_ids() -> None:
+    rng = random.Random(1)
+    ids = [f"{rng.getrandbits(64):016x}" for _ in range(20_000)]
+    queries = rng.sample(ids, 5_000) + [f"{rng.getrandbits(64):016x}" for _ in range(5_000)]
+    check(ids, queries)
+    check(ids, queries, chunked=True)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_user_ids_of_any_length_and_text(chunked: bool) -> None:
+    ids = ["a", "ab", "abc", "b", "", "ünï", "猫-17", "x" * 40, "a\u2028b", "10", "9"]
+    queries = [*ids, "abcd", "y" * 50, "c", "ün", "1", "a\u2028"]
+    check(ids, queries, chunked)
+
+
+def test_empty_sides_and_slices() -> None:
+    check([], ["a"])
+    check(["a"], [])
+    sliced = pa.array(["q", "w", "e", "r", "t"]).slice(1, 3)  # an offset into the buffers
+    lookup = IdLookup(sliced)
+    assert lookup.positions(pa.array(["e", "q", "r", "w"])).tolist() == [1, -1, 2, 0]
+    assert isinstance(lookup.contains(pa.array(["w"])), np.ndarray)
