@@ -236,10 +236,11 @@ def compare(
     return frame
 
 
-def read_results(output: str | Path) -> pd.DataFrame:
+def read_results(output: str | Path, include_removed: bool = False) -> pd.DataFrame:
     """One row per answered image: the result columns, the manifest's own columns beside
     them (your labels, splits, ids), and a structured job's `parsed` as one column per
-    field (`parsed.subject`). Reads the folder only (a bucket folder through a copy)."""
+    field (`parsed.subject`). Rows whose source left the manifest are left out unless
+    `include_removed`. Reads the folder only (a bucket folder through a copy)."""
     import pyarrow as pa
 
     from pipeline.errors import UsageError
@@ -251,7 +252,7 @@ def read_results(output: str | Path) -> pd.DataFrame:
         out = OutputDir(folder)
         if not out.exists() or not out.manifest.exists():
             raise UsageError(f"{output}: not a caption output folder (no manifest)")
-        tables = list(joined(out))
+        tables = list(joined(out, include_removed))
         schema = out.result_schema()
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return flatten_parsed(table).to_pandas(types_mapper=_nullable)

@@ -105,17 +105,23 @@ def status(output: str, as_json: bool) -> None:
     required=True,
     help="File to write: .parquet, .jsonl or .csv; a local path or s3:// / gs://.",
 )
-def export(output_dir: str, target: str) -> None:
+@click.option(
+    "--include-removed",
+    is_flag=True,
+    help="Keep the rows whose source left the manifest (their own columns empty).",
+)
+def export(output_dir: str, target: str, include_removed: bool) -> None:
     """Join the results in OUTPUT_DIR with the manifest's own columns (your labels,
     splits, ids) into one file, one row per answered image. Nested columns such as
-    `choices` become JSON text in a CSV. Reads the folder only."""
+    `choices` become JSON text in a CSV. Rows whose source the last run's sources no
+    longer hold are left out (--include-removed keeps them). Reads the folder only."""
     from pipeline.io.storage import check_scheme
     from pipeline.output.export import export as write
     from pipeline.output.mirror import readable
 
     check_scheme(target)
     with readable(output_dir) as folder:
-        rows = write(folder, target)
+        rows = write(folder, target, include_removed)
     click.echo(f"exported {rows} rows to {target}")
 
 

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 _CHUNK = 1 << 16
 
 
 def _flat(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The ids as one large-binary array (its buffers: 64-bit offsets, then the bytes)."""
     if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
-    if pa.types.is_large_string(ids.type) or pa.types.is_string(ids.type):
-        return ids.cast(pa.large_binary())
-    return ids.cast(pa.large_string()).cast(pa.large_binary())
+        ids = pa.concat_arrays(ids.chunks) if ids.num_chunks else pa.nulls(0, ids.type)
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.large_string())
+    return ids.cast(pa.large_binary())
+
+
+def _layout(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(each id's start in the data buffer, each id's length in bytes), read from the
+    buffers (`to_numpy` would import pandas)."""
+    n = len(flat)
+    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int64)[flat.offset : flat.offset + n + 1]
+    return offsets[:-1], np.diff(offsets)
 
 
 def fixed_width(ids: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
@@ -32,28 +40,30 @@ def fixed_width(ids: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
     n = len(flat)
     if n == 0:
         return np.empty(0, dtype=f"S{max(width, 1)}")
-    lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False)
-    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int64)[flat.offset : flat.offset + n + 1]
+    starts, lengths = _layout(flat)
     data = np.frombuffer(flat.buffers()[2], dtype=np.uint8)
     if (lengths == width).all():  # the common case (16-hex ids): the buffer is the array
-        start = int(offsets[0])
-        return np.frombuffer(data[start : start + n * width].tobytes(), dtype=f"S{width}")
+        first = int(starts[0])
+        return np.frombuffer(data[first : first + n * width].tobytes(), dtype=f"S{width}")
     out = np.zeros((n, width), dtype=np.uint8)
-    starts = offsets[:-1]
     for length in np.unique(lengths):  # one vectorised copy per distinct length,
         every = np.nonzero(lengths == length)[0]
         cols = np.arange(length)
-        for first in range(0, len(every), _CHUNK):  # in chunks: index arrays stay small
-            rows = every[first : first + _CHUNK]
+        for at in range(0, len(every), _CHUNK):  # in chunks: index arrays stay small
+            rows = every[at : at + _CHUNK]
             if length:
                 out[rows[:, None], cols] = data[starts[rows][:, None] + cols]
     return out.view(f"S{width}").ravel()
 
 
+def _longest(flat: pa.Array) -> int:
+    return max(1, int(_layout(flat)[1].max())) if len(flat) else 1
+
+
 class IdLookup:
     def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
         flat = _flat(ids)
-        self.width = max(1, int(pc.max(pc.binary_length(flat)).as_py() or 1)) if len(flat) else 1
+        self.width = _longest(flat)
         keys = fixed_width(flat, self.width)
         self.order = np.argsort(keys, kind="stable")
         self.keys = keys[self.order]
@@ -66,18 +76,11 @@ class IdLookup:
         flat = _flat(query)
         if not len(flat) or not len(self.keys):
             return np.full(len(flat), -1, dtype=np.int64)
-        lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False)
-        fits = lengths <= self.width  # a longer id cannot be one of these
-        q = fixed_width(flat.filter(pa.array(fits)), self.width) if not fits.all() else None
-        if q is None:
-            q = fixed_width(flat, self.width)
-        at = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-        found = np.where(self.keys[at] == q, self.order[at], -1)
-        if fits.all():
-            return found.astype(np.int64)
-        out = np.full(len(flat), -1, dtype=np.int64)
-        out[fits] = found
-        return out
+        width = max(self.width, _longest(flat))
+        keys = self.keys if width == self.width else self.keys.astype(f"S{width}")
+        q = fixed_width(flat, width)
+        at = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        return np.where(keys[at] == q, self.order[at], -1).astype(np.int64)
 
     def contains(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return self.positions(query) >= 0

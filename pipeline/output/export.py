@@ -32,10 +32,10 @@ from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
 FORMATS = (".parquet", ".jsonl", ".csv")
 
 
-def export(out_path: Path, target: str | Path) -> int:
+def export(out_path: Path, target: str | Path, include_removed: bool = False) -> int:
     """Write the folder's results joined with the manifest's own columns to `target` (a
     local path, its folders made, or a bucket object), whole or not at all; the row
-    count."""
+    count. Rows whose source left the manifest (removed) are left out unless asked for."""
     target = str(target)
     fmt = PurePath(target).suffix.lower()
     if fmt not in FORMATS:
@@ -49,7 +49,7 @@ def export(out_path: Path, target: str | Path) -> int:
         with tempfile.TemporaryDirectory(prefix="caption-export-") as tmp:
             staged = Path(tmp) / f"export{fmt}"
             try:
-                rows = _write(out, fmt, staged)
+                rows = _write(out, fmt, staged, include_removed)
             except OSError as exc:
                 raise storage_error(staged.parent, exc) from None
             deliver(staged, target)
@@ -58,7 +58,7 @@ def export(out_path: Path, target: str | Path) -> int:
     staged = path.with_name(f".{path.name}.tmp")  # beside it: the rename is atomic
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = _write(out, fmt, staged)
+        rows = _write(out, fmt, staged, include_removed)
         os.replace(staged, path)
     except OSError as exc:
         raise storage_error(path.parent, exc) from None
@@ -67,10 +67,10 @@ def export(out_path: Path, target: str | Path) -> int:
     return rows
 
 
-def _write(out: OutputDir, fmt: str, path: Path) -> int:
+def _write(out: OutputDir, fmt: str, path: Path, include_removed: bool) -> int:
     rows = 0
     with _writer(fmt, path, _schema(out)) as write:
-        for table in joined(out):
+        for table in joined(out, include_removed):
             write(table)
             rows += table.num_rows
     return rows
@@ -83,8 +83,10 @@ def _schema(out: OutputDir) -> pa.Schema:
     )
 
 
-def joined(out: OutputDir) -> Iterator[pa.Table]:
-    """Each shard with the manifest's own columns of its rows beside it."""
+def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
+    """Each shard with the manifest's own columns of its rows beside it. A row whose
+    source left the manifest (removed by a later run's sources) is left out, or kept
+    with nulls beside it when `include_removed`."""
     own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
     lookup = IdLookup(own[MANIFEST_ID])  # once: per shard, it made export quadratic
     extras = own.drop_columns([MANIFEST_ID])
@@ -92,7 +94,9 @@ def joined(out: OutputDir) -> Iterator[pa.Table]:
     for shard in out.shards():
         results = read_shard(shard).select(names)
         at = lookup.positions(results[MANIFEST_ID])
-        beside = extras.take(pa.array(at, mask=at < 0))  # a row the manifest lacks: nulls
+        if not include_removed and (at < 0).any():
+            results, at = results.filter(pa.array(at >= 0)), at[at >= 0]
+        beside = extras.take(pa.array(at, mask=at < 0))  # a removed row's: nulls
         for name in beside.column_names:
             results = results.append_column(name, beside[name])
         yield results

@@ -233,6 +233,8 @@ def render(f: Figures) -> str:
             _card("rows ok", f"{s.ok:,}"),
             _card("error rows", f"{s.errors:,}"),
             _card("pending", f"{s.pending:,}"),
+            _card("current rows", f"{s.done - s.removed:,}"),
+            _card("removed (source gone)", f"{s.removed:,}"),
             _card("prompt tokens", f"{s.prompt_tokens:,}"),
             _card("completion tokens", f"{s.completion_tokens:,}"),
             _card("cost", f"${s.cost_usd:,.4f}"),

@@ -17,6 +17,7 @@ from pipeline.io.arrow import equals, int_numpy
 from pipeline.output import books
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
+from pipeline.output.removed import removed_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class FolderStatus:
     superseded: int
     runs: int
     running: bool
+    removed: int = 0  # done rows whose source left the manifest (not exported)
     estimate: dict[str, Any] | None = field(default=None)
 
     def to_json(self) -> dict[str, Any]:
@@ -53,6 +55,14 @@ class FolderStatus:
             + (f": {kinds}" if kinds else "")
             + ")",
             f"pending      {self.pending}",
+            *(
+                [
+                    f"removed      {self.removed} of the done rows: their sources left the "
+                    "manifest (kept, counted in the cost; export leaves them out)"
+                ]
+                if self.removed
+                else []
+            ),
             f"tokens       {self.prompt_tokens} prompt, {self.completion_tokens} completion",
             f"cost         ${self.cost_usd:.4f}",
         ]
@@ -103,6 +113,7 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
         **done.totals().to_json(),
         errors_by_kind=done.errors_by_kind,
         pending=out.pending_count(skip),
+        removed=removed_count(out, done.ids),
         journaled=done.journaled,
         superseded=done.superseded,
         runs=len(meta.get("runs", [])),
