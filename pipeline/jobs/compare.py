@@ -148,8 +148,8 @@ def run_compare(
         spec.output / CONSENSUS_NAME,
         [
             {"id": image, "field": name, "value": json.dumps(value, sort_keys=True)}
-            for name, chosen in sorted(consensus.items())
-            for image, value in sorted(chosen.items())
+            for name, majority in sorted(consensus.items())
+            for image, value in sorted(majority.items())
         ],
     )
     return CompareOutcome(exit_code, figures, recommend(figures, spec.margin), message)
@@ -184,8 +184,9 @@ def _judge(
         show_progress=show_progress,
         handle_signals=handle_signals,
     )
+    rates = win_rates(spec.output, spec.judge)
     for f in figures:
-        rate = win_rates(spec.output, spec.judge).get(f.variant)
+        rate = rates.get(f.variant)
         if rate is None:
             continue
         f.scores.update(
