@@ -117,8 +117,9 @@ def compare(
 ) -> None:
     """Run every combination of --model and --prompt-file on one seeded sample of
     SOURCES, as ordinary output folders under -o, and say which is worth its price:
-    accuracy against --truth columns, else agreement with the other variants' consensus.
-    Writes CMP/compare.parquet and CMP/compare.html."""
+    accuracy against --truth columns, else a --judge's win rate (free-text captions) or
+    agreement with the other variants' consensus (structured labels). Writes
+    CMP/compare.parquet and CMP/compare.html."""
     from pipeline.jobs.compare import CompareSpec, estimate_compare, run_compare
 
     table = _table(config_path)
