@@ -71,6 +71,12 @@ PARSED = "parsed"
 RESULT_COLUMNS: frozenset[str] = frozenset([*RESULT_SCHEMA.names, PARSED])
 
 
+# A manifest column holding a local file's size and modification time at ingest
+# (`size:mtime_ns`): a rerun that finds it different captions the file again.
+SIGNATURE = "_caption_signature"
+# Manifest columns named so are caption's own: not handed on beside the results.
+OWN_PREFIX = "_caption_"
+
 # A manifest column that gives a row its own prompt in place of the job's (a comparison's
 # judge asks about two captions per row). Named so that no user's list has it by chance.
 ROW_PROMPT = "_caption_row_prompt"

@@ -12,16 +12,38 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import UsageError
+from pipeline.records import SIGNATURE
 from pipeline.sources.ids import RowSpec, stable_id
 from pipeline.sources.manifest import read_manifest, write_manifest
 from tests.helpers import SAMPLES
 
 
 def ingest(tmp_path: Path, *sources: str | Path, **kw: Any) -> tuple[list[dict], Any]:
+    """The manifest's rows, without the file signature caption keeps for itself (its
+    own test is below)."""
     out = tmp_path / "manifest.parquet"
     spec = kw.pop("spec", None) or RowSpec(**kw)
     summary = write_manifest([str(s) for s in sources], out, spec)
-    return pq.read_table(out).to_pylist(), summary
+    rows = pq.read_table(out).to_pylist()
+    return [{k: v for k, v in r.items() if k != SIGNATURE} for r in rows], summary
+
+
+def test_local_files_carry_their_signature_and_urls_none(tmp_path: Path) -> None:
+    """A local file's size and modification time, from its inode (never its bytes): a
+    rerun that finds them changed captions the file again (`output/current.py`)."""
+    image = tmp_path / "a.gif"
+    shutil.copy(SAMPLES / "icon.gif", image)
+    listing = tmp_path / "l.txt"
+    listing.write_text(f"{image}\nhttps://example.com/b.png\n")
+    out = tmp_path / "m.parquet"
+    write_manifest([str(listing)], out)
+    signed = {r["source"]: r[SIGNATURE] for r in pq.read_table(out).to_pylist()}
+    info = image.stat()
+    assert signed == {
+        str(image): f"{info.st_size}:{info.st_mtime_ns}",
+        "https://example.com/b.png": None,
+    }
+    assert all(SIGNATURE not in r.extra for r in read_manifest(out))  # not a row's own column
 
 
 @pytest.fixture

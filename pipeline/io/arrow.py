@@ -59,3 +59,30 @@ def int_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(
         arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize
     )
+
+
+def bool_array(values: np.ndarray) -> pa.Array:
+    """`pa.array(values)` for a numpy boolean array, from its bits."""
+    bits = np.packbits(values.astype(bool), bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits.tobytes())])
+
+
+def take_indices(positions: np.ndarray) -> pa.Array:
+    """Row positions for `take`, null where negative (`pa.array(p, mask=p < 0)`)."""
+    values = np.ascontiguousarray(positions, dtype=np.int64)
+    valid = np.packbits(values >= 0, bitorder="little")
+    return pa.Array.from_buffers(
+        pa.int64(), len(values), [pa.py_buffer(valid.tobytes()), pa.py_buffer(values.tobytes())]
+    )
+
+
+def nullable_string_array(values: list[str | None]) -> pa.Array:
+    """`pa.array(values, pa.string())` for strings and Nones, built from its buffers."""
+    filled = string_array([v if v is not None else "" for v in values])
+    if all(v is not None for v in values):
+        return filled
+    valid = np.packbits(np.array([v is not None for v in values]), bitorder="little")
+    _, offsets, data = filled.buffers()
+    return pa.Array.from_buffers(
+        filled.type, len(values), [pa.py_buffer(valid.tobytes()), offsets, data]
+    )

@@ -30,6 +30,7 @@ class Counted:
     retried: int
     already: int
     remaining: int
+    changed: int = 0  # of the sent: files replaced since the last run, captioned again
 
 
 def _megabytes(n: int) -> str:
@@ -51,6 +52,8 @@ def summary_line(
 ) -> str:
     total, retried, already, remaining = rows.total, rows.retried, rows.already, rows.remaining
     sent = f"{total - retried} new, {retried} retried" if retried else f"{total} new"
+    if rows.changed:
+        sent += f" ({rows.changed} changed since the last run)"
     summary = (
         f"{tally.ok} ok, {_count(tally.errors, 'error')} of {sent} "
         f"({already} already done, {remaining} pending); "

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from pipeline.config.apikey import read_api_key
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.prices import price_entry
@@ -32,10 +34,13 @@ from pipeline.errors import (
 )
 from pipeline.executors import LOCAL, ExecutorSpec, executor_for
 from pipeline.executors.base import Executed, Work
+from pipeline.io.arrow import bool_array
+from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import check_scheme, is_remote
 from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.output import books
 from pipeline.output.books import Done
+from pipeline.output.current import changed_ids, signatures
 from pipeline.output.folder import OutputDir, utc_now
 from pipeline.output.merge import merge_small_shards
 from pipeline.output.mirror import BucketFolder
@@ -205,10 +210,15 @@ def _run_locked(
     books.compact(out)
     done = books.scan(out)
     before = (previous or {}).get("sources")
+    signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
     ingest = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
     )
+    changed = changed_ids(signed, out.manifest, done.ids)
     skip = done.ok_ids if retry_errors else done.ids
+    if len(changed):  # replaced at the same path: sent again, the old answer superseded
+        log.info("%d file(s) changed since the last run: captioned again", len(changed))
+        skip = pc.filter(skip, bool_array(~IdLookup(changed).contains(skip)))
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
     already = out.manifest_count() - pending
@@ -239,7 +249,7 @@ def _run_locked(
     wall = time.perf_counter() - started
     remaining = pending - tally.done
     try:
-        if retry_errors:
+        if retry_errors or len(changed):
             books.compact(out)
         if stop.kind != "storage":  # a full disk is no place to rewrite shards
             merge_small_shards(out, config.output.rows_per_shard)
@@ -261,7 +271,13 @@ def _run_locked(
         exit_code = EXIT_STORAGE
 
     summary = summary_line(
-        tally, Counted(total, retried, already, remaining), final, wall, ingest, config, out.label
+        tally,
+        Counted(total, retried, already, remaining, len(changed)),
+        final,
+        wall,
+        ingest,
+        config,
+        out.label,
     )
     message = stop_message(stop, out.label, remaining, budget, unsaved, config)
     return RunOutcome(exit_code, summary, message, tally, stop.kind, budget.learned_ratio)

@@ -22,12 +22,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
-from pipeline.io.arrow import combined, read_parquet
+from pipeline.io.arrow import bool_array, combined, read_parquet, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import deliver, is_remote
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, PARSED
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, OWN_PREFIX, PARSED
 
 FORMATS = (".parquet", ".jsonl", ".csv")
 
@@ -78,9 +78,12 @@ def _write(out: OutputDir, fmt: str, path: Path, include_removed: bool) -> int:
 
 def _schema(out: OutputDir) -> pa.Schema:
     own = pq.read_schema(out.manifest)
-    return pa.schema(
-        [*out.result_schema(), *(f for f in own if f.name not in (MANIFEST_ID, MANIFEST_SOURCE))]
-    )
+    theirs = [
+        f
+        for f in own
+        if f.name not in (MANIFEST_ID, MANIFEST_SOURCE) and not f.name.startswith(OWN_PREFIX)
+    ]
+    return pa.schema([*out.result_schema(), *theirs])
 
 
 def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
@@ -88,6 +91,7 @@ def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
     source left the manifest (removed by a later run's sources) is left out, or kept
     with nulls beside it when `include_removed`."""
     own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
+    own = own.drop_columns([n for n in own.column_names if n.startswith(OWN_PREFIX)])
     lookup = IdLookup(own[MANIFEST_ID])  # once: per shard, it made export quadratic
     extras = own.drop_columns([MANIFEST_ID])
     names = out.result_schema().names
@@ -95,8 +99,8 @@ def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
         results = read_shard(shard).select(names)
         at = lookup.positions(results[MANIFEST_ID])
         if not include_removed and (at < 0).any():
-            results, at = results.filter(pa.array(at >= 0)), at[at >= 0]
-        beside = extras.take(pa.array(at, mask=at < 0))  # a removed row's: nulls
+            results, at = results.filter(bool_array(at >= 0)), at[at >= 0]
+        beside = extras.take(take_indices(at))  # a removed row's: nulls
         for name in beside.column_names:
             results = results.append_column(name, beside[name])
         yield results

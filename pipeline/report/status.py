@@ -16,8 +16,8 @@ from pipeline.errors import UsageError
 from pipeline.io.arrow import equals, int_numpy
 from pipeline.output import books
 from pipeline.output.books import read_shard
+from pipeline.output.current import removed_count
 from pipeline.output.folder import OutputDir
-from pipeline.output.removed import removed_count
 
 
 @dataclass(frozen=True, slots=True)

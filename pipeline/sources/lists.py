@@ -19,9 +19,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
-from pipeline.io.arrow import string_array
+from pipeline.io.arrow import nullable_string_array, string_array
 from pipeline.io.storage import is_remote, join, open_binary
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
 from pipeline.sources.images import is_url
 
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".tsv", ".jsonl", ".parquet", ".pq"})
@@ -143,14 +143,20 @@ def _is_str(*values: object) -> bool:
 
 def record_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """Manifest dicts as a record batch. Rows may have different keys (`from_pylist` would
-    keep only the first row's); rows of just `id` and `source` skip pyarrow's inference."""
+    keep only the first row's); rows of just `id`, `source` and the file's signature skip
+    pyarrow's inference (and its import of pandas)."""
+    plain = (MANIFEST_ID, MANIFEST_SOURCE)
     if all(
-        len(row) == 2 and _is_str(row.get(MANIFEST_ID), row.get(MANIFEST_SOURCE)) for row in rows
+        row.keys() <= {*plain, SIGNATURE}
+        and _is_str(row.get(MANIFEST_ID), row.get(MANIFEST_SOURCE))
+        for row in rows
     ):
-        return pa.RecordBatch.from_arrays(
-            [string_array([row[k] for row in rows]) for k in (MANIFEST_ID, MANIFEST_SOURCE)],
-            names=[MANIFEST_ID, MANIFEST_SOURCE],
-        )
+        arrays = [string_array([row[k] for row in rows]) for k in plain]
+        names = list(plain)
+        if any(SIGNATURE in row for row in rows):
+            arrays.append(nullable_string_array([row.get(SIGNATURE) for row in rows]))
+            names.append(SIGNATURE)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return pa.RecordBatch.from_pydict({k: [row.get(k) for row in rows] for k in keys})
 

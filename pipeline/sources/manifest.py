@@ -30,9 +30,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
+from pipeline.io.arrow import bool_array
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import is_remote, open_binary, read_many, upload
-from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, RESULT_COLUMNS, ManifestRow, to_schema
+from pipeline.records import (
+    MANIFEST_ID,
+    MANIFEST_SOURCE,
+    RESULT_COLUMNS,
+    SIGNATURE,
+    ManifestRow,
+    to_schema,
+)
 from pipeline.sources.entries import source_entries
 from pipeline.sources.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.sources.images import NOT_UTF8_PREFIX, is_url
@@ -107,10 +115,24 @@ def iter_manifest_rows(
                             MANIFEST_ID: row_id,
                             MANIFEST_SOURCE: raw[MANIFEST_SOURCE],
                             **_renamed(columns),
+                            SIGNATURE: _signature(raw[MANIFEST_SOURCE]),
                         }
                     )
                 if out:
                     yield out
+
+
+def _signature(source: str) -> str | None:
+    """A local file's size and modification time (`size:mtime_ns`), read from its
+    inode, not its bytes: a rerun compares them to tell a replaced file. None for URLs,
+    bucket objects and files that cannot be read (the run makes those error rows)."""
+    if is_url(source) or is_remote(source):
+        return None
+    try:
+        info = os.stat(source)
+    except OSError:
+        return None
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 def _ids(
@@ -304,7 +326,9 @@ def read_manifest(
         raise UsageError(
             f"manifest {path}: needs columns 'id' and 'source' (has {', '.join(names)})"
         )
-    for rb in without_done(pf.iter_batches(batch_size=batch_rows), skip):
+    # A row's own columns, without the file signature caption keeps for itself.
+    columns = [n for n in names if n != SIGNATURE]
+    for rb in without_done(pf.iter_batches(batch_size=batch_rows, columns=columns), skip):
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
 
@@ -317,7 +341,7 @@ def without_done(
     lookup = IdLookup(skip) if skip is not None and len(skip) else None
     for batch in batches:
         if lookup is not None:
-            batch = batch.filter(pa.array(~lookup.contains(batch.column(MANIFEST_ID))))
+            batch = batch.filter(bool_array(~lookup.contains(batch.column(MANIFEST_ID))))
         yield batch
 
 

@@ -1,5 +1,6 @@
-"""Rows whose source left the manifest (`output/removed.py`): a nightly folder whose
-files were deleted keeps their rows, counts them apart, and hands on only the current."""
+"""What the current manifest says of answered rows (`output/current.py`): files deleted
+are removed (kept, counted apart, not handed on); files replaced at the same path are
+captioned again, the old answer superseded with its cost."""
 
 from __future__ import annotations
 
@@ -53,3 +54,35 @@ def test_removed_sources_are_counted_apart_and_left_out_unless_asked(
     assert server.count() == 6
     status = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
     assert status["removed"] == 0
+
+
+def test_a_file_replaced_at_the_same_path_is_captioned_again(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, imgs)
+    out = tmp_path / "out"
+    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    before = {r["source"]: r for r in results(out)}
+    photo = imgs / "sunset.jpg"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)  # a new photo, same path
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "1 new (1 changed since the last run)" in result.output
+    assert server.count() == 7  # only the replaced file was sent again
+    rows = {r["source"]: r for r in results(out)}
+    assert len(rows) == len(results(out)) == 6  # one current row per image
+    assert rows[str(photo)]["id"] == before[str(photo)]["id"]
+    assert rows[str(photo)]["caption"] != before[str(photo)]["caption"]
+    status = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    assert status["superseded"] == 1  # the old answer, in the ledger with its cost
+    paid = sum(r["cost_usd"] for r in results(out)) + before[str(photo)]["cost_usd"]
+    assert abs(status["cost_usd"] - paid) < 1e-12
+    again = CliRunner().invoke(cli, args)
+    assert "0 new" in again.output
+    assert server.count() == 7  # unchanged since: nothing sent
+    frame = pipeline.read_results(out)
+    assert not [c for c in frame.columns if c.startswith("_caption_")]  # caption's own

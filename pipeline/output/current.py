@@ -1,0 +1,58 @@
+"""What the folder's current manifest says of the rows already answered.
+
+- **Removed**: the row's source left the manifest (a nightly rerun's sources no longer
+  hold the file). Not deleted (it was paid for, and its cost stays counted): `caption
+  status` counts it apart, `caption export` and `read_results` leave it out unless asked.
+  Known by reading, not stored: a row is removed while its id is not in the manifest,
+  and current again if its source comes back.
+- **Changed**: a local file replaced at the same path (same path id) since the manifest
+  before: its size or modification time differs (`records.SIGNATURE`, read from the
+  inode at ingest, so an unchanged folder is never read). The run sends it again; the
+  new answer becomes the row, and the old one moves to the superseded-attempts ledger
+  with its cost (`books.compact`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.io.arrow import bool_array, read_parquet, take_indices
+from pipeline.io.idlookup import IdLookup
+from pipeline.output.folder import OutputDir
+from pipeline.records import MANIFEST_ID, SIGNATURE
+
+
+def removed_count(out: OutputDir, done_ids: pa.Array) -> int:
+    """How many of the folder's done ids its manifest no longer holds."""
+    if not len(done_ids) or not out.manifest.exists():
+        return 0
+    lookup = IdLookup(read_parquet(out.manifest, columns=[MANIFEST_ID])[MANIFEST_ID])
+    return int((~lookup.contains(done_ids)).sum())
+
+
+def signatures(manifest: Path) -> pa.Table | None:
+    """(id, signature) of a manifest, or None if it has no signatures (an older one)."""
+    if not manifest.exists() or SIGNATURE not in pq.read_schema(manifest).names:
+        return None
+    return read_parquet(manifest, columns=[MANIFEST_ID, SIGNATURE])
+
+
+def changed_ids(before: pa.Table | None, manifest: Path, done_ids: pa.Array) -> pa.Array:
+    """The done ids whose file's signature differs from the manifest before's."""
+    after = signatures(manifest)
+    if before is None or after is None or not len(done_ids):
+        return pa.nulls(0, pa.string())
+    at = IdLookup(before[MANIFEST_ID]).positions(after[MANIFEST_ID])
+    # All-null (bucket objects, URLs: no signature) reads as Arrow's null type.
+    old = before[SIGNATURE].combine_chunks().cast(pa.string()).take(take_indices(at))
+    new = after[SIGNATURE].combine_chunks().cast(pa.string())
+    # Null where either side has no signature: `filter` drops those (no Python literal
+    # given to a compute function, which would import pandas on the run's path).
+    differs = pc.and_(pc.not_equal(old, new), pc.is_valid(old))
+    candidates = pc.filter(after[MANIFEST_ID].combine_chunks(), differs)
+    done = IdLookup(done_ids).contains(candidates)
+    return pc.filter(candidates, bool_array(done))
