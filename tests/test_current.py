@@ -81,6 +81,9 @@ def test_a_file_replaced_at_the_same_path_is_captioned_again(
     assert status["superseded"] == 1  # the old answer, in the ledger with its cost
     paid = sum(r["cost_usd"] for r in results(out)) + before[str(photo)]["cost_usd"]
     assert abs(status["cost_usd"] - paid) < 1e-12
+    page = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", str(out), "-o", str(page)]).exit_code == 0
+    assert "<b>1</b>changed in the last run" in page.read_text()
     again = CliRunner().invoke(cli, args)
     assert "0 new" in again.output
     assert server.count() == 7  # unchanged since: nothing sent

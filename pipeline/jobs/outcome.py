@@ -99,6 +99,7 @@ def run_record(
     stop: StopReason,
     exit_code: int,
     wall: float,
+    changed: int = 0,
 ) -> dict[str, Any]:
     """One entry of run.json's history: what this run did, and how fast it was allowed to."""
     limits = config.limits
@@ -106,6 +107,7 @@ def run_record(
         "started_at": started_at,
         "finished_at": utc_now(),
         "new_rows": new_rows,
+        "changed": changed,  # of them, files replaced since the run before
         **tally.to_json(),
         "wall_s": round(wall, 3),
         "bytes_sent": tally.bytes_sent,

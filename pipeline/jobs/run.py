@@ -255,7 +255,9 @@ def _run_locked(
             merge_small_shards(out, config.output.rows_per_shard)
         final = books.scan(out)
         exit_code = exit_code_of(stop, final.errors)
-        meta["runs"].append(run_record(config, run_started, total, tally, stop, exit_code, wall))
+        meta["runs"].append(
+            run_record(config, run_started, total, tally, stop, exit_code, wall, len(changed))
+        )
         meta["totals"] = {
             "manifest_rows": out.manifest_count(),
             **final.totals().to_json(),

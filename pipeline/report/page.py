@@ -234,6 +234,9 @@ def render(f: Figures) -> str:
             _card("error rows", f"{s.errors:,}"),
             _card("pending", f"{s.pending:,}"),
             _card("current rows", f"{s.done - s.removed:,}"),
+            _card(
+                "changed in the last run", f"{(f.runs[-1].get('changed') or 0) if f.runs else 0:,}"
+            ),
             _card("removed (source gone)", f"{s.removed:,}"),
             _card("prompt tokens", f"{s.prompt_tokens:,}"),
             _card("completion tokens", f"{s.completion_tokens:,}"),
