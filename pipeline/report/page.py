@@ -228,15 +228,14 @@ def render(f: Figures) -> str:
     s = f.status
     per_1000 = s.cost_usd / s.done * 1000 if s.done else 0.0
     rate = sum(r.get("new_rows") or 0 for r in f.runs) / f.wall_s if f.wall_s else 0.0
+    changed = (f.runs[-1].get("changed") or 0) if f.runs else 0  # files replaced
     cards = "".join(
         [
             _card("rows ok", f"{s.ok:,}"),
             _card("error rows", f"{s.errors:,}"),
             _card("pending", f"{s.pending:,}"),
             _card("current rows", f"{s.done - s.removed:,}"),
-            _card(
-                "changed in the last run", f"{(f.runs[-1].get('changed') or 0) if f.runs else 0:,}"
-            ),
+            _card("changed in the last run", f"{changed:,}"),
             _card("removed (source gone)", f"{s.removed:,}"),
             _card("prompt tokens", f"{s.prompt_tokens:,}"),
             _card("completion tokens", f"{s.completion_tokens:,}"),
