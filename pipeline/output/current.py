@@ -52,7 +52,8 @@ def changed_ids(before: pa.Table | None, manifest: Path, done_ids: pa.Array) -> 
     new = after[SIGNATURE].combine_chunks().cast(pa.string())
     # Null where either side has no signature: `filter` drops those (no Python literal
     # given to a compute function, which would import pandas on the run's path).
-    differs = pc.and_(pc.not_equal(old, new), pc.is_valid(old))
-    candidates = pc.filter(after[MANIFEST_ID].combine_chunks(), differs)
+    candidates = pc.filter(after[MANIFEST_ID].combine_chunks(), pc.not_equal(old, new))
+    if not len(candidates):
+        return candidates  # the common night: no done id's lookup to build
     done = IdLookup(done_ids).contains(candidates)
     return pc.filter(candidates, bool_array(done))

@@ -76,22 +76,25 @@ def _write(out: OutputDir, fmt: str, path: Path, include_removed: bool) -> int:
     return rows
 
 
+def _theirs(names: list[str]) -> list[str]:
+    """The manifest's columns a reader gets beside the results: the user's own, not the
+    id and source (the results have them) nor caption's own (`records.OWN_PREFIX`)."""
+    return [
+        n for n in names if n not in (MANIFEST_ID, MANIFEST_SOURCE) and not n.startswith(OWN_PREFIX)
+    ]
+
+
 def _schema(out: OutputDir) -> pa.Schema:
     own = pq.read_schema(out.manifest)
-    theirs = [
-        f
-        for f in own
-        if f.name not in (MANIFEST_ID, MANIFEST_SOURCE) and not f.name.startswith(OWN_PREFIX)
-    ]
-    return pa.schema([*out.result_schema(), *theirs])
+    return pa.schema([*out.result_schema(), *(own.field(n) for n in _theirs(own.names))])
 
 
 def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
     """Each shard with the manifest's own columns of its rows beside it. A row whose
     source left the manifest (removed by a later run's sources) is left out, or kept
     with nulls beside it when `include_removed`."""
-    own = read_parquet(out.manifest).drop_columns([MANIFEST_SOURCE])
-    own = own.drop_columns([n for n in own.column_names if n.startswith(OWN_PREFIX)])
+    theirs = _theirs(pq.read_schema(out.manifest).names)
+    own = read_parquet(out.manifest, columns=[MANIFEST_ID, *theirs])
     lookup = IdLookup(own[MANIFEST_ID])  # once: per shard, it made export quadratic
     extras = own.drop_columns([MANIFEST_ID])
     names = out.result_schema().names
