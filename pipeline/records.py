@@ -62,6 +62,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("error_kind", pa.string()),
         pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+        # lineage: `--dedupe near` copies a near-identical image's answer, named here
+        pa.field("dedupe_of", pa.string()),
     ]
 )
 
@@ -74,6 +76,10 @@ RESULT_COLUMNS: frozenset[str] = frozenset([*RESULT_SCHEMA.names, PARSED])
 # A manifest column holding a local file's size and modification time at ingest
 # (`size:mtime_ns`): a rerun that finds it different captions the file again.
 SIGNATURE = "_caption_signature"
+# Manifest columns holding each image's two 64-bit perceptual hashes (`--dedupe near`,
+# `pipeline/dedupe/phash.py`): horizontal and vertical neighbour differences.
+NEAR_ACROSS = "_caption_dhash_across"
+NEAR_DOWN = "_caption_dhash_down"
 # Manifest columns named so are caption's own: not handed on beside the results.
 OWN_PREFIX = "_caption_"
 

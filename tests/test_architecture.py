@@ -17,7 +17,7 @@ FLOORS = [
     {"config"},
     {"sources"},
     {"http", "cost", "output", "quality"},
-    {"engine"},
+    {"engine", "dedupe"},
     {"testing"},
     {"executors"},
     {"jobs"},

@@ -7,23 +7,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.config.flags import FLAG_SETTINGS
-from pipeline.config.loading import load_config
+from pipeline.config.loading import SECTIONS, load_config
 from pipeline.config.settings import (
-    EndpointConfig,
     JobConfig,
-    LimitsConfig,
-    OutputConfig,
-    RequestConfig,
 )
 from pipeline.errors import UsageError
 from tests.helpers import REPO
-
-SECTIONS = {
-    "endpoint": EndpointConfig,
-    "request": RequestConfig,
-    "limits": LimitsConfig,
-    "output": OutputConfig,
-}
 
 
 def write(tmp_path: Path, text: str) -> Path:

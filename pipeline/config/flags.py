@@ -116,6 +116,21 @@ FLAGS: tuple[Flag, ...] = (
         estimate="run",
     ),
     Flag(
+        "dedupe",
+        "dedupe",
+        "mode",
+        "'near': images that look the same (resized, re-encoded, lightly cropped copies) "
+        "are sent once; the others carry that answer, `dedupe_of` naming it.",
+        type=("off", "near"),
+    ),
+    Flag(
+        "dedupe_distance",
+        "dedupe",
+        "distance",
+        "Most bits in which two images' perceptual hashes may differ to count as one.",
+        type=int,
+    ),
+    Flag(
         "rows_per_shard",
         "output",
         "rows_per_shard",

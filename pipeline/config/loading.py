@@ -18,6 +18,7 @@ from pipeline.config.flags import FLAG_SETTINGS
 from pipeline.config.labels import as_json_schema_setting, load_schema_file
 from pipeline.config.prices import load_price_table, parse_price_entries
 from pipeline.config.settings import (
+    DedupeConfig,
     EndpointConfig,
     JobConfig,
     LimitsConfig,
@@ -26,11 +27,12 @@ from pipeline.config.settings import (
 )
 from pipeline.errors import UsageError
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "endpoint": EndpointConfig,
     "request": RequestConfig,
     "limits": LimitsConfig,
     "output": OutputConfig,
+    "dedupe": DedupeConfig,
 }
 
 
@@ -40,10 +42,10 @@ def setting_key(name: str) -> tuple[str, str]:
     (`max_cost_usd`, `top_p`): what the Python API's keyword arguments may be."""
     if name in FLAG_SETTINGS:
         return FLAG_SETTINGS[name]
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         if name in {f.name for f in fields(cls)}:
             return section, name
-    known = sorted({*FLAG_SETTINGS, *(f.name for c in _SECTIONS.values() for f in fields(c))})
+    known = sorted({*FLAG_SETTINGS, *(f.name for c in SECTIONS.values() for f in fields(c))})
     raise _unknown_key("setting", name, known)
 
 
@@ -56,7 +58,7 @@ def _unknown_key(where: str, key: str, allowed: list[str]) -> UsageError:
 def _build_section(
     name: str, raw: Mapping[str, Any], origins: Mapping[str, str], source: str
 ) -> object:
-    cls = _SECTIONS[name]
+    cls = SECTIONS[name]
     allowed = [f.name for f in fields(cls)]
     for key in raw:
         if key not in allowed:
@@ -88,15 +90,15 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config {path}: not valid TOML ({exc})") from None
 
-    sections = [*_SECTIONS, "prices", "compare"]  # [compare] is `caption compare`'s
+    sections = [*SECTIONS, "prices", "compare"]  # [compare] is `caption compare`'s
     for key, value in raw.items():
         if key not in sections:
             raise _unknown_key(f"{source}:", key, sections)
         if not isinstance(value, dict):
             raise UsageError(f"{source}: {key} = {value!r}: must be a [{key}] table")
 
-    merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in _SECTIONS}
-    origins: dict[str, dict[str, str]] = {name: {} for name in _SECTIONS}
+    merged: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in SECTIONS}
+    origins: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
@@ -115,7 +117,7 @@ def load_config(
         merged["request"]["json_schema"] = load_schema_file(where)
     elif isinstance(schema, dict):
         merged["request"]["json_schema"] = as_json_schema_setting(schema)
-    built = {name: _build_section(name, merged[name], origins[name], source) for name in _SECTIONS}
+    built = {name: _build_section(name, merged[name], origins[name], source) for name in SECTIONS}
     prices = load_price_table(prices_path)
     if "prices" in raw:
         prices = prices.with_overrides(parse_price_entries(raw["prices"], source, table="prices"))

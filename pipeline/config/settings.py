@@ -255,6 +255,30 @@ class OutputConfig:
         _validate("output", self)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupeConfig:
+    """`--dedupe near`: images that look the same are sent once (`pipeline/dedupe/`)."""
+
+    mode: str = _setting(
+        "off",
+        kinds=(str,),
+        allowed="'off' or 'near' (images within `distance` bits of each other sent once)",
+        check=lambda v: v in ("off", "near"),
+    )
+    # Chosen by measurement (bench/neardedupe.py): the smallest distance at which every
+    # near-copy of the test photos joined its original, with no two distinct photos merged.
+    distance: int = _setting(
+        8, kinds=(int,), allowed="bits, a whole number from 0 to 16", check=_in(0, 16)
+    )
+
+    def __post_init__(self) -> None:
+        _validate("dedupe", self)
+
+    @property
+    def near(self) -> bool:
+        return self.mode == "near"
+
+
 def closest_model(name: str, known: list[str]) -> str | None:
     """The known model whose name after its provider prefix is closest to `name`'s, so
     `gpt4o` suggests `gpt:gpt-4o`, not `gpt:o3` (whole names share the `gpt:` prefix)."""
@@ -271,6 +295,7 @@ class JobConfig:
     request: RequestConfig = field(default_factory=RequestConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
     prices: PriceTable = field(default_factory=load_price_table)
 
     def __post_init__(self) -> None:

@@ -61,6 +61,8 @@ class Estimate:
     duplicates: int = 0
     uploads: Uploads | None = None  # the bytes a job would send, with and without resizing
     found: int = -1  # rows the sources gave, before a folder's done rows were left out
+    # --dedupe near: near-copies not sent, and what sending them would have cost.
+    dedupe: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class Estimate:
             "expected_output_tokens_per_image": self.expected_output_per_image,
             "expected_basis": self.expected_basis,
             "pilot": self.pilot,
+            "dedupe": self.dedupe,
             "notes": self.notes,
         }
 
@@ -133,6 +136,8 @@ class Estimate:
                 f"{p['completion_tokens_mean']:.1f} completion tokens per image, "
                 f"cost ${p['cost_usd']:.4f}{kept}"
             )
+        if self.dedupe is not None:
+            out.append(self._dedupe_line())
         out.extend(self.notes)
         header = (
             "model",
@@ -175,6 +180,17 @@ class Estimate:
         if self.skipped_count > 20:
             out.append(f"... and {self.skipped_count - 20} more skipped (see --json)")
         return out
+
+    def _dedupe_line(self) -> str:
+        d = self.dedupe or {}
+        saved = ", ".join(
+            f"${usd:.4f} on {model}" for model, usd in d.get("saved_expected_usd", {}).items()
+        )
+        return (
+            f"--dedupe near (distance {d['distance']}): {d['near_copies']} image(s) are "
+            f"near-copies in {d['groups']} group(s), each sent once: {d['requests_saved']} "
+            f"fewer requests, {saved or '$0'} expected saved; not counted below"
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import pyarrow as pa
 from pipeline.config.identity import changed_settings, fingerprint, job_definition
 from pipeline.config.settings import JobConfig
 from pipeline.cost.estimate import Estimate, estimate
+from pipeline.dedupe.ingest import hashed_batches, previous_hashes
+from pipeline.dedupe.plan import NearPlan, plan_batches
 from pipeline.errors import UsageError
 from pipeline.io.storage import bucket_error, is_remote, join, read_bytes
 from pipeline.output import books
@@ -24,7 +26,7 @@ from pipeline.output.layout import RUN_JSON, STATE_DIR
 from pipeline.output.mirror import readable
 from pipeline.records import ManifestRow
 from pipeline.sources.ids import PATH_IDS, RowSpec
-from pipeline.sources.manifest import Counts, sample_rows, without_done
+from pipeline.sources.manifest import Counts, only_ids, sample_rows, without_done
 
 
 def source_batches(
@@ -137,6 +139,10 @@ def estimate_sources(
                         f"the answers in {output} are of another job (it differs in "
                         f"{differs}), so their length is not the expected output"
                     )
+    near: tuple[NearPlan, Estimate] | None = None
+    if config.dedupe.near:
+        near = _near_saving(sources, spec, config, models, output, assume_size, probe_urls)
+        batches = without_done(batches, near[0].follower_ids)
     result = estimate(
         batches,
         config,
@@ -146,11 +152,58 @@ def estimate_sources(
         expected_output=pilot_expected or observed,
         prompt_ratios=_learned(pilot_report),
     )
+    if near is not None:
+        result.dedupe = dedupe_summary(config.dedupe.distance, *near)
     result.pilot = pilot_report
     result.duplicates = counts.duplicates
     result.found = found[0]
     result.notes.extend(notes)
     return result
+
+
+def _near_saving(
+    sources: list[str],
+    spec: RowSpec,
+    config: JobConfig,
+    models: list[str],
+    output: Path | str | None,
+    assume_size: tuple[int, int] | None,
+    probe_urls: bool,
+) -> tuple[NearPlan, Estimate]:
+    """Under `--dedupe near`: which rows would carry a near-copy's answer (their images are
+    read and hashed; an output folder's own hashes are reused), and what sending them
+    would have cost: the estimate of those rows alone."""
+    answered = skip = pa.nulls(0, pa.string())
+    before = None
+    if output is not None:
+        with readable(str(output), must_exist=False) as folder:
+            out = OutputDir(folder)
+            if out.exists() and out.read_run_json() is not None:
+                done = books.scan(out, include_journals=True)
+                answered, skip = done.ok_ids, done.ids
+                before = previous_hashes(out.manifest)
+    hashed = hashed_batches(source_batches(sources, spec), before)
+    plan = plan_batches(hashed, answered, skip, config.dedupe.distance)
+    saved = estimate(
+        only_ids(source_batches(sources, spec), plan.follower_ids),
+        config,
+        models,
+        assume_size=assume_size,
+        probe_urls=probe_urls,
+    )
+    return plan, saved
+
+
+def dedupe_summary(distance: int, plan: NearPlan, saved: Estimate) -> dict[str, Any]:
+    """What `--dedupe near` saves, for the estimate's line and its JSON."""
+    return {
+        "distance": distance,
+        "near_copies": plan.followers,
+        "groups": plan.groups,
+        "requests_saved": plan.followers,
+        "saved_expected_usd": {m.model: m.cost_expected_usd for m in saved.models},
+        "saved_max_usd": {m.model: m.cost_max_usd for m in saved.models},
+    }
 
 
 def _learned(pilot: dict[str, Any] | None) -> dict[str, float]:

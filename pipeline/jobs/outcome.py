@@ -31,6 +31,7 @@ class Counted:
     already: int
     remaining: int
     changed: int = 0  # of the sent: files replaced since the last run, captioned again
+    carried: int = 0  # not sent: near-copies given their group's answer (--dedupe near)
 
 
 def _megabytes(n: int) -> str:
@@ -57,7 +58,8 @@ def summary_line(
     summary = (
         f"{tally.ok} ok, {_count(tally.errors, 'error')} of {sent} "
         f"({already} already done, {remaining} pending); "
-        f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
+        + (f"{rows.carried} carried a near-copy's answer, unsent; " if rows.carried else "")
+        + f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"
     )
     if ingest is not None and (ingest.duplicates or ingest.links_skipped):
@@ -100,6 +102,7 @@ def run_record(
     exit_code: int,
     wall: float,
     changed: int = 0,
+    carried: int = 0,
 ) -> dict[str, Any]:
     """One entry of run.json's history: what this run did, and how fast it was allowed to."""
     limits = config.limits
@@ -108,6 +111,7 @@ def run_record(
         "finished_at": utc_now(),
         "new_rows": new_rows,
         "changed": changed,  # of them, files replaced since the run before
+        "carried": carried,  # near-copies given their group's answer, not sent
         **tally.to_json(),
         "wall_s": round(wall, 3),
         "bytes_sent": tally.bytes_sent,

@@ -19,12 +19,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config.apikey import read_api_key
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.prices import price_entry
 from pipeline.config.settings import JobConfig
+from pipeline.dedupe.carry import carry_answers
+from pipeline.dedupe.ingest import add_hashes, previous_hashes
+from pipeline.dedupe.plan import NearPlan, empty_plan, plan_manifest
 from pipeline.engine.budget import Budget
 from pipeline.engine.work import Tally
 from pipeline.errors import (
@@ -102,6 +106,34 @@ def _prepare_manifest(
         )
     out.adopt_manifest(staged)
     return summary
+
+
+def _near_plan(
+    out: OutputDir,
+    config: JobConfig,
+    hashed: pa.Table | None,
+    done: Done,
+    changed: pa.Array,
+    skip: pa.Array,
+) -> NearPlan:
+    """Under `--dedupe near`: hash the manifest's new and changed images, then plan which
+    pending rows follow another's answer (`pipeline/dedupe/`)."""
+    if not config.dedupe.near:
+        return empty_plan()
+    now = add_hashes(out.manifest, hashed)
+    if now:
+        log.info("--dedupe near: hashed %d image(s)", now)
+    answered = done.ok_ids
+    if len(changed):  # a replaced file's old answer is no one's to carry
+        answered = pc.filter(answered, bool_array(~IdLookup(changed).contains(answered)))
+    plan = plan_manifest(out.manifest, answered, skip, config.dedupe.distance)
+    if plan.followers:
+        log.info(
+            "--dedupe near: %d row(s) in %d group(s) of near-copies wait for their group's answer",
+            plan.followers,
+            plan.groups,
+        )
+    return plan
 
 
 def run_job(
@@ -211,6 +243,7 @@ def _run_locked(
     done = books.scan(out)
     before = (previous or {}).get("sources")
     signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
+    hashed = previous_hashes(out.manifest) if config.dedupe.near else None
     ingest = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
     )
@@ -219,6 +252,9 @@ def _run_locked(
     if len(changed):  # replaced at the same path: sent again, the old answer superseded
         log.info("%d file(s) changed since the last run: captioned again", len(changed))
         skip = pc.filter(skip, bool_array(~IdLookup(changed).contains(skip)))
+    near = _near_plan(out, config, hashed, done, changed, skip)
+    if near.followers:  # not sent: each carries its group's answer once there is one
+        skip = pa.concat_arrays([skip, near.follower_ids.cast(skip.type)])
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
     pending = out.pending_count(skip)
     already = out.manifest_count() - pending
@@ -249,6 +285,10 @@ def _run_locked(
     wall = time.perf_counter() - started
     remaining = pending - tally.done
     try:
+        carried = 0
+        if near.followers and stop.kind != "storage":
+            carried = carry_answers(out, near, config.output.rows_per_shard)
+        remaining += near.followers - carried  # copies whose leader has no answer yet
         if retry_errors or len(changed):
             books.compact(out)
         if stop.kind != "storage":  # a full disk is no place to rewrite shards
@@ -256,7 +296,9 @@ def _run_locked(
         final = books.scan(out)
         exit_code = exit_code_of(stop, final.errors)
         meta["runs"].append(
-            run_record(config, run_started, total, tally, stop, exit_code, wall, len(changed))
+            run_record(
+                config, run_started, total, tally, stop, exit_code, wall, len(changed), carried
+            )
         )
         meta["totals"] = {
             "manifest_rows": out.manifest_count(),
@@ -274,7 +316,7 @@ def _run_locked(
 
     summary = summary_line(
         tally,
-        Counted(total, retried, already, remaining, len(changed)),
+        Counted(total, retried, already - near.followers, remaining, len(changed), carried),
         final,
         wall,
         ingest,

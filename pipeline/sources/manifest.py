@@ -36,7 +36,9 @@ from pipeline.io.storage import is_remote, open_binary, read_many, upload
 from pipeline.records import (
     MANIFEST_ID,
     MANIFEST_SOURCE,
+    OWN_PREFIX,
     RESULT_COLUMNS,
+    ROW_PROMPT,
     SIGNATURE,
     ManifestRow,
     to_schema,
@@ -326,8 +328,9 @@ def read_manifest(
         raise UsageError(
             f"manifest {path}: needs columns 'id' and 'source' (has {', '.join(names)})"
         )
-    # A row's own columns, without the file signature caption keeps for itself.
-    columns = [n for n in names if n != SIGNATURE]
+    # A row's own columns, without those caption keeps for itself (the file signature,
+    # hashes), but with a row's own prompt, which the captioner reads.
+    columns = [n for n in names if not n.startswith(OWN_PREFIX) or n == ROW_PROMPT]
     for rb in without_done(pf.iter_batches(batch_size=batch_rows, columns=columns), skip):
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
@@ -343,6 +346,17 @@ def without_done(
         if lookup is not None:
             batch = batch.filter(bool_array(~lookup.contains(batch.column(MANIFEST_ID))))
         yield batch
+
+
+def only_ids(batches: Iterable[pa.RecordBatch], ids: pa.Array) -> Iterator[pa.RecordBatch]:
+    """Only the rows whose id is in `ids`."""
+    if not len(ids):
+        return
+    lookup = IdLookup(ids)
+    for batch in batches:
+        batch = batch.filter(bool_array(lookup.contains(batch.column(MANIFEST_ID))))
+        if batch.num_rows:
+            yield batch
 
 
 def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[ManifestRow]:
