@@ -55,6 +55,9 @@ RESULT_SCHEMA = pa.schema(
         # the image as sent (from its header, or the manifest's width/height for URLs)
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
+        # the bytes as read: SHA-256, first 16 hex digits (the id --id-from content gives);
+        # a rerun that finds a file's time changed but not these bytes does not resend it
+        pa.field("source_sha256", pa.string()),
         # request bookkeeping
         pa.field("attempts", pa.int32()),
         pa.field("latency_s", pa.float64()),
@@ -151,6 +154,7 @@ class ResultRow:
     error_kind: str | None = None
     image_width: int | None = None
     image_height: int | None = None
+    source_sha256: str | None = None
     # Not stored: the failure may say only that the job is wrong (the circuit breaker).
     job_level: str | None = None
     # A structured job's answer, parsed (`config/labels.py`); stored only by such jobs.
@@ -194,6 +198,7 @@ class ResultRow:
             "cost_usd": self.cost_usd,
             "image_width": self.image_width,
             "image_height": self.image_height,
+            "source_sha256": self.source_sha256,
             "attempts": self.attempts,
             "latency_s": round(self.latency_s, 6),
             "http_status": self.http_status,

@@ -313,3 +313,32 @@ def test_a_manifest_written_to_a_bucket_is_a_source(
     )
     assert code == 0, output
     assert server.count() == 6
+
+
+def test_an_object_replaced_at_the_same_key_is_captioned_again(
+    bucket: str, server: ScriptedServer, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    put_folder(bucket, "imgs", SAMPLES)
+    out = tmp_path / "out"
+    args = (f"s3://{bucket}/imgs", "-o", str(out), "--endpoint", server.url)
+    assert run_cli(*args)[0] == 0
+    first = {r["source"]: r for r in pq.read_table(out / "part-00000.parquet").to_pylist()}
+    photo = tmp_path / "new.jpg"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)
+    key = f"s3://{bucket}/imgs/sunset.jpg"
+    client().put_object(Bucket=bucket, Key="imgs/sunset.jpg", Body=photo.read_bytes())
+    result = CliRunner().invoke(cli, ["run", *args])
+    assert result.exit_code == 0, result.output
+    assert "1 new (1 changed since the last run)" in result.output
+    assert server.count() == 7
+    rows = {
+        r["source"]: r for f in out.glob("part-*.parquet") for r in pq.read_table(f).to_pylist()
+    }
+    assert len(rows) == 6
+    assert rows[key]["caption"] != first[key]["caption"]
+    # Written again with the same bytes, the object keeps its ETag: nothing is sent.
+    client().put_object(Bucket=bucket, Key="imgs/sunset.jpg", Body=photo.read_bytes())
+    assert run_cli(*args)[0] == 0
+    assert server.count() == 7

@@ -89,3 +89,29 @@ def test_a_file_replaced_at_the_same_path_is_captioned_again(
     assert server.count() == 7  # unchanged since: nothing sent
     frame = pipeline.read_results(out)
     assert not [c for c in frame.columns if c.startswith("_caption_")]  # caption's own
+
+
+def test_a_file_only_touched_is_not_sent_again(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    import os
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, imgs)
+    out = tmp_path / "out"
+    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    rows = results(out)
+    assert all(r["source_sha256"] for r in rows)  # the bytes each answer was made from
+    touched = imgs / "poster.jpg"
+    os.utime(touched, ns=(1, 1_000_000_000))  # a new time, the same bytes
+    replaced = imgs / "sunset.jpg"
+    replaced.write_bytes(replaced.read_bytes() + b"\0")  # new bytes
+    result = CliRunner().invoke(cli, [*args, "-v"])
+    assert result.exit_code == 0, result.output
+    assert "1 new (1 changed since the last run)" in result.output
+    assert "1 file(s) with a new modification time but the same bytes" in result.output
+    assert server.count() == 7  # only the file whose bytes changed
+    # And the night after, the touched file's new time is the one on record.
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    assert server.count() == 7

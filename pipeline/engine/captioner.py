@@ -197,9 +197,8 @@ class Captioner:
             http_status=answer.http_status,
             completion=completion,
             cost_usd=self._cost(completion.usage) + tries.billed_usd,
-            image_width=prepared.width,
-            image_height=prepared.height,
         )
+        prepared.describe(result)
         if self.labels is not None and completion.choices:
             # Paid for either way: an answer that does not fit is an error row that keeps
             # its text and cost, and is not sent again unless --retry-errors asks.
@@ -239,8 +238,7 @@ class Captioner:
         row.http_status = answer.http_status
         row.completion = replace(completion, choices=choices, usage=usage)
         row.cost_usd = cost
-        row.image_width, row.image_height = prepared.width, prepared.height
-        return row
+        return prepared.describe(row)
 
     def _cost(self, usage: Usage) -> float:
         return cost_usd(
@@ -274,5 +272,4 @@ class Captioner:
         row = error_row(prepared.row, exc, prepared.started, kind)
         row.attempts = tries.sent
         row.cost_usd = tries.billed_usd or None  # answers that were billed but unusable
-        row.image_width, row.image_height = prepared.width, prepared.height
-        return row
+        return prepared.describe(row)

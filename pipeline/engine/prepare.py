@@ -11,6 +11,7 @@ memory is bounded by the rows in flight and a chunk or two, whatever the image s
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -47,6 +48,13 @@ class Prepared:
     width: int | None = None
     height: int | None = None
     rejected: ResultRow | None = None
+    sha256: str | None = None  # of the bytes as read (none for a URL sent as one)
+
+    def describe(self, row: ResultRow) -> ResultRow:
+        """`row` with what is known of the image: its size and its bytes' digest."""
+        row.image_width, row.image_height = self.width, self.height
+        row.source_sha256 = self.sha256
+        return row
 
 
 @dataclass(slots=True)
@@ -178,7 +186,8 @@ class Preparer:
             body = self.body.with_data(reduced.mime, base64.b64encode(reduced.data), prompt)
         else:
             body = self.body.with_data(image.mime, base64.b64encode(image.data), prompt)
-        return Prepared(row, started, body=body, width=width, height=height)
+        digest = None if image.url is not None else hashlib.sha256(image.data).hexdigest()[:16]
+        return Prepared(row, started, body=body, width=width, height=height, sha256=digest)
 
     # -- a chunk ------------------------------------------------------------------------
 

@@ -206,6 +206,18 @@ def open_binary(url: str) -> BinaryIO:
 class Entry:
     url: str
     size: int
+    # The object's version as the listing gives it (S3's ETag, GCS's generation): with
+    # the size, what tells an object replaced at the same key.
+    version: str | None = None
+
+    @property
+    def signature(self) -> str | None:
+        return f"{self.size}:{self.version}" if self.version else None
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    found = info.get("generation") or info.get("ETag") or info.get("etag")
+    return str(found).strip('"') if found else None
 
 
 def is_dir(url: str) -> bool:
@@ -244,11 +256,13 @@ def walk_prefix(url: str, keep: Callable[[str], bool]) -> Iterator[Entry]:
         while (page := sync(fs.loop, next_page)) is not None:
             for info in page:
                 if info.get("type") == "file" and keep(info["name"]):
-                    yield Entry(f"{scheme}://{info['name']}", int(info.get("size") or 0))
+                    yield Entry(
+                        f"{scheme}://{info['name']}", int(info.get("size") or 0), _version(info)
+                    )
         return
     for name, info in sorted(fs.find(prefix, detail=True).items()):
         if keep(name):
-            yield Entry(f"{scheme}://{name}", int(info.get("size") or 0))
+            yield Entry(f"{scheme}://{name}", int(info.get("size") or 0), _version(info))
 
 
 def glob(url: str) -> Iterator[Entry]:
@@ -256,7 +270,7 @@ def glob(url: str) -> Iterator[Entry]:
     scheme = scheme_of(url)
     for name, info in sorted(fs.glob(_key(url), detail=True).items()):
         if info.get("type") == "file":
-            yield Entry(f"{scheme}://{name}", int(info.get("size") or 0))
+            yield Entry(f"{scheme}://{name}", int(info.get("size") or 0), _version(info))
 
 
 def list_names(url: str) -> dict[str, int]:

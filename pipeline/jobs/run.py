@@ -247,7 +247,7 @@ def _run_locked(
     ingest = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
     )
-    changed = changed_ids(signed, out.manifest, done.ids)
+    changed = changed_ids(signed, out, done.ids)
     skip = done.ok_ids if retry_errors else done.ids
     if len(changed):  # replaced at the same path: sent again, the old answer superseded
         log.info("%d file(s) changed since the last run: captioned again", len(changed))

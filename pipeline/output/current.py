@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +25,12 @@ import pyarrow.parquet as pq
 from pipeline.io.arrow import bool_array, read_parquet, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.output.folder import OutputDir
-from pipeline.records import MANIFEST_ID, SIGNATURE
+from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
+from pipeline.sources.ids import content_id
+
+log = logging.getLogger(__name__)
+
+SHA256 = "source_sha256"
 
 
 def removed_count(out: OutputDir, done_ids: pa.Array) -> int:
@@ -41,8 +48,10 @@ def signatures(manifest: Path) -> pa.Table | None:
     return read_parquet(manifest, columns=[MANIFEST_ID, SIGNATURE])
 
 
-def changed_ids(before: pa.Table | None, manifest: Path, done_ids: pa.Array) -> pa.Array:
-    """The done ids whose file's signature differs from the manifest before's."""
+def changed_ids(before: pa.Table | None, out: OutputDir, done_ids: pa.Array) -> pa.Array:
+    """The done ids whose file's signature differs from the manifest before's, and whose
+    bytes differ from those the answer was made from (a file only touched is the same)."""
+    manifest = out.manifest
     after = signatures(manifest)
     if before is None or after is None or not len(done_ids):
         return pa.nulls(0, pa.string())
@@ -56,4 +65,31 @@ def changed_ids(before: pa.Table | None, manifest: Path, done_ids: pa.Array) -> 
     if not len(candidates):
         return candidates  # the common night: no done id's lookup to build
     done = IdLookup(done_ids).contains(candidates)
-    return pc.filter(candidates, bool_array(done))
+    candidates = pc.filter(candidates, bool_array(done))
+    return _new_bytes(out, candidates) if len(candidates) else candidates
+
+
+def _new_bytes(out: OutputDir, candidates: pa.Array) -> pa.Array:
+    """Those of `candidates` whose file now reads differently from the bytes their answer
+    was made from (`source_sha256`; a row without one counts as changed). Only these
+    files are read."""
+    from pipeline.output.books import read_shard
+
+    wanted = IdLookup(candidates)
+    sent: dict[str, str | None] = {}
+    for shard in out.shards():
+        table = read_shard(shard, columns=[MANIFEST_ID, SHA256])
+        table = table.filter(bool_array(wanted.contains(table[MANIFEST_ID])))
+        sent.update(zip(table[MANIFEST_ID].to_pylist(), table[SHA256].to_pylist(), strict=True))
+    rows = read_parquet(out.manifest, columns=[MANIFEST_ID, MANIFEST_SOURCE])
+    rows = rows.filter(bool_array(wanted.contains(rows[MANIFEST_ID])))
+    ids, sources = rows[MANIFEST_ID].to_pylist(), rows[MANIFEST_SOURCE].to_pylist()
+    with ThreadPoolExecutor(8) as pool:  # hashing releases the GIL
+        now = list(pool.map(content_id, sources))
+    changed = [i for i, digest in zip(ids, now, strict=True) if not digest or sent.get(i) != digest]
+    if len(changed) < len(ids):
+        log.info(
+            "%d file(s) with a new modification time but the same bytes: not sent again",
+            len(ids) - len(changed),
+        )
+    return pa.array(changed, pa.string()) if changed else pa.nulls(0, pa.string())

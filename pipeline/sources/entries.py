@@ -107,5 +107,12 @@ def _bucket_batches(source: str, spec: RowSpec) -> Iterator[list[dict[str, Any]]
         yield [{"key": source, "source": source}]  # read (or found missing) by the run
         return
     entries = glob(source) if has_magic(source) else walk_prefix(source, is_image_name)
-    urls = (entry.url for entry in entries if is_image_name(entry.url))
-    yield from _batched((url, url) for url in urls)
+    batch: list[dict[str, Any]] = []
+    for entry in entries:
+        if is_image_name(entry.url):
+            batch.append({"key": entry.url, "source": entry.url, "signature": entry.signature})
+            if len(batch) >= BATCH_ROWS:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

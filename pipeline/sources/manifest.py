@@ -117,7 +117,7 @@ def iter_manifest_rows(
                             MANIFEST_ID: row_id,
                             MANIFEST_SOURCE: raw[MANIFEST_SOURCE],
                             **_renamed(columns),
-                            SIGNATURE: _signature(raw[MANIFEST_SOURCE]),
+                            SIGNATURE: raw.get("signature") or _signature(raw[MANIFEST_SOURCE]),
                         }
                     )
                 if out:
@@ -126,8 +126,10 @@ def iter_manifest_rows(
 
 def _signature(source: str) -> str | None:
     """A local file's size and modification time (`size:mtime_ns`), read from its
-    inode, not its bytes: a rerun compares them to tell a replaced file. None for URLs,
-    bucket objects and files that cannot be read (the run makes those error rows)."""
+    inode, not its bytes: a rerun compares them to tell a replaced file. (A bucket
+    listing gives each object's `size:ETag` or `size:generation` instead.) None for URLs,
+    objects named one by one, and files that cannot be read (the run makes those error
+    rows)."""
     if is_url(source) or is_remote(source):
         return None
     try:
