@@ -331,7 +331,7 @@ def test_an_object_replaced_at_the_same_key_is_captioned_again(
     client().put_object(Bucket=bucket, Key="imgs/sunset.jpg", Body=photo.read_bytes())
     result = CliRunner().invoke(cli, ["run", *args])
     assert result.exit_code == 0, result.output
-    assert "1 new (1 changed since the last run)" in result.output
+    assert "1 new, 1 of them changed since the last run" in result.output
     assert server.count() == 7
     rows = {
         r["source"]: r for f in out.glob("part-*.parquet") for r in pq.read_table(f).to_pylist()

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 import pipeline
@@ -71,7 +72,7 @@ def test_a_file_replaced_at_the_same_path_is_captioned_again(
     Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)  # a new photo, same path
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "1 new (1 changed since the last run)" in result.output
+    assert "1 new, 1 of them changed since the last run" in result.output
     assert server.count() == 7  # only the replaced file was sent again
     rows = {r["source"]: r for r in results(out)}
     assert len(rows) == len(results(out)) == 6  # one current row per image
@@ -109,9 +110,54 @@ def test_a_file_only_touched_is_not_sent_again(
     replaced.write_bytes(replaced.read_bytes() + b"\0")  # new bytes
     result = CliRunner().invoke(cli, [*args, "-v"])
     assert result.exit_code == 0, result.output
-    assert "1 new (1 changed since the last run)" in result.output
+    assert "1 new, 1 of them changed since the last run" in result.output
     assert "1 file(s) with a new modification time but the same bytes" in result.output
     assert server.count() == 7  # only the file whose bytes changed
     # And the night after, the touched file's new time is the one on record.
     assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
     assert server.count() == 7
+
+
+def test_a_night_with_files_replaced_removed_and_added(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    from PIL import Image
+
+    from tests.helpers import distinct_images
+
+    imgs = distinct_images(tmp_path / "imgs", 20)
+    out = tmp_path / "out"
+    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    first = {r["source"]: r for r in results(out)}
+    names = sorted(imgs.iterdir())
+    replaced, removed = names[:5], names[5:8]
+    for i, path in enumerate(replaced):  # new pictures at the same paths
+        Image.new("RGB", (40 + i, 30), (200, 10 * i, 90)).save(path)
+    for path in removed:
+        path.unlink()
+    for i in range(4):
+        Image.new("RGB", (50, 20 + i), (i, 90, 200)).save(imgs / f"added_{i}.png")
+
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "9 new, 5 of them changed since the last run" in result.output
+    assert server.count() == 20 + 9
+    rows = {r["source"]: r for r in pipeline.read_results(out).to_dict("records")}
+    assert len(rows) == 20 - 3 + 4
+    for path in replaced:  # the new answer is the current row
+        assert rows[str(path)]["caption"] != first[str(path)]["caption"]
+        assert rows[str(path)]["id"] == first[str(path)]["id"]
+    assert not any(str(path) in rows for path in removed)
+    csv = tmp_path / "all.csv"
+    export = CliRunner().invoke(cli, ["export", str(out), "-o", str(csv)])
+    assert "exported 21 rows" in export.output
+    # The history keeps every paid row: 29 requests, 29 attempts on the books.
+    status = json.loads(CliRunner().invoke(cli, ["status", str(out), "--json"]).output)
+    assert status["superseded"] == 5
+    assert status["removed"] == 3
+    last_night = max(r["finished_at"] for r in first.values())
+    tonight = [r for r in results(out) if r["finished_at"] > last_night]
+    assert len(tonight) == 9
+    paid = sum(r["cost_usd"] for r in [*first.values(), *tonight])
+    assert status["cost_usd"] == pytest.approx(paid, abs=1e-4)  # shown to 4 places

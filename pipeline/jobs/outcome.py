@@ -32,6 +32,7 @@ class Counted:
     remaining: int
     changed: int = 0  # of the sent: files replaced since the last run, captioned again
     carried: int = 0  # not sent: near-copies given their group's answer (--dedupe near)
+    removed: int = 0  # done rows whose source left the manifest (kept, not current)
 
 
 def _megabytes(n: int) -> str:
@@ -54,10 +55,12 @@ def summary_line(
     total, retried, already, remaining = rows.total, rows.retried, rows.already, rows.remaining
     sent = f"{total - retried} new, {retried} retried" if retried else f"{total} new"
     if rows.changed:
-        sent += f" ({rows.changed} changed since the last run)"
+        sent += f", {rows.changed} of them changed since the last run"
     summary = (
         f"{tally.ok} ok, {_count(tally.errors, 'error')} of {sent} "
-        f"({already} already done, {remaining} pending); "
+        f"({already} already done, {remaining} pending"
+        + (f", {rows.removed} removed from the sources" if rows.removed else "")
+        + "); "
         + (f"{rows.carried} carried a near-copy's answer, unsent; " if rows.carried else "")
         + f"tokens {tally.prompt_tokens} in / {tally.completion_tokens} out; "
         f"${tally.cost_usd:.4f} this run, ${final.cost_usd:.4f} in total; {wall:.1f} s"

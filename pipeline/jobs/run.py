@@ -316,7 +316,16 @@ def _run_locked(
 
     summary = summary_line(
         tally,
-        Counted(total, retried, already - near.followers, remaining, len(changed), carried),
+        Counted(
+            total,
+            retried,
+            already - near.followers,
+            remaining,
+            len(changed),
+            carried,
+            # Current rows the manifest does not hold: done ids outside it.
+            removed=max(0, final.rows - (out.manifest_count() - remaining)),
+        ),
         final,
         wall,
         ingest,

@@ -70,7 +70,7 @@ class FolderStatus:
             out[-2] += " (every paid attempt)"
             out.append(
                 f"superseded   {self.superseded} earlier attempt(s) replaced by later answers "
-                "(--retry-errors), kept in .caption/superseded-*.ledger and counted above"
+                "(--retry-errors, files replaced), kept in .caption/superseded-*.ledger and counted above"
             )
         if self.running:
             out.append(
