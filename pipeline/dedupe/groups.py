@@ -83,20 +83,28 @@ def near_pairs(
     q = np.arange(len(h)) if queries is None else np.asarray(queries, dtype=np.int64)
     if not len(q) or len(h) < 2:
         return np.zeros((0, 2), dtype=np.int64)
+    if len(h) >= 2**31:
+        raise ValueError("near_pairs takes at most 2^31 rows")
     is_query = np.zeros(len(h), dtype=bool)
     is_query[q] = True
     plan = _plan(len(q), len(h), distance)
+    # Every row asks: a pair in two band values is found from both sides, so each side
+    # probes only the values above its own (within one value, `probe` keeps i < j).
+    symmetric = queries is None
     found: list[np.ndarray] = []
     shift = 0
     for bits in plan.widths():
-        keys = ((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        # 32-bit keys and positions (bands are at most MAX_BITS): half the memory.
+        keys = ((h >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int32)
         shift += bits
         band = _Band(keys, bits, h, c)
         # Queries in band order: a probe's lookups (key ^ mask) then stay close together.
-        asks = q[np.argsort(keys[q], kind="stable")]
+        asks = q[np.argsort(keys[q], kind="stable")].astype(np.int32)
         ask_keys, ask_h, ask_c = keys[asks], h[asks], c[asks]
         for mask in _masks(bits, plan.radius):
-            found.extend(band.probe(asks, ask_keys ^ mask, ask_h, ask_c, distance, is_query))
+            targets = ask_keys ^ np.int32(mask)
+            upward = ask_keys < targets if symmetric and mask else None
+            found.extend(band.probe(asks, targets, upward, ask_h, ask_c, distance, is_query))
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.concatenate(found)
@@ -109,24 +117,26 @@ class _Band:
     and the hashes in that order, so that a value's rows are one contiguous run."""
 
     def __init__(self, keys: np.ndarray, bits: int, h: np.ndarray, c: np.ndarray) -> None:
-        self.order = np.argsort(keys, kind="stable")
-        self.counts = np.bincount(keys, minlength=1 << bits)
-        self.starts = np.concatenate(([0], np.cumsum(self.counts)[:-1]))
+        self.order = np.argsort(keys, kind="stable").astype(np.int32)
+        self.counts = np.bincount(keys, minlength=1 << bits).astype(np.int32)
+        self.starts = np.concatenate(([0], np.cumsum(self.counts, dtype=np.int64)[:-1]))
         self.h, self.c = h[self.order], c[self.order]
 
     def probe(
         self,
         asks: np.ndarray,
         targets: np.ndarray,
+        upward: np.ndarray | None,
         ask_h: np.ndarray,
         ask_c: np.ndarray,
         distance: int,
         is_query: np.ndarray,
     ) -> Iterator[np.ndarray]:
-        """The close pairs between each query and the rows whose band value is its target."""
+        """The close pairs between each query and the rows whose band value is its target
+        (only the queries marked `upward`, when given)."""
         sizes = self.counts[targets]
-        hit = np.flatnonzero(sizes)
-        sizes = sizes[hit]
+        hit = np.flatnonzero(sizes if upward is None else sizes * upward)
+        sizes = sizes[hit].astype(np.int64)
         ends = np.cumsum(sizes)
         begin = 0
         while begin < len(hit):
@@ -139,10 +149,13 @@ class _Band:
             close &= np.bitwise_count(np.repeat(ask_c[part], n) ^ self.c[at]) <= distance
             kept = np.flatnonzero(close)
             if len(kept):
-                left = asks[part[np.searchsorted(first, kept, side="right") - 1]]
-                right = self.order[at[kept]]
-                # Each unordered pair once: the smaller index asks, unless only one is a query.
-                keep = (left < right) | ~is_query[right]
+                left = asks[part[np.searchsorted(first, kept, side="right") - 1]].astype(np.int64)
+                right = self.order[at[kept]].astype(np.int64)
+                if upward is not None:  # found from one side only: name it (low, high)
+                    left, right = np.minimum(left, right), np.maximum(left, right)
+                    keep = np.ones(len(left), dtype=bool)
+                else:  # each unordered pair once: the smaller index's, unless one side only asks
+                    keep = (left < right) | ~is_query[right]
                 if keep.any():
                     yield np.stack([left[keep], right[keep]], axis=1)
             begin = stop
