@@ -47,3 +47,20 @@ def test_empty_sides_and_slices() -> None:
     lookup = IdLookup(sliced)
     assert lookup.positions(pa.array(["e", "q", "r", "w"])).tolist() == [1, -1, 2, 0]
     assert isinstance(lookup.contains(pa.array(["w"])), np.ndarray)
+
+
+def test_hex_ids_are_held_as_numbers_and_other_queries_are_not_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.io import idlookup
+
+    monkeypatch.setattr(idlookup, "_CHUNK", 8)  # conversion in many chunks of 128 ids
+    rng = random.Random(2)
+    ids = [f"{rng.getrandbits(64):016x}" for _ in range(3_000)]
+    assert IdLookup(pa.array(ids)).numeric
+    odd = ["ABCDEF0123456789", "zzzzzzzzzzzzzzzz", "0123", ids[5] + "0", ids[7].upper()]
+    check(ids, [*rng.sample(ids, 400), *odd])
+    # A set that holds one id that is not 16 hex digits is held as byte strings.
+    mixed = [*ids[:1000], "zzzzzzzzzzzzzzzz", "ABCDEF0123456789"]
+    assert not IdLookup(pa.array(mixed)).numeric
+    check(mixed, [*mixed[::7], *odd])

@@ -16,7 +16,7 @@ import pyarrow as pa
 _CHUNK = 1 << 16
 
 
-def _flat(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+def flat_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The ids as one large-binary array (its buffers: 64-bit offsets, then the bytes)."""
     if isinstance(ids, pa.ChunkedArray):
         ids = pa.concat_arrays(ids.chunks) if ids.num_chunks else pa.nulls(0, ids.type)
@@ -36,7 +36,7 @@ def _layout(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def fixed_width(ids: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
     """The ids as numpy byte strings of `width` bytes (shorter ones padded with NULs,
     which no id holds; none may be longer)."""
-    flat = _flat(ids)
+    flat = flat_ids(ids)
     n = len(flat)
     if n == 0:
         return np.empty(0, dtype=f"S{max(width, 1)}")
@@ -60,22 +60,62 @@ def _longest(flat: pa.Array) -> int:
     return max(1, int(_layout(flat)[1].max())) if len(flat) else 1
 
 
+# ASCII byte -> its value as a lowercase hex digit; 16 for anything else.
+_HEX = np.full(256, 16, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
+
+
+def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of 16 lowercase hex digits (ours: path and content ids) as the 64-bit numbers
+    they spell, and which ids are such (the others' numbers are 0). A chunk at a time."""
+    n = len(flat)
+    numbers = np.zeros(n, dtype=np.uint64)
+    valid = _layout(flat)[1] == 16 if n else np.zeros(0, dtype=bool)
+    step = _CHUNK * 16
+    for at in range(0, n, step):
+        rows = np.flatnonzero(valid[at : at + step])
+        if not len(rows):
+            continue
+        part = flat.slice(at, step)
+        if len(rows) < len(part):
+            part = part.take(pa.array(rows))  # (`take` of a numpy array: no pandas)
+        digits = _HEX[fixed_width(part, 16).view(np.uint8).reshape(-1, 16)]
+        good = (digits < 16).all(axis=1)
+        value = np.bitwise_or.reduce(digits.astype(np.uint64) << _SHIFTS, axis=1)
+        numbers[at + rows] = np.where(good, value, 0)
+        valid[at + rows] = good
+    return numbers, valid
+
+
 class IdLookup:
+    """Built once, looked up many times. Ids of 16 hex digits (every id caption makes)
+    are held as 64-bit numbers, 8 bytes an id (plus 4 for its position); others as
+    fixed-width byte strings as wide as the longest."""
+
     def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
-        flat = _flat(ids)
-        self.width = _longest(flat)
-        keys = fixed_width(flat, self.width)
-        self.order = np.argsort(keys, kind="stable")
-        self.keys = keys[self.order]
+        flat = flat_ids(ids)
+        numbers, valid = hex64(flat)
+        self.numeric = bool(valid.all())
+        self.width = 16 if self.numeric else _longest(flat)
+        keys = numbers if self.numeric else fixed_width(flat, self.width)
+        order = np.argsort(keys, kind="stable")
+        self.order = order.astype(np.int32) if len(order) < 2**31 else order
+        self.keys = keys[order]
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def positions(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Each queried id's position in the ids the lookup was built from, or -1."""
-        flat = _flat(query)
+        flat = flat_ids(query)
         if not len(flat) or not len(self.keys):
             return np.full(len(flat), -1, dtype=np.int64)
+        if self.numeric:  # a queried id that is not 16 hex digits is not among them
+            numbers, valid = hex64(flat)
+            at = np.minimum(np.searchsorted(self.keys, numbers), len(self.keys) - 1)
+            found = valid & (self.keys[at] == numbers)
+            return np.where(found, self.order[at], -1).astype(np.int64)
         width = max(self.width, _longest(flat))
         keys = self.keys if width == self.width else self.keys.astype(f"S{width}")
         q = fixed_width(flat, width)

@@ -255,8 +255,9 @@ def _run_locked(
     near = _near_plan(out, config, hashed, done, changed, skip)
     if near.followers:  # not sent: each carries its group's answer once there is one
         skip = pa.concat_arrays([skip, near.follower_ids.cast(skip.type)])
-    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
-    pending = out.pending_count(skip)
+    skipped = IdLookup(skip)  # built once: the pending count and the filter share it
+    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skipped)
+    pending = out.pending_count(skipped)
     already = out.manifest_count() - pending
     retried = pending - out.pending_count(done.ids) if retry_errors else 0
     total = pending  # rows this run sends: all pending ones, or a pilot's sample of them

@@ -16,6 +16,7 @@ copied into the folder twice) is the same attempt, not a new one: dropped, not l
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
 from pipeline.io.arrow import combined, equals, read_parquet
+from pipeline.io.idlookup import flat_ids, hex64
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
 from pipeline.output.writer import write_parquet_atomic
@@ -110,41 +112,87 @@ def _unique_attempts(table: pa.Table) -> pa.Table:
 
 def scan(out: OutputDir, include_journals: bool = False) -> Done:
     """Ids answered ok or with an error, and the spend so far (ledger included). Reads
-    only the columns it needs. With `include_journals`, rows still in a killed run's
-    journal count too (read-only: nothing is folded)."""
+    only the columns it needs, a shard at a time: memory holds the ids (as strings) and
+    one shard, not the folder's columns. With `include_journals`, rows still in a killed
+    run's journal count too (read-only: nothing is folded)."""
     columns = ["id", "status", *_TOTALS, "error_kind", "finished_at"]
+    ledger = _ledger(out, columns)
+    journaled = 0
+    ok_ids: list[pa.Array] = []
+    error_ids: list[pa.Array] = []
+    done = Done(ok_ids=pa.nulls(0, pa.string()), error_ids=pa.nulls(0, pa.string()))
+    for shard in out.shards():
+        _add(done, read_shard(shard, columns=columns), ok_ids, error_ids)
+    for core in _journal_tables(out, columns, include_journals):
+        journaled += core.num_rows
+        _add(done, core, ok_ids, error_ids)
+    if not ok_ids and not error_ids:
+        return _with_ledger(done, ledger)
+    done.ok_ids = _concat(ok_ids)
+    done.error_ids = _concat(error_ids)
+    done.journaled = journaled
+    if _repeats(done.ids):
+        # An id twice: an attempt not compacted yet (a compaction cut short, a retried
+        # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
+        return _scan_whole(out, columns, include_journals, ledger)
+    return _with_ledger(done, ledger)
+
+
+def _journal_tables(out: OutputDir, columns: list[str], include: bool) -> Iterator[pa.Table]:
+    if not include:
+        return
+    for journal in out.journals():
+        yield read_journal(journal, out.result_schema()).select(columns)
+
+
+def _add(done: Done, table: pa.Table, ok_ids: list[pa.Array], error_ids: list[pa.Array]) -> None:
+    """One shard's rows into the running totals."""
+    ok_mask = equals(table["status"], "ok")
+    errors = table.filter(pc.invert(ok_mask))
+    ok_ids.append(combined(table["id"].filter(ok_mask)))
+    error_ids.append(combined(errors["id"]))
+    done.rows += table.num_rows
+    done.cost_usd += pc.sum(table["cost_usd"]).as_py() or 0.0
+    done.prompt_tokens += pc.sum(table["prompt_tokens"]).as_py() or 0
+    done.completion_tokens += pc.sum(table["completion_tokens"]).as_py() or 0
+    for k in pc.value_counts(errors["error_kind"]).to_pylist():
+        kind = k["values"] or "unknown"  # shards from before error_kind existed
+        done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + k["counts"]
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
+
+
+def _repeats(ids: pa.Array) -> bool:
+    """Whether any id is there twice."""
+    numbers, valid = hex64(flat_ids(ids))
+    if valid.all():  # ids of 16 hex digits: 8 bytes each, sorted
+        numbers.sort()
+        return bool((numbers[1:] == numbers[:-1]).any())
+    return bool(pc.count_distinct(ids).as_py() != len(ids))
+
+
+def _scan_whole(
+    out: OutputDir, columns: list[str], include_journals: bool, ledger: pa.Table
+) -> Done:
+    """`scan`, every row in one table: exact copies dropped, ledgered rows left out."""
     tables = [read_shard(s, columns=columns) for s in out.shards()]
     journaled = 0
-    if include_journals:
-        for journal in out.journals():
-            core = read_journal(journal, out.result_schema())
-            journaled += core.num_rows
-            tables.append(core.select(columns))
-    ledger = _ledger(out, columns)
-    if not tables:
-        empty = pa.nulls(0, pa.string())
-        return _with_ledger(Done(ok_ids=empty, error_ids=empty), ledger)
+    for core in _journal_tables(out, columns, include_journals):
+        journaled += core.num_rows
+        tables.append(core)
     table = _unique_attempts(pa.concat_tables(tables, promote_options="permissive"))
     if ledger.num_rows:
         # A ledgered row still in a shard (a compaction cut short) is history: counted
         # once, there, and not as a current row.
         table = table.filter(pc.invert(pc.is_in(_keys(table), value_set=_keys(ledger))))
-    ok_mask = equals(table["status"], "ok")
-    errors = table.filter(pc.invert(ok_mask))
-    by_kind: dict[str, int] = {}
-    for k in pc.value_counts(errors["error_kind"]).to_pylist():
-        kind = k["values"] or "unknown"  # shards from before error_kind existed
-        by_kind[kind] = by_kind.get(kind, 0) + k["counts"]
-    done = Done(
-        ok_ids=combined(table["id"].filter(ok_mask)),
-        error_ids=combined(errors["id"]),
-        rows=table.num_rows,
-        cost_usd=pc.sum(table["cost_usd"]).as_py() or 0.0,
-        prompt_tokens=pc.sum(table["prompt_tokens"]).as_py() or 0,
-        completion_tokens=pc.sum(table["completion_tokens"]).as_py() or 0,
-        errors_by_kind=by_kind,
-        journaled=journaled,
-    )
+    done = Done(ok_ids=pa.nulls(0, pa.string()), error_ids=pa.nulls(0, pa.string()))
+    ok_ids: list[pa.Array] = []
+    error_ids: list[pa.Array] = []
+    _add(done, table, ok_ids, error_ids)
+    done.ok_ids, done.error_ids = _concat(ok_ids), _concat(error_ids)
+    done.journaled = journaled
     return _with_ledger(done, ledger)
 
 

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config.identity import refuse_another_job, refuse_other_ids
 from pipeline.config.labels import result_schema
 from pipeline.config.settings import JobConfig
 from pipeline.errors import UsageError, storage_error
-from pipeline.io.arrow import read_parquet
+from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import download, is_remote
 from pipeline.output.layout import (
     JOURNAL_GLOB,
@@ -269,9 +268,13 @@ class OutputDir:
             raise storage_error(self.path, exc) from None
 
     def shares_ids(self, manifest: Path, ids: pa.Array) -> bool:
-        """Whether the manifest at `manifest` holds any of `ids`."""
-        column = read_parquet(manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
-        return bool(pc.any(pc.is_in(column, value_set=ids)).as_py())
+        """Whether the manifest at `manifest` holds any of `ids` (read a batch at a time,
+        stopping at the first)."""
+        lookup = IdLookup(ids)
+        for batch in pq.ParquetFile(manifest).iter_batches(1 << 20, columns=[MANIFEST_ID]):
+            if lookup.contains(batch.column(0)).any():
+                return True
+        return False
 
     # -- crash recovery and compaction ------------------------------------------------
 
@@ -296,9 +299,16 @@ class OutputDir:
     def manifest_count(self) -> int:
         return pq.ParquetFile(self.manifest).metadata.num_rows
 
-    def pending_count(self, skip: pa.Array) -> int:
-        ids = read_parquet(self.manifest, columns=[MANIFEST_ID])[MANIFEST_ID]
-        return ids.length() - (pc.sum(pc.is_in(ids, value_set=skip)).as_py() or 0)
+    def pending_count(self, skip: pa.Array | IdLookup) -> int:
+        """Manifest rows whose id is not in `skip`, counted a batch of ids at a time."""
+        lookup = skip if isinstance(skip, IdLookup) else IdLookup(skip)
+        if not len(lookup):
+            return self.manifest_count()
+        pf = pq.ParquetFile(self.manifest)
+        return sum(
+            int((~lookup.contains(batch.column(0))).sum())
+            for batch in pf.iter_batches(batch_size=1 << 20, columns=[MANIFEST_ID])
+        )
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -74,7 +74,8 @@ def compute(folder: Path, label: str) -> Figures:
     ok = table.filter(pc.equal(table["status"], "ok"))
     if ok.num_rows:
         q = pc.quantile(ok["latency_s"], q=[0.5, 0.95, 0.99]).to_pylist()
-        figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
+        if q[0] is not None:  # rows never sent (near-copies, --dedupe near) have none
+            figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
         for name in ("prompt_tokens", "completion_tokens", "latency_s"):
             values = ok[name].to_numpy()
             counts, edges = np.histogram(values[~np.isnan(values.astype(float))], bins=30)

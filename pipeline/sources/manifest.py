@@ -318,7 +318,7 @@ def _write_parts(
 
 
 def read_manifest(
-    path: Path, batch_rows: int = 8192, skip: pa.Array | None = None
+    path: Path, batch_rows: int = 8192, skip: pa.Array | IdLookup | None = None
 ) -> Iterator[ManifestRow]:
     """Stream a manifest as typed rows, leaving out the ids in `skip` (done rows)."""
     try:
@@ -339,11 +339,13 @@ def read_manifest(
 
 
 def without_done(
-    batches: Iterable[pa.RecordBatch], skip: pa.Array | None
+    batches: Iterable[pa.RecordBatch], skip: pa.Array | IdLookup | None
 ) -> Iterator[pa.RecordBatch]:
     """Leave out the rows whose id is in `skip` (rows an output folder already holds).
-    The lookup is built once, not per batch: that was quadratic in the folder's size."""
-    lookup = IdLookup(skip) if skip is not None and len(skip) else None
+    The lookup is built once (or given built), not per batch: that was quadratic in the
+    folder's size."""
+    lookup = skip if isinstance(skip, IdLookup) else IdLookup(skip) if skip is not None else None
+    lookup = lookup if lookup is not None and len(lookup) else None
     for batch in batches:
         if lookup is not None:
             batch = batch.filter(bool_array(~lookup.contains(batch.column(MANIFEST_ID))))
