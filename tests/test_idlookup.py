@@ -54,7 +54,7 @@ def test_hex_ids_are_held_as_numbers_and_other_queries_are_not_found(
 ) -> None:
     from pipeline.io import idlookup
 
-    monkeypatch.setattr(idlookup, "_CHUNK", 8)  # conversion in many chunks of 128 ids
+    monkeypatch.setattr(idlookup, "_CHUNK", 128)  # conversion in many chunks
     rng = random.Random(2)
     ids = [f"{rng.getrandbits(64):016x}" for _ in range(3_000)]
     assert IdLookup(pa.array(ids)).numeric

@@ -63,7 +63,6 @@ def _longest(flat: pa.Array) -> int:
 # ASCII byte -> its value as a lowercase hex digit; 16 for anything else.
 _HEX = np.full(256, 16, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
-_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)
 
 
 def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +71,7 @@ def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(flat)
     numbers = np.zeros(n, dtype=np.uint64)
     valid = _layout(flat)[1] == 16 if n else np.zeros(0, dtype=bool)
-    step = _CHUNK * 16
+    step = _CHUNK
     for at in range(0, n, step):
         rows = np.flatnonzero(valid[at : at + step])
         if not len(rows):
@@ -82,7 +81,9 @@ def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
             part = part.take(pa.array(rows))  # (`take` of a numpy array: no pandas)
         digits = _HEX[fixed_width(part, 16).view(np.uint8).reshape(-1, 16)]
         good = (digits < 16).all(axis=1)
-        value = np.bitwise_or.reduce(digits.astype(np.uint64) << _SHIFTS, axis=1)
+        # Two digits a byte, eight bytes a big-endian number: no 8-byte temporaries.
+        packed = np.ascontiguousarray((digits[:, 0::2] << 4) | (digits[:, 1::2] & 15))
+        value = packed.view(">u8").ravel().astype(np.uint64)
         numbers[at + rows] = np.where(good, value, 0)
         valid[at + rows] = good
     return numbers, valid

@@ -16,7 +16,7 @@ copied into the folder twice) is the same attempt, not a new one: dropped, not l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,8 +130,10 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
         return _with_ledger(done, ledger)
     done.ok_ids = _concat(ok_ids)
     done.error_ids = _concat(error_ids)
+    ok_ids.clear()  # the pieces, now copied: not held twice
+    error_ids.clear()
     done.journaled = journaled
-    if _repeats(done.ids):
+    if _repeats(lambda: (done.ok_ids, done.error_ids)):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
         # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
         return _scan_whole(out, columns, include_journals, ledger)
@@ -164,13 +166,26 @@ def _concat(arrays: list[pa.Array]) -> pa.Array:
     return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
 
 
-def _repeats(ids: pa.Array) -> bool:
-    """Whether any id is there twice."""
-    numbers, valid = hex64(flat_ids(ids))
-    if valid.all():  # ids of 16 hex digits: 8 bytes each, sorted
-        numbers.sort()
-        return bool((numbers[1:] == numbers[:-1]).any())
-    return bool(pc.count_distinct(ids).as_py() != len(ids))
+def _repeats(columns: Callable[[], Iterable[pa.Array]]) -> bool:
+    """Whether any id is there twice among the id arrays `columns()` gives: as 64-bit
+    numbers when they are caption's own (8 bytes an id, sorted), else by a hash-table
+    count (then `columns()` is read a second time)."""
+    numbers: list[np.ndarray] = []
+    for ids in columns():
+        found, valid = hex64(flat_ids(ids))
+        if not valid.all():  # a user's own ids
+            every = pa.concat_arrays([a.cast(pa.string()) for a in columns()])
+            return bool(pc.count_distinct(every).as_py() != len(every))
+        numbers.append(found)
+    if not numbers:
+        return False
+    every_number = np.concatenate(numbers)
+    every_number.sort()
+    return bool((every_number[1:] == every_number[:-1]).any())
+
+
+def _ids_of(shard: Path) -> pa.Array:
+    return combined(read_shard(shard, columns=["id"])["id"])
 
 
 def _scan_whole(
@@ -221,12 +236,10 @@ def compact(out: OutputDir) -> int:
     holding either is rewritten without them (temporary name, then rename). Returns the
     number of rows taken out of the shards."""
     shards = out.shards()
-    if not shards:
-        return 0
+    if not shards or not _repeats(lambda: (_ids_of(shard) for shard in shards)):
+        return 0  # the common case: nothing superseded, nothing more to read
     reads = [read_shard(s, columns=["id", "status", "finished_at"]) for s in shards]
     table = pa.concat_tables(reads, promote_options="permissive")
-    if pc.count_distinct(table["id"]).as_py() == table.num_rows:
-        return 0  # the common case: nothing superseded, nothing more to build
     table = table.append_column(
         "shard", pa.array(np.repeat(np.arange(len(reads)), [t.num_rows for t in reads]))
     ).append_column("row", pa.array(np.concatenate([np.arange(t.num_rows) for t in reads])))

@@ -33,12 +33,20 @@ log = logging.getLogger(__name__)
 SHA256 = "source_sha256"
 
 
-def removed_count(out: OutputDir, done_ids: pa.Array) -> int:
-    """How many of the folder's done ids its manifest no longer holds."""
-    if not len(done_ids) or not out.manifest.exists():
-        return 0
-    lookup = IdLookup(read_parquet(out.manifest, columns=[MANIFEST_ID])[MANIFEST_ID])
-    return int((~lookup.contains(done_ids)).sum())
+def pending_and_removed(out: OutputDir, done_ids: pa.Array) -> tuple[int, int]:
+    """(manifest rows without a done row, done rows the manifest no longer holds): one
+    lookup of the done ids, and the manifest's ids read a batch at a time."""
+    if not out.manifest.exists():
+        return 0, len(done_ids)
+    lookup = IdLookup(done_ids)
+    current = 0  # manifest rows that are done
+    rows = 0
+    for batch in pq.ParquetFile(out.manifest).iter_batches(1 << 20, columns=[MANIFEST_ID]):
+        rows += batch.num_rows
+        if len(lookup):
+            current += int(lookup.contains(batch.column(0)).sum())
+    # Ids are unique in both (the manifest drops duplicates; scan counts an id once).
+    return rows - current, len(done_ids) - current
 
 
 def signatures(manifest: Path) -> pa.Table | None:

@@ -44,6 +44,7 @@ THUMB_PX = 160
 THUMB_MAX_BYTES = 64 << 20  # a sampled image larger than this is not read
 THUMB_TIMEOUT_S = 10.0
 NUMERIC = ["status", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "error_kind"]
+_SPREAD = ("prompt_tokens", "completion_tokens", "latency_s")  # their spread is drawn
 
 
 @dataclass
@@ -70,23 +71,34 @@ def compute(folder: Path, label: str) -> Figures:
     shards = out.shards()
     if not shards:
         return figures
-    table = pa.concat_tables([read_shard(s, columns=NUMERIC) for s in shards])
-    ok = table.filter(pc.equal(table["status"], "ok"))
-    if ok.num_rows:
-        q = pc.quantile(ok["latency_s"], q=[0.5, 0.95, 0.99]).to_pylist()
-        if q[0] is not None:  # rows never sent (near-copies, --dedupe near) have none
-            figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
-        for name in ("prompt_tokens", "completion_tokens", "latency_s"):
-            values = ok[name].to_numpy()
-            counts, edges = np.histogram(values[~np.isnan(values.astype(float))], bins=30)
+    # A shard at a time: the ok rows' numbers (8 bytes a value), never the folder's table.
+    values: dict[str, list[np.ndarray]] = {n: [] for n in _SPREAD}
+    attempts: dict[str, int] = {}
+    ok_rows = 0
+    for shard in shards:
+        table = read_shard(shard, columns=NUMERIC)
+        ok = table.filter(pc.equal(table["status"], "ok"))
+        ok_rows += ok.num_rows
+        for name in _SPREAD:
+            values[name].append(ok[name].to_numpy(zero_copy_only=False).astype(float))
+        for v in pc.value_counts(table["attempts"]).to_pylist():
+            attempts[str(v["values"])] = attempts.get(str(v["values"]), 0) + v["counts"]
+    if ok_rows:
+        for name in _SPREAD:
+            every = np.concatenate(values[name])
+            every = every[~np.isnan(every)]
+            values[name] = []
+            if name == "latency_s" and len(every):  # near-copies (--dedupe near) have none
+                q = np.quantile(every, [0.5, 0.95, 0.99])
+                figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
+            counts, edges = np.histogram(every, bins=30)
             figures.histograms[name] = (counts.tolist(), edges.round(3).tolist())
     figures.attempts = sorted(
-        ((str(v["values"]), v["counts"]) for v in pc.value_counts(table["attempts"]).to_pylist()),
-        key=lambda item: int(item[0]) if item[0].isdigit() else 10**9,
+        attempts.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 10**9
     )
     figures.error_examples = _error_examples(shards, set(status.errors_by_kind))
     figures.labels = _label_counts(shards, meta.get("job") or {})
-    figures.sample = _sample(shards, ok.num_rows)
+    figures.sample = _sample(shards, ok_rows)
     return figures
 
 

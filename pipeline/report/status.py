@@ -10,13 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline.errors import UsageError
 from pipeline.io.arrow import equals, int_numpy
 from pipeline.output import books
 from pipeline.output.books import read_shard
-from pipeline.output.current import removed_count
+from pipeline.output.current import pending_and_removed
 from pipeline.output.folder import OutputDir
 
 
@@ -101,7 +99,7 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
     if meta is None or not out.manifest.exists():
         raise UsageError(f"{path}: not a caption output folder (no run.json or manifest)")
     done = books.scan(out, include_journals=True)
-    skip = done.ids
+    pending, removed = pending_and_removed(out, done.ids)
     job = meta.get("job", {})
     return FolderStatus(
         output=label or str(path),
@@ -112,8 +110,8 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
         done=done.ok + done.errors,
         **done.totals().to_json(),
         errors_by_kind=done.errors_by_kind,
-        pending=out.pending_count(skip),
-        removed=removed_count(out, done.ids),
+        pending=pending,
+        removed=removed,
         journaled=done.journaled,
         superseded=done.superseded,
         runs=len(meta.get("runs", [])),
@@ -138,29 +136,32 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
     price = parse_price_entries({model: entry}, str(out.run_json), table="price")[model]
     columns = ["status", "prompt_tokens", "image_width", "image_height"]
-    table = pa.concat_tables(
-        [read_shard(s, columns=columns) for s in shards], promote_options="permissive"
-    )
-    known = pc.and_(
-        equals(table["status"], "ok"),
-        pc.and_(pc.is_valid(table["image_width"]), pc.is_valid(table["image_height"])),
-    )
-    rows = table.filter(known)
-    if rows.num_rows == 0 or price.image is None:
-        return None
-    image = image_tokens_array(
-        price.image,
-        int_numpy(rows["image_width"]),
-        int_numpy(rows["image_height"]),
-        job.get("detail"),
-    )
     text = prompt_text_tokens(
         job.get("system_prompt") or "", job.get("prompt") or "", job.get("json_schema")
     )
-    estimated = int(image.sum()) + text * rows.num_rows
-    actual = pc.sum(rows["prompt_tokens"]).as_py() or 0
+    counted = estimated = actual = 0
+    for shard in shards:  # a shard at a time: memory holds one
+        table = read_shard(shard, columns=columns)
+        known = pc.and_(
+            equals(table["status"], "ok"),
+            pc.and_(pc.is_valid(table["image_width"]), pc.is_valid(table["image_height"])),
+        )
+        rows = table.filter(known)
+        if rows.num_rows == 0 or price.image is None:
+            continue
+        image = image_tokens_array(
+            price.image,
+            int_numpy(rows["image_width"]),
+            int_numpy(rows["image_height"]),
+            job.get("detail"),
+        )
+        counted += rows.num_rows
+        estimated += int(image.sum()) + text * rows.num_rows
+        actual += pc.sum(rows["prompt_tokens"]).as_py() or 0
+    if counted == 0:
+        return None
     return {
-        "rows": rows.num_rows,
+        "rows": counted,
         "prompt_tokens_estimated": estimated,
         "prompt_tokens_actual": actual,
         "prompt_tokens_ratio": actual / estimated if estimated else None,
