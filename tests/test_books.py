@@ -142,3 +142,26 @@ def test_a_shard_copied_in_twice_is_counted_once_and_never_ledgered(
     assert len(pq.read_table(out)) == 6
     assert read_status(out).superseded == before.superseded == 6
     assert read_status(out).cost_usd == pytest.approx(before.cost_usd)
+
+
+def test_retries_of_a_users_own_ids_are_compacted_the_same(
+    tmp_path: Path, server: ScriptedServer, key: str
+) -> None:
+    import json
+
+    lines = [json.dumps({"path": str(p), "sku": f"SKU {i}"}) for i, p in enumerate(
+        sorted(p for p in SAMPLES.rglob("*") if p.is_file())
+    )]  # fmt: skip
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("\n".join(lines) + "\n")
+    server.default = CUT_OFF
+    out = tmp_path / "out"
+    args = [str(listing), "--id-column", "sku", "-o", str(out), "--endpoint", server.url]
+    schema = tmp_path / "labels.json"
+    schema.write_text(json.dumps(SCHEMA))
+    assert run(*args, "--schema", str(schema))[0] == 1
+    assert run(*args, "--schema", str(schema), "--retry-errors")[0] == 1
+    status = read_status(out)
+    assert (status.errors, status.superseded) == (6, 6)  # ids "SKU 0".. are not hex
+    assert status.cost_usd == pytest.approx(12 * attempt_usd())
+    assert sorted(pq.read_table(out)["id"].to_pylist()) == [f"SKU {i}" for i in range(6)]

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
 from pipeline.io.arrow import combined, equals, read_parquet
-from pipeline.io.idlookup import flat_ids, hex64
+from pipeline.io.idlookup import IdLookup, flat_ids, hex64
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
 from pipeline.output.writer import write_parquet_atomic
@@ -133,7 +133,7 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
     ok_ids.clear()  # the pieces, now copied: not held twice
     error_ids.clear()
     done.journaled = journaled
-    if _repeats(lambda: (done.ok_ids, done.error_ids)):
+    if len(_repeated(lambda: (done.ok_ids, done.error_ids))):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
         # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
         return _scan_whole(out, columns, include_journals, ledger)
@@ -166,22 +166,25 @@ def _concat(arrays: list[pa.Array]) -> pa.Array:
     return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
 
 
-def _repeats(columns: Callable[[], Iterable[pa.Array]]) -> bool:
-    """Whether any id is there twice among the id arrays `columns()` gives: as 64-bit
-    numbers when they are caption's own (8 bytes an id, sorted), else by a hash-table
-    count (then `columns()` is read a second time)."""
+def _repeated(columns: Callable[[], Iterable[pa.Array]]) -> pa.Array:
+    """The ids there more than once among the id arrays `columns()` gives (usually
+    none): found as 64-bit numbers when they are caption's own (8 bytes an id, sorted),
+    else by a hash-table count (then `columns()` is read a second time)."""
     numbers: list[np.ndarray] = []
     for ids in columns():
         found, valid = hex64(flat_ids(ids))
         if not valid.all():  # a user's own ids
             every = pa.concat_arrays([a.cast(pa.string()) for a in columns()])
-            return bool(pc.count_distinct(every).as_py() != len(every))
+            counts = pc.value_counts(every)
+            twice = pc.greater(counts.field("counts"), 1)
+            return combined(pa.chunked_array([counts.field("values").filter(twice)]))
         numbers.append(found)
     if not numbers:
-        return False
+        return pa.nulls(0, pa.string())
     every_number = np.concatenate(numbers)
     every_number.sort()
-    return bool((every_number[1:] == every_number[:-1]).any())
+    twice = np.unique(every_number[1:][every_number[1:] == every_number[:-1]])
+    return pa.array([f"{int(v):016x}" for v in twice], pa.string())
 
 
 def _ids_of(shard: Path) -> pa.Array:
@@ -236,13 +239,23 @@ def compact(out: OutputDir) -> int:
     holding either is rewritten without them (temporary name, then rename). Returns the
     number of rows taken out of the shards."""
     shards = out.shards()
-    if not shards or not _repeats(lambda: (_ids_of(shard) for shard in shards)):
+    repeated = _repeated(lambda: (_ids_of(shard) for shard in shards)) if shards else None
+    if repeated is None or not len(repeated):
         return 0  # the common case: nothing superseded, nothing more to read
-    reads = [read_shard(s, columns=["id", "status", "finished_at"]) for s in shards]
+    # Only the rows of repeated ids, with where they are: a small table, read a shard at
+    # a time, however big the folder.
+    wanted = IdLookup(repeated)
+    reads = []
+    for number, shard in enumerate(shards):
+        t = read_shard(shard, columns=["id", "status", "finished_at"])
+        rows = np.flatnonzero(wanted.contains(t["id"]))
+        if len(rows):
+            reads.append(
+                t.take(pa.array(rows))
+                .append_column("shard", pa.array(np.full(len(rows), number)))
+                .append_column("row", pa.array(rows))
+            )
     table = pa.concat_tables(reads, promote_options="permissive")
-    table = table.append_column(
-        "shard", pa.array(np.repeat(np.arange(len(reads)), [t.num_rows for t in reads]))
-    ).append_column("row", pa.array(np.concatenate([np.arange(t.num_rows) for t in reads])))
     ranked = table.append_column("is_ok", equals(table["status"], "ok")).sort_by(
         [("id", "ascending"), ("finished_at", "descending"), ("is_ok", "descending")]
     )
