@@ -89,17 +89,31 @@ def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return numbers, valid
 
 
+def hex64_chunks(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """`hex64` of ids a chunk at a time: a chunked column of millions of ids is never
+    copied whole into one array of strings."""
+    chunks = ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]
+    parts = [hex64(flat_ids(chunk)) for chunk in chunks if len(chunk)]
+    if not parts:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=bool)
+    return np.concatenate([n for n, _ in parts]), np.concatenate([v for _, v in parts])
+
+
 class IdLookup:
     """Built once, looked up many times. Ids of 16 hex digits (every id caption makes)
     are held as 64-bit numbers, 8 bytes an id (plus 4 for its position); others as
     fixed-width byte strings as wide as the longest."""
 
     def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
-        flat = flat_ids(ids)
-        numbers, valid = hex64(flat)
+        numbers, valid = hex64_chunks(ids)
         self.numeric = bool(valid.all())
-        self.width = 16 if self.numeric else _longest(flat)
-        keys = numbers if self.numeric else fixed_width(flat, self.width)
+        if self.numeric:
+            self.width, keys = 16, numbers
+        else:
+            del numbers, valid
+            flat = flat_ids(ids)
+            self.width = _longest(flat)
+            keys = fixed_width(flat, self.width)
         order = np.argsort(keys, kind="stable")
         self.order = order.astype(np.int32) if len(order) < 2**31 else order
         self.keys = keys[order]
@@ -109,14 +123,14 @@ class IdLookup:
 
     def positions(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Each queried id's position in the ids the lookup was built from, or -1."""
-        flat = flat_ids(query)
-        if not len(flat) or not len(self.keys):
-            return np.full(len(flat), -1, dtype=np.int64)
+        if not len(query) or not len(self.keys):
+            return np.full(len(query), -1, dtype=np.int64)
         if self.numeric:  # a queried id that is not 16 hex digits is not among them
-            numbers, valid = hex64(flat)
+            numbers, valid = hex64_chunks(query)
             at = np.minimum(np.searchsorted(self.keys, numbers), len(self.keys) - 1)
             found = valid & (self.keys[at] == numbers)
             return np.where(found, self.order[at], -1).astype(np.int64)
+        flat = flat_ids(query)
         width = max(self.width, _longest(flat))
         keys = self.keys if width == self.width else self.keys.astype(f"S{width}")
         q = fixed_width(flat, width)

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
-from pipeline.io.arrow import combined, equals, read_parquet
-from pipeline.io.idlookup import IdLookup, flat_ids, hex64
+from pipeline.io.arrow import combined, equals, read_parquet, string_array
+from pipeline.io.idlookup import IdLookup, hex64_chunks
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
 from pipeline.output.writer import write_parquet_atomic
@@ -45,8 +45,9 @@ _TOTALS = ["cost_usd", "prompt_tokens", "completion_tokens"]
 class Done:
     """What the output folder already holds, by id, and what it has cost."""
 
-    ok_ids: pa.Array
-    error_ids: pa.Array
+    # Chunked as read, a shard a chunk: never joined into one copy.
+    ok_ids: pa.ChunkedArray
+    error_ids: pa.ChunkedArray
     rows: int = 0  # current rows (one per id)
     cost_usd: float = 0.0  # every paid attempt: current rows and superseded ones
     prompt_tokens: int = 0
@@ -69,9 +70,9 @@ class Done:
         )
 
     @property
-    def ids(self) -> pa.Array:
+    def ids(self) -> pa.ChunkedArray:
         """Every id the folder holds a row for, ok or error."""
-        return pa.concat_arrays([self.ok_ids, self.error_ids])
+        return pa.chunked_array([*self.ok_ids.chunks, *self.error_ids.chunks], pa.string())
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -120,7 +121,7 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
     journaled = 0
     ok_ids: list[pa.Array] = []
     error_ids: list[pa.Array] = []
-    done = Done(ok_ids=pa.nulls(0, pa.string()), error_ids=pa.nulls(0, pa.string()))
+    done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
     for shard in out.shards():
         _add(done, read_shard(shard, columns=columns), ok_ids, error_ids)
     for core in _journal_tables(out, columns, include_journals):
@@ -128,12 +129,10 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
         _add(done, core, ok_ids, error_ids)
     if not ok_ids and not error_ids:
         return _with_ledger(done, ledger)
-    done.ok_ids = _concat(ok_ids)
-    done.error_ids = _concat(error_ids)
-    ok_ids.clear()  # the pieces, now copied: not held twice
-    error_ids.clear()
+    done.ok_ids = _chunked(ok_ids)
+    done.error_ids = _chunked(error_ids)
     done.journaled = journaled
-    if len(_repeated(lambda: (done.ok_ids, done.error_ids))):
+    if len(_repeated(lambda: [*done.ok_ids.chunks, *done.error_ids.chunks])):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
         # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
         return _scan_whole(out, columns, include_journals, ledger)
@@ -162,8 +161,12 @@ def _add(done: Done, table: pa.Table, ok_ids: list[pa.Array], error_ids: list[pa
         done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + k["counts"]
 
 
-def _concat(arrays: list[pa.Array]) -> pa.Array:
-    return pa.concat_arrays([a.cast(pa.string()) for a in arrays])
+def _chunked(arrays: list[pa.Array]) -> pa.ChunkedArray:
+    return pa.chunked_array([a.cast(pa.string()) for a in arrays], pa.string())
+
+
+def _no_ids() -> pa.ChunkedArray:
+    return pa.chunked_array([], pa.string())
 
 
 def _repeated(columns: Callable[[], Iterable[pa.Array]]) -> pa.Array:
@@ -172,19 +175,19 @@ def _repeated(columns: Callable[[], Iterable[pa.Array]]) -> pa.Array:
     else by a hash-table count (then `columns()` is read a second time)."""
     numbers: list[np.ndarray] = []
     for ids in columns():
-        found, valid = hex64(flat_ids(ids))
+        found, valid = hex64_chunks(ids)
         if not valid.all():  # a user's own ids
-            every = pa.concat_arrays([a.cast(pa.string()) for a in columns()])
+            every = pa.chunked_array([a.cast(pa.string()) for a in columns()], pa.string())
             counts = pc.value_counts(every)
             twice = pc.greater(counts.field("counts"), 1)
-            return combined(pa.chunked_array([counts.field("values").filter(twice)]))
+            return counts.field("values").filter(twice)
         numbers.append(found)
     if not numbers:
         return pa.nulls(0, pa.string())
     every_number = np.concatenate(numbers)
     every_number.sort()
     twice = np.unique(every_number[1:][every_number[1:] == every_number[:-1]])
-    return pa.array([f"{int(v):016x}" for v in twice], pa.string())
+    return string_array([f"{int(v):016x}" for v in twice])
 
 
 def _ids_of(shard: Path) -> pa.Array:
@@ -205,11 +208,11 @@ def _scan_whole(
         # A ledgered row still in a shard (a compaction cut short) is history: counted
         # once, there, and not as a current row.
         table = table.filter(pc.invert(pc.is_in(_keys(table), value_set=_keys(ledger))))
-    done = Done(ok_ids=pa.nulls(0, pa.string()), error_ids=pa.nulls(0, pa.string()))
+    done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
     ok_ids: list[pa.Array] = []
     error_ids: list[pa.Array] = []
     _add(done, table, ok_ids, error_ids)
-    done.ok_ids, done.error_ids = _concat(ok_ids), _concat(error_ids)
+    done.ok_ids, done.error_ids = _chunked(ok_ids), _chunked(error_ids)
     done.journaled = journaled
     return _with_ledger(done, ledger)
 
