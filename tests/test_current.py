@@ -17,6 +17,17 @@ from tests.fakes import ScriptedServer
 from tests.helpers import SAMPLES, results
 
 
+def _answered_samples(tmp_path: Path, server: ScriptedServer) -> tuple[Path, Path, list[str]]:
+    """A copy of the samples, answered once: (the images, the output folder, the run's
+    arguments)."""
+    imgs = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, imgs)
+    out = tmp_path / "out"
+    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
+    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    return imgs, out, args
+
+
 def test_removed_sources_are_counted_apart_and_left_out_unless_asked(
     tmp_path: Path, server: ScriptedServer, key: str
 ) -> None:
@@ -62,11 +73,7 @@ def test_a_file_replaced_at_the_same_path_is_captioned_again(
 ) -> None:
     from PIL import Image
 
-    imgs = tmp_path / "imgs"
-    shutil.copytree(SAMPLES, imgs)
-    out = tmp_path / "out"
-    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
-    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    imgs, out, args = _answered_samples(tmp_path, server)
     before = {r["source"]: r for r in results(out)}
     photo = imgs / "sunset.jpg"
     Image.new("RGB", (64, 48), (10, 200, 30)).save(photo)  # a new photo, same path
@@ -97,11 +104,7 @@ def test_a_file_only_touched_is_not_sent_again(
 ) -> None:
     import os
 
-    imgs = tmp_path / "imgs"
-    shutil.copytree(SAMPLES, imgs)
-    out = tmp_path / "out"
-    args = ["run", str(imgs), "-o", str(out), "--endpoint", server.url]
-    assert CliRunner().invoke(cli, [*args, "--quiet"]).exit_code == 0
+    imgs, out, args = _answered_samples(tmp_path, server)
     rows = results(out)
     assert all(r["source_sha256"] for r in rows)  # the bytes each answer was made from
     touched = imgs / "poster.jpg"

@@ -14,7 +14,8 @@ one (the textbook dHash) did better in a side-by-side run (150 scenes x 4 near-c
 (median 2), while distinct scenes stayed 14 or more apart with both.
 
 Hashing runs in worker processes (one per core): decoding is CPU work that would hold the
-GIL. Only Pillow is imported here, so the workers start fast. Files are read by the
+GIL. Only Pillow (and `engine/resize.py`'s table of EXIF turns) is imported here, so
+the workers start fast. Files are read by the
 workers themselves; bucket objects are fetched by the caller's threads and handed over.
 """
 
@@ -28,16 +29,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from PIL import Image, ImageFilter
 
-# EXIF orientation -> the transpose that makes the image upright.
-_UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+from pipeline.engine.resize import UPRIGHT
+
 THUMB = 64  # the grey thumbnail blurred before the cells are averaged
 BLUR = 1.5  # Gaussian radius on it, in thumbnail pixels
 CELLS = 10  # cells a side; bits compare cells GAP apart
@@ -61,8 +54,8 @@ def image_hashes(data: bytes) -> Hashes | None:
     cells = thumb.filter(ImageFilter.GaussianBlur(BLUR)).resize(
         (CELLS, CELLS), Image.Resampling.BOX
     )
-    if orientation in _UPRIGHT:
-        cells = cells.transpose(_UPRIGHT[orientation])
+    if orientation in UPRIGHT:
+        cells = cells.transpose(UPRIGHT[orientation])
     px = cells.tobytes()
     across = down = 0
     for row in range(CELLS - GAP):

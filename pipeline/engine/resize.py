@@ -24,7 +24,7 @@ from PIL import Image
 JPEG_QUALITY = 90
 
 # EXIF orientation -> the transpose that makes the image upright.
-_UPRIGHT = {
+UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -57,8 +57,8 @@ def reduce_image(data: bytes, size: tuple[int, int]) -> Reduced | None:
             out = im.convert("RGBA" if alpha else "RGB").resize(size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    if orientation in _UPRIGHT:
-        out = out.transpose(_UPRIGHT[orientation])
+    if orientation in UPRIGHT:
+        out = out.transpose(UPRIGHT[orientation])
     buf = io.BytesIO()
     if alpha:
         out.save(buf, "PNG")
