@@ -24,6 +24,7 @@ from pipeline.errors import storage_error
 from pipeline.io.arrow import combined, read_parquet, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import read_many
+from pipeline.output.layout import TMP_SUFFIX
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, NEAR_ACROSS, NEAR_DOWN, SIGNATURE
 from pipeline.sources.images import is_url
 
@@ -56,7 +57,7 @@ def add_hashes(manifest: Path, before: pa.Table | None) -> int:
         schema = schema.append(pa.field(name, pa.uint64()))
     lookup = IdLookup(before[MANIFEST_ID]) if before is not None else None
     hashed = urls = 0
-    tmp = manifest.with_name(manifest.name + ".hashing")
+    tmp = manifest.with_name(manifest.name + TMP_SUFFIX)  # `recover` removes a leftover
     try:
         with pq.ParquetWriter(tmp, schema) as out:
             for rb in pf.iter_batches(batch_size=BATCH_ROWS):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.dedupe.groups import components, near_pairs
 from pipeline.dedupe.ingest import HASH_COLUMNS
-from pipeline.io.arrow import combined, take_indices
+from pipeline.io.arrow import bool_array, combined, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, NEAR_ACROSS, NEAR_DOWN
 
@@ -78,8 +78,8 @@ def plan_rows(
     Rows with null hashes (URLs, unreadable files) are in no group."""
     hashed = ~np.asarray(across.is_null().to_numpy(zero_copy_only=False))
     where = np.flatnonzero(hashed)
-    h = across.filter(pa.array(hashed)).to_numpy()
-    c = down.filter(pa.array(hashed)).to_numpy()
+    h = across.filter(bool_array(hashed)).to_numpy()
+    c = down.filter(bool_array(hashed)).to_numpy()
     asks = np.flatnonzero(pending[where])
     pairs = near_pairs(h, c, distance, queries=asks)
     labels = components(len(where), pairs)

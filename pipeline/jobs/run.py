@@ -115,14 +115,17 @@ def _near_plan(
     done: Done,
     changed: pa.Array,
     skip: pa.ChunkedArray,
+    kept: bool,
 ) -> NearPlan:
-    """Under `--dedupe near`: hash the manifest's new and changed images, then plan which
-    pending rows follow another's answer (`pipeline/dedupe/`)."""
+    """Under `--dedupe near`: hash the manifest's new and changed images (none when the
+    manifest was `kept` as it was), then plan which pending rows follow another's answer
+    (`pipeline/dedupe/`)."""
     if not config.dedupe.near:
         return empty_plan()
-    now = add_hashes(out.manifest, hashed)
-    if now:
-        log.info("--dedupe near: hashed %d image(s)", now)
+    if not (kept and hashed is not None):  # a manifest of last night's already has them
+        now = add_hashes(out.manifest, hashed)
+        if now:
+            log.info("--dedupe near: hashed %d image(s)", now)
     answered = done.ok_ids
     if len(changed):  # a replaced file's old answer is no one's to carry
         answered = pc.filter(answered, bool_array(~IdLookup(changed).contains(answered)))
@@ -252,7 +255,8 @@ def _run_locked(
     if len(changed):  # replaced at the same path: sent again, the old answer superseded
         log.info("%d file(s) changed since the last run: captioned again", len(changed))
         skip = pc.filter(skip, bool_array(~IdLookup(changed).contains(skip)))
-    near = _near_plan(out, config, hashed, done, changed, skip)
+    kept = len(sources) == 1 and out.is_own_manifest(Path(sources[0]))
+    near = _near_plan(out, config, hashed, done, changed, skip, kept)
     if near.followers:  # not sent: each carries its group's answer once there is one
         skip = pa.chunked_array([*skip.chunks, near.follower_ids.cast(pa.string())], pa.string())
     skipped = IdLookup(skip)  # built once: the pending count and the filter share it
