@@ -38,6 +38,7 @@ from _measure import measure
 from pipeline.config.identity import fingerprint, job_definition
 from pipeline.config.loading import load_config
 from pipeline.output.layout import MANIFEST_NAME
+from pipeline.output.totals import with_totals
 from pipeline.records import RESULT_SCHEMA
 
 PER_SHARD = 10_000
@@ -90,9 +91,9 @@ def build(out: Path, rows: int, done_rows: int) -> None:
             given[f.name].cast(f.type) if f.name in given else pa.nulls(n, f.type)
             for f in RESULT_SCHEMA
         ]
-        pq.write_table(
-            pa.Table.from_arrays(columns, schema=RESULT_SCHEMA), out / f"part-{shard:05d}.parquet"
-        )
+        table = pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+        # As the writer writes a shard: its totals in its footer (output/totals.py).
+        pq.write_table(with_totals(table), out / f"part-{shard:05d}.parquet")
     job = job_definition(load_config(None, {"endpoint": "fake"}))
     meta = {"version": 1, "fingerprint": fingerprint(job), "job": job, "runs": [],
             "ids": {"from": "manifest", "version": 2}}  # fmt: skip

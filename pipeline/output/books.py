@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ from pipeline.io.arrow import combined, equals, read_parquet, string_array
 from pipeline.io.idlookup import IdLookup, hex64_chunks
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
+from pipeline.output.totals import read_totals, totals_of
 from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import Totals
 
@@ -123,10 +124,20 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
     error_ids: list[pa.Array] = []
     done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
     for shard in out.shards():
-        _add(done, read_shard(shard, columns=columns), ok_ids, error_ids)
+        counted = read_totals(shard)
+        if counted is None:  # an older shard: its totals are counted from its rows
+            _add(
+                done,
+                totals_of(table := read_shard(shard, columns=columns)),
+                table,
+                ok_ids,
+                error_ids,
+            )
+        else:  # its footer has them: only its ids and statuses are read
+            _add(done, counted, read_shard(shard, columns=["id", "status"]), ok_ids, error_ids)
     for core in _journal_tables(out, columns, include_journals):
         journaled += core.num_rows
-        _add(done, core, ok_ids, error_ids)
+        _add(done, totals_of(core), core, ok_ids, error_ids)
     if not ok_ids and not error_ids:
         return _with_ledger(done, ledger)
     done.ok_ids = _chunked(ok_ids)
@@ -146,19 +157,24 @@ def _journal_tables(out: OutputDir, columns: list[str], include: bool) -> Iterat
         yield read_journal(journal, out.result_schema()).select(columns)
 
 
-def _add(done: Done, table: pa.Table, ok_ids: list[pa.Array], error_ids: list[pa.Array]) -> None:
-    """One shard's rows into the running totals."""
-    ok_mask = equals(table["status"], "ok")
-    errors = table.filter(pc.invert(ok_mask))
-    ok_ids.append(combined(table["id"].filter(ok_mask)))
-    error_ids.append(combined(errors["id"]))
-    done.rows += table.num_rows
-    done.cost_usd += pc.sum(table["cost_usd"]).as_py() or 0.0
-    done.prompt_tokens += pc.sum(table["prompt_tokens"]).as_py() or 0
-    done.completion_tokens += pc.sum(table["completion_tokens"]).as_py() or 0
-    for k in pc.value_counts(errors["error_kind"]).to_pylist():
-        kind = k["values"] or "unknown"  # shards from before error_kind existed
-        done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + k["counts"]
+def _add(
+    done: Done,
+    counted: dict[str, Any],
+    ids: pa.Table,
+    ok_ids: list[pa.Array],
+    error_ids: list[pa.Array],
+) -> None:
+    """One shard into the running totals: its `counted` totals (`output/totals.py`) and
+    its ids (`id`, `status`)."""
+    ok_mask = equals(ids["status"], "ok")
+    ok_ids.append(combined(ids["id"].filter(ok_mask)))
+    error_ids.append(combined(ids["id"].filter(pc.invert(ok_mask))))
+    done.rows += counted["rows"]
+    done.cost_usd += counted["cost_usd"]
+    done.prompt_tokens += counted["prompt_tokens"]
+    done.completion_tokens += counted["completion_tokens"]
+    for kind, n in counted["errors_by_kind"].items():
+        done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + n
 
 
 def _chunked(arrays: list[pa.Array]) -> pa.ChunkedArray:
@@ -211,7 +227,7 @@ def _scan_whole(
     done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
     ok_ids: list[pa.Array] = []
     error_ids: list[pa.Array] = []
-    _add(done, table, ok_ids, error_ids)
+    _add(done, totals_of(table), table, ok_ids, error_ids)
     done.ok_ids, done.error_ids = _chunked(ok_ids), _chunked(error_ids)
     done.journaled = journaled
     return _with_ledger(done, ledger)

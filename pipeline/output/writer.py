@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import storage_error
 from pipeline.output.journal import journal_line, read_journal
 from pipeline.output.layout import JOURNAL_SUFFIX, SEQUENCE, SHARD_SUFFIX, STATE_DIR, TMP_SUFFIX
+from pipeline.output.totals import with_totals
 from pipeline.records import RESULT_SCHEMA, ResultRow
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,13 @@ def next_sequence(out_dir: Path) -> int:
 
 def write_parquet_atomic(table: pa.Table, path: Path, tmp: Path | None = None) -> None:
     """Write under a temporary name (in the state folder, unless `tmp` names it), fsync,
-    rename: visible only complete. A failure (no space left, say) leaves nothing behind
+    rename: visible only complete. A table of result rows gets its totals in its footer
+    (`output/totals.py`). A failure (no space left, say) leaves nothing behind
     and raises StorageError."""
     tmp = tmp or state_dir(path.parent) / (path.name + TMP_SUFFIX)
     try:
         tmp.parent.mkdir(exist_ok=True)
-        pq.write_table(table, tmp)
+        pq.write_table(with_totals(table), tmp)  # a shard's totals in its footer
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
