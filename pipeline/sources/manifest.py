@@ -3,8 +3,8 @@
 A source is a folder (recursive), a glob, an http(s) URL, a single image, or a list file
 (.txt, .csv, .tsv, .jsonl, .parquet), local or in a bucket: `sources/entries.py` turns each into
 entries; this module gives each row its id, drops duplicates and writes the manifest.
-Everything streams in batches: memory holds one batch and the set of 64-bit ids seen so
-far, never the whole list.
+Everything streams in batches: memory holds one batch and the 64-bit ids seen so far
+(`sources/seen.py`: 8 bytes each), never the whole list.
 
 Ids are made as `sources/ids.py` describes: from a file's real path (the default), its bytes
 (`--id-from content`) or the user's own column (`--id-column`).
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,6 +48,7 @@ from pipeline.sources.entries import source_entries
 from pipeline.sources.ids import PATH_IDS, RealPaths, RowSpec, content_ids, stable_id
 from pipeline.sources.images import NOT_UTF8_PREFIX, is_url
 from pipeline.sources.lists import BATCH_ROWS, record_batch
+from pipeline.sources.seen import SeenIds
 from pipeline.sources.walk import IMAGE_EXTENSIONS, Links
 
 log = logging.getLogger(__name__)
@@ -97,19 +99,21 @@ def iter_manifest_rows(
     sources: Iterable[str], spec: RowSpec = PATH_IDS, counts: Counts | None = None
 ) -> Iterator[list[dict[str, Any]]]:
     """De-duplicated batches of manifest dicts (`id`, `source`, extras) in source order."""
-    seen: set[int] = set()
+    seen = SeenIds()
     counts = counts if counts is not None else Counts()
     real = RealPaths()
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
         for source in sources:
             for batch in source_entries(source, spec, counts.links):
                 out = []
-                for raw, row_id in zip(batch, _ids(batch, source, spec, real, pool), strict=True):
-                    fingerprint = _fingerprint(row_id, spec)
-                    if fingerprint in seen:
+                ids = _ids(batch, source, spec, real, pool)
+                fingerprints = np.array([_fingerprint(i, spec) for i in ids], dtype=np.uint64)
+                for raw, row_id, fresh in zip(
+                    batch, ids, seen.first_seen(fingerprints), strict=True
+                ):
+                    if not fresh:
                         counts.duplicates += 1
                         continue
-                    seen.add(fingerprint)
                     columns = raw.get("columns", {})
                     columns.pop(spec.id_column, None)
                     out.append(
