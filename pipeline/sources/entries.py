@@ -25,10 +25,15 @@ from pipeline.sources.walk import (
 )
 
 
-def _batched(pairs: Iterable[tuple[str, str]]) -> Iterator[list[dict[str, Any]]]:
+def _batched(entries: Iterable[tuple[str, str, str | None]]) -> Iterator[list[dict[str, Any]]]:
+    """(key, source, signature) entries in batches of entry dicts (the signature only when
+    the finder knows it: a bucket listing's)."""
     batch: list[dict[str, Any]] = []
-    for key, source in pairs:
-        batch.append({"key": key, "source": source})
+    for key, source, signature in entries:
+        entry = {"key": key, "source": source}
+        if signature is not None:
+            entry["signature"] = signature
+        batch.append(entry)
         if len(batch) >= BATCH_ROWS:
             yield batch
             batch = []
@@ -64,7 +69,7 @@ def source_entries(source: str, spec: RowSpec, links: Links) -> Iterator[list[di
         return
     check_scheme(source)
     if os.path.isdir(source):
-        yield from _batched(walk(source, links))
+        yield from _batched((key, path, None) for key, path in walk(source, links))
         return
     if os.path.exists(source):
         ext = os.path.splitext(source)[1].lower()
@@ -86,7 +91,7 @@ def source_entries(source: str, spec: RowSpec, links: Links) -> Iterator[list[di
             raise UsageError(f"{source}: permission denied") from None
         return
     if has_magic(source):
-        yield from _batched(_glob_images(source, links))
+        yield from _batched((key, path, None) for key, path in _glob_images(source, links))
         return
     raise UsageError(f"source {source!r}: no such file or folder")
 
@@ -107,12 +112,4 @@ def _bucket_batches(source: str, spec: RowSpec) -> Iterator[list[dict[str, Any]]
         yield [{"key": source, "source": source}]  # read (or found missing) by the run
         return
     entries = glob(source) if has_magic(source) else walk_prefix(source, is_image_name)
-    batch: list[dict[str, Any]] = []
-    for entry in entries:
-        if is_image_name(entry.url):
-            batch.append({"key": entry.url, "source": entry.url, "signature": entry.signature})
-            if len(batch) >= BATCH_ROWS:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+    yield from _batched((e.url, e.url, e.signature) for e in entries if is_image_name(e.url))

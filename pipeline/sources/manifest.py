@@ -348,23 +348,25 @@ def without_done(
     """Leave out the rows whose id is in `skip` (rows an output folder already holds).
     The lookup is built once (or given built), not per batch: that was quadratic in the
     folder's size."""
-    lookup = skip if isinstance(skip, IdLookup) else IdLookup(skip) if skip is not None else None
-    lookup = lookup if lookup is not None and len(lookup) else None
-    for batch in batches:
-        if lookup is not None:
-            batch = batch.filter(bool_array(~lookup.contains(batch.column(MANIFEST_ID))))
-        yield batch
+    if skip is None or not len(skip):
+        yield from batches
+        return
+    yield from _by_id(batches, skip, keep=False)
 
 
 def only_ids(batches: Iterable[pa.RecordBatch], ids: pa.Array) -> Iterator[pa.RecordBatch]:
     """Only the rows whose id is in `ids`."""
-    if not len(ids):
-        return
-    lookup = IdLookup(ids)
+    if len(ids):
+        yield from (batch for batch in _by_id(batches, ids, keep=True) if batch.num_rows)
+
+
+def _by_id(
+    batches: Iterable[pa.RecordBatch], ids: pa.Array | IdLookup, keep: bool
+) -> Iterator[pa.RecordBatch]:
+    """The rows whose id is in `ids` (`keep`) or not, one lookup for every batch."""
+    lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids)
     for batch in batches:
-        batch = batch.filter(bool_array(lookup.contains(batch.column(MANIFEST_ID))))
-        if batch.num_rows:
-            yield batch
+        yield batch.filter(bool_array(lookup.contains(batch.column(MANIFEST_ID)) == keep))
 
 
 def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[ManifestRow]:
