@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import bool_array, read_parquet, take_indices
+from pipeline.io.arrow import bool_array, read_parquet, string_array, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.output.folder import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
@@ -33,20 +33,14 @@ log = logging.getLogger(__name__)
 SHA256 = "source_sha256"
 
 
-def pending_and_removed(out: OutputDir, done_ids: pa.Array) -> tuple[int, int]:
-    """(manifest rows without a done row, done rows the manifest no longer holds): one
-    lookup of the done ids, and the manifest's ids read a batch at a time."""
+def pending_and_removed(out: OutputDir, done_ids: pa.ChunkedArray) -> tuple[int, int]:
+    """(manifest rows without a done row, done rows the manifest no longer holds), from
+    one lookup of the done ids and one pass over the manifest's ids."""
     if not out.manifest.exists():
         return 0, len(done_ids)
-    lookup = IdLookup(done_ids)
-    current = 0  # manifest rows that are done
-    rows = 0
-    for batch in pq.ParquetFile(out.manifest).iter_batches(1 << 20, columns=[MANIFEST_ID]):
-        rows += batch.num_rows
-        if len(lookup):
-            current += int(lookup.contains(batch.column(0)).sum())
+    pending = out.pending_count(done_ids)
     # Ids are unique in both (the manifest drops duplicates; scan counts an id once).
-    return rows - current, len(done_ids) - current
+    return pending, len(done_ids) - (out.manifest_count() - pending)
 
 
 def signatures(manifest: Path) -> pa.Table | None:
@@ -89,9 +83,13 @@ def _new_bytes(out: OutputDir, candidates: pa.Array) -> pa.Array:
         table = read_shard(shard, columns=[MANIFEST_ID, SHA256])
         table = table.filter(bool_array(wanted.contains(table[MANIFEST_ID])))
         sent.update(zip(table[MANIFEST_ID].to_pylist(), table[SHA256].to_pylist(), strict=True))
-    rows = read_parquet(out.manifest, columns=[MANIFEST_ID, MANIFEST_SOURCE])
-    rows = rows.filter(bool_array(wanted.contains(rows[MANIFEST_ID])))
-    ids, sources = rows[MANIFEST_ID].to_pylist(), rows[MANIFEST_SOURCE].to_pylist()
+    ids: list[str] = []
+    sources: list[str] = []
+    manifest = pq.ParquetFile(out.manifest)  # a batch at a time: only the candidates kept
+    for batch in manifest.iter_batches(1 << 20, columns=[MANIFEST_ID, MANIFEST_SOURCE]):
+        rows = batch.filter(bool_array(wanted.contains(batch.column(0))))
+        ids += rows.column(0).to_pylist()
+        sources += rows.column(1).to_pylist()
     with ThreadPoolExecutor(8) as pool:  # hashing releases the GIL
         now = list(pool.map(content_id, sources))
     changed = [i for i, digest in zip(ids, now, strict=True) if not digest or sent.get(i) != digest]
@@ -100,4 +98,4 @@ def _new_bytes(out: OutputDir, candidates: pa.Array) -> pa.Array:
             "%d file(s) with a new modification time but the same bytes: not sent again",
             len(ids) - len(changed),
         )
-    return pa.array(changed, pa.string()) if changed else pa.nulls(0, pa.string())
+    return string_array(changed)

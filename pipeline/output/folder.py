@@ -271,10 +271,7 @@ class OutputDir:
         """Whether the manifest at `manifest` holds any of `ids` (read a batch at a time,
         stopping at the first)."""
         lookup = IdLookup(ids)
-        for batch in pq.ParquetFile(manifest).iter_batches(1 << 20, columns=[MANIFEST_ID]):
-            if lookup.contains(batch.column(0)).any():
-                return True
-        return False
+        return any(lookup.contains(batch).any() for batch in manifest_ids(manifest))
 
     # -- crash recovery and compaction ------------------------------------------------
 
@@ -304,11 +301,13 @@ class OutputDir:
         lookup = skip if isinstance(skip, IdLookup) else IdLookup(skip)
         if not len(lookup):
             return self.manifest_count()
-        pf = pq.ParquetFile(self.manifest)
-        return sum(
-            int((~lookup.contains(batch.column(0))).sum())
-            for batch in pf.iter_batches(batch_size=1 << 20, columns=[MANIFEST_ID])
-        )
+        return sum(int((~lookup.contains(ids)).sum()) for ids in manifest_ids(self.manifest))
+
+
+def manifest_ids(manifest: Path) -> Iterator[pa.Array]:
+    """A manifest's ids, a million at a time: never its whole column."""
+    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=1 << 20, columns=[MANIFEST_ID]):
+        yield batch.column(0)
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {
