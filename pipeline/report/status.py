@@ -135,6 +135,8 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
     if not model or not entry or not shards:
         return None
     price = parse_price_entries({model: entry}, str(out.run_json), table="price")[model]
+    if price.image is None:  # no image rule for this model: nothing to reconcile
+        return None
     columns = ["status", "prompt_tokens", "image_width", "image_height"]
     text = prompt_text_tokens(
         job.get("system_prompt") or "", job.get("prompt") or "", job.get("json_schema")
@@ -147,7 +149,7 @@ def reconcile(out: OutputDir, meta: dict[str, Any]) -> dict[str, Any] | None:
             pc.and_(pc.is_valid(table["image_width"]), pc.is_valid(table["image_height"])),
         )
         rows = table.filter(known)
-        if rows.num_rows == 0 or price.image is None:
+        if rows.num_rows == 0:
             continue
         image = image_tokens_array(
             price.image,
