@@ -243,7 +243,7 @@ def _run_locked(
     if needs_rehash(previous):
         rehash_ids(out)
     books.compact(out)
-    done = books.scan(out)
+    done = books.scan(out, compacted=True)
     before = (previous or {}).get("sources")
     signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
     hashed = previous_hashes(out.manifest) if config.dedupe.near else None

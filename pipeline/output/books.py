@@ -112,11 +112,12 @@ def _unique_attempts(table: pa.Table) -> pa.Table:
 # -- what is done -------------------------------------------------------------------------
 
 
-def scan(out: OutputDir, include_journals: bool = False) -> Done:
+def scan(out: OutputDir, include_journals: bool = False, compacted: bool = False) -> Done:
     """Ids answered ok or with an error, and the spend so far (ledger included). Reads
     only the columns it needs, a shard at a time: memory holds the ids (as strings) and
     one shard, not the folder's columns. With `include_journals`, rows still in a killed
-    run's journal count too (read-only: nothing is folded)."""
+    run's journal count too (read-only: nothing is folded). `compacted`: the caller has
+    just run `compact`, so no id is in the shards twice and that check is not made again."""
     columns = ["id", "status", *_TOTALS, "error_kind", "finished_at"]
     ledger = _ledger(out, columns)
     journaled = 0
@@ -143,7 +144,7 @@ def scan(out: OutputDir, include_journals: bool = False) -> Done:
     done.ok_ids = _chunked(ok_ids)
     done.error_ids = _chunked(error_ids)
     done.journaled = journaled
-    if len(_repeated(lambda: [*done.ok_ids.chunks, *done.error_ids.chunks])):
+    if not compacted and len(_repeated(lambda: [*done.ok_ids.chunks, *done.error_ids.chunks])):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
         # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
         return _scan_whole(out, columns, include_journals, ledger)
