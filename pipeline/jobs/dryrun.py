@@ -119,11 +119,14 @@ def estimate_sources(
     batches: Iterable[pa.RecordBatch] = counted(source_batches(sources, spec, counts))
     observed: tuple[float, str] | None = None
     notes: list[str] = []
+    done: books.Done | None = None  # the output folder's, if it has any
+    hashed: pa.Table | None = None  # its manifest's perceptual hashes (--dedupe near)
     if output is not None:
         with readable(str(output), must_exist=False) as folder:
             out = OutputDir(folder)
             if out.exists() and out.read_run_json() is not None:
                 done = books.scan(out, include_journals=True)
+                hashed = previous_hashes(out.manifest) if config.dedupe.near else None
                 if done.ok + done.errors:
                     batches = without_done(batches, done.ids)
                     notes.append(
@@ -141,7 +144,7 @@ def estimate_sources(
                     )
     near: tuple[NearPlan, Estimate] | None = None
     if config.dedupe.near:
-        near = _near_saving(sources, spec, config, models, output, assume_size, probe_urls)
+        near = _near_saving(sources, spec, config, models, done, hashed, assume_size, probe_urls)
         batches = without_done(batches, near[0].follower_ids)
     result = estimate(
         batches,
@@ -166,22 +169,18 @@ def _near_saving(
     spec: RowSpec,
     config: JobConfig,
     models: list[str],
-    output: Path | str | None,
+    done: books.Done | None,
+    before: pa.Table | None,
     assume_size: tuple[int, int] | None,
     probe_urls: bool,
 ) -> tuple[NearPlan, Estimate]:
     """Under `--dedupe near`: which rows would carry a near-copy's answer (their images are
-    read and hashed; an output folder's own hashes are reused), and what sending them
-    would have cost: the estimate of those rows alone."""
+    read and hashed; the hashes of an output folder's manifest, `before`, are reused), and
+    what sending them would have cost: the estimate of those rows alone. `done`: what the
+    output folder holds, if any."""
     answered = skip = pa.nulls(0, pa.string())
-    before = None
-    if output is not None:
-        with readable(str(output), must_exist=False) as folder:
-            out = OutputDir(folder)
-            if out.exists() and out.read_run_json() is not None:
-                done = books.scan(out, include_journals=True)
-                answered, skip = done.ok_ids, done.ids
-                before = previous_hashes(out.manifest)
+    if done is not None:
+        answered, skip = done.ok_ids, done.ids
     hashed = hashed_batches(source_batches(sources, spec), before)
     plan = plan_batches(hashed, answered, skip, config.dedupe.distance)
     saved = estimate(
