@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,15 @@ def previous_hashes(manifest: Path) -> pa.Table | None:
     return read_parquet(manifest, columns=wanted)
 
 
+@dataclass(slots=True)
+class Hashed:
+    """What `hashed_batches` did: rows hashed now (the others' hashes were kept), and
+    http(s) URL rows left unhashed."""
+
+    now: int = 0
+    urls: int = 0
+
+
 def add_hashes(manifest: Path, before: pa.Table | None) -> int:
     """Give every row of `manifest` its hashes, kept from `before` where the file is the
     same, computed otherwise; the manifest is rewritten whole (temporary name, rename).
@@ -55,34 +65,32 @@ def add_hashes(manifest: Path, before: pa.Table | None) -> int:
         if name in schema.names:
             schema = schema.remove(schema.get_field_index(name))
         schema = schema.append(pa.field(name, pa.uint64()))
-    lookup = IdLookup(before[MANIFEST_ID]) if before is not None else None
-    hashed = urls = 0
+    counted = Hashed()
     tmp = manifest.with_name(manifest.name + TMP_SUFFIX)  # `recover` removes a leftover
     try:
         with pq.ParquetWriter(tmp, schema) as out:
-            for rb in pf.iter_batches(batch_size=BATCH_ROWS):
-                across, down, now, skipped = _batch_hashes(rb, before, lookup)
-                hashed, urls = hashed + now, urls + skipped
-                columns = {n: rb.column(n) for n in rb.schema.names if n not in HASH_COLUMNS}
-                columns[NEAR_ACROSS], columns[NEAR_DOWN] = across, down
-                out.write_table(pa.table(columns, schema=schema))
+            for rb in hashed_batches(pf.iter_batches(batch_size=BATCH_ROWS), before, counted):
+                out.write_table(pa.Table.from_batches([rb]).cast(schema))
         os.replace(tmp, manifest)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise storage_error(manifest, exc) from None
-    if urls:
-        log.warning("--dedupe near: %d http(s) URL row(s) not hashed: each is sent", urls)
-    return hashed
+    if counted.urls:
+        log.warning("--dedupe near: %d http(s) URL row(s) not hashed: each is sent", counted.urls)
+    return counted.now
 
 
 def hashed_batches(
-    batches: Iterable[pa.RecordBatch], before: pa.Table | None
+    batches: Iterable[pa.RecordBatch], before: pa.Table | None, counted: Hashed | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Manifest batches with their hash columns, kept from `before` where the file is the
-    same, computed otherwise (an estimate's: nothing is written)."""
+    """Manifest batches with their hash columns (last), kept from `before` where the file
+    is the same, computed otherwise; `counted` adds up what was done."""
     lookup = IdLookup(before[MANIFEST_ID]) if before is not None else None
+    counted = counted if counted is not None else Hashed()
     for rb in batches:
-        across, down, _, _ = _batch_hashes(rb, before, lookup)
+        across, down, now, urls = _batch_hashes(rb, before, lookup)
+        counted.now += now
+        counted.urls += urls
         names = [n for n in rb.schema.names if n not in HASH_COLUMNS]
         yield pa.RecordBatch.from_arrays(
             [*(rb.column(n) for n in names), across, down], names=[*names, *HASH_COLUMNS]
