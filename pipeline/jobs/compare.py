@@ -30,6 +30,8 @@ from pipeline.jobs.run import run_job
 from pipeline.jobs.sample import draw_sample
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import TMP_SUFFIX
+from pipeline.output.writer import write_parquet_atomic
 from pipeline.sources.ids import PATH_IDS, RowSpec
 
 TABLE_NAME = "compare.parquet"
@@ -215,9 +217,7 @@ def _over(cap: float, spent: float, name: str) -> str:
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows as a Parquet file, whole or not at all."""
     table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_parquet_atomic(table, path, tmp=path.with_name(path.name + TMP_SUFFIX))
 
 
 def recommend(figures: list[VariantFigures], margin: float) -> str:

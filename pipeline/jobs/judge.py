@@ -27,6 +27,8 @@ from pipeline.io.arrow import read_parquet
 from pipeline.jobs.measure import VariantFigures
 from pipeline.jobs.run import RunOutcome, run_job
 from pipeline.output.folder import OutputDir
+from pipeline.output.layout import TMP_SUFFIX
+from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, ROW_PROMPT
 
 JUDGE_PROMPT = (
@@ -98,7 +100,9 @@ def run_judge(
     folder = judge_folder(output, model)
     manifest = output / ".caption" / MANIFEST_NAME
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    write_parquet_atomic(
+        pa.Table.from_pylist(rows), manifest, tmp=manifest.with_name(manifest.name + TMP_SUFFIX)
+    )
     request = replace(
         config.request,
         model=model,

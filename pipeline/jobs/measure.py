@@ -83,7 +83,7 @@ def measure_variant(
 ) -> VariantFigures:
     out = OutputDir(folder)
     shards = out.shards()
-    columns = ["id", "status", "error_kind", "caption", "latency_s", "prompt_tokens"]
+    columns = ["id", "status", "caption", "latency_s", "prompt_tokens"]
     columns += ["completion_tokens", "usage_source", "image_width", "image_height"]
     tables = [read_parquet(s) for s in shards]
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
@@ -95,11 +95,8 @@ def measure_variant(
     parsed = table["parsed"].to_pylist() if "parsed" in table.column_names else [None] * len(rows)
     ok = [(r, p) for r, p in zip(rows, parsed, strict=True) if r["status"] == "ok"]
     f.rows, f.ok, f.errors = len(rows), len(ok), len(rows) - len(ok)
-    for r in rows:
-        if r["status"] != "ok":
-            kind = r["error_kind"] or "unknown"
-            f.errors_by_kind[kind] = f.errors_by_kind.get(kind, 0) + 1
-    f.cost_usd = books.scan(out).cost_usd
+    done = books.scan(out)
+    f.errors_by_kind, f.cost_usd = done.errors_by_kind, done.cost_usd
     f.cost_per_1k_usd = f.cost_usd / f.rows * 1000
     f.latency_p50_s = _percentile([r["latency_s"] for r, _ in ok], 0.5)
     f.latency_p95_s = _percentile([r["latency_s"] for r, _ in ok], 0.95)

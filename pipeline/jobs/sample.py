@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
+from pipeline.output.layout import TMP_SUFFIX
+from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE
 from pipeline.sources.ids import RowSpec
 from pipeline.sources.manifest import read_manifest, sample_rows, write_manifest
@@ -58,9 +60,8 @@ def draw_sample(
         [{MANIFEST_ID: r.id, MANIFEST_SOURCE: r.source, **r.extra} for r in rows],
         schema=pq.read_schema(full),
     )
-    staged = sample.with_name(sample.name + ".tmp")
-    pq.write_table(table, staged)
-    staged.replace(sample)  # whole or absent; the record is written last
+    # Whole or absent; the record is written last.
+    write_parquet_atomic(table, sample, tmp=sample.with_name(sample.name + TMP_SUFFIX))
     record.write_text(json.dumps({**drawn, "source_images": summary.rows}, indent=2) + "\n")
     return sample, full, summary.rows
 
