@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -67,10 +67,20 @@ def source_with_truth(root: Path, n: int) -> Path:
     return listing
 
 
-def compare_args(listing: Path, out: Path, url: str, *extra: str) -> list[str]:
-    args = ["compare", str(listing), "-o", str(out), "--endpoint", url, "-q"]
-    args += ["--schema", str(listing.parent / "labels.json"), *extra]
-    for model in RATES:
+def compare_args(
+    listing: Path,
+    out: Path,
+    url: str,
+    *extra: str,
+    models: Iterable[str] = RATES,
+    labels: bool = True,
+) -> list[str]:
+    """`caption compare` of `listing` into `out` against the fake at `url`: each of
+    `models` (the three of RATES), structured by the listing's labels.json unless not."""
+    args = ["compare", str(listing), "-o", str(out), "--endpoint", url, "-q", *extra]
+    if labels:
+        args += ["--schema", str(listing.parent / "labels.json")]
+    for model in models:
         args += ["--model", model]
     return args
 
@@ -125,8 +135,7 @@ def test_without_truth_agreement_and_consensus_and_a_new_variant_runs_alone(
     listing = source_with_truth(tmp_path / "imgs", 60)
     out = tmp_path / "cmp"
     first = ["--model", "gpt:gpt-4o", "--model", "gemini:gemini-2.0-flash-lite"]
-    args = ["compare", str(listing), "-o", str(out), "--endpoint", url, "-q", "--sample", "50"]
-    args += ["--schema", str(listing.parent / "labels.json")]
+    args = compare_args(listing, out, url, "--sample", "50", models=())
     assert CliRunner().invoke(cli, [*args, *first]).exit_code == 0
     assert counts["requests"] == 100
     result = CliRunner().invoke(cli, [*args, *first, "--model", "qwen:qwen3-vl-flash"])
@@ -280,10 +289,9 @@ def test_a_judge_ranks_free_text_captions_each_pair_asked_in_both_orders(
     url, counts = fake
     listing = source_with_truth(tmp_path / "imgs", 80)
     out = tmp_path / "cmp"
-    args = ["compare", str(listing), "-o", str(out), "--endpoint", url, "-q", "--sample", "80"]
-    args += ["--judge", "gpt:gpt-4.1-mini"]
-    for model in RATES:
-        args += ["--model", model]
+    args = compare_args(
+        listing, out, url, "--sample", "80", "--judge", "gpt:gpt-4.1-mini", labels=False
+    )
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert counts["requests"] == 3 * 80 + 3 * 80 * 2  # 3 variants; 3 pairs x 2 orders
