@@ -61,6 +61,20 @@ def int_numpy(column: pa.ChunkedArray) -> np.ndarray:
     )
 
 
+def bool_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A null-free boolean column as a numpy array, from its bits (`to_numpy` of a
+    boolean array imports pandas)."""
+    arr = combined(column) if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_boolean(arr.type) or arr.null_count:
+        raise ValueError(f"expected booleans without nulls, got {arr.type} ({arr.null_count} null)")
+    if not len(arr):
+        return np.zeros(0, dtype=bool)
+    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+    return np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")[arr.offset :].astype(
+        bool
+    )
+
+
 def bool_array(values: np.ndarray) -> pa.Array:
     """`pa.array(values)` for a numpy boolean array, from its bits."""
     bits = np.packbits(values.astype(bool), bitorder="little")
