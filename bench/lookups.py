@@ -29,6 +29,7 @@ from pipeline.output import books
 from pipeline.output.export import joined
 from pipeline.output.folder import OutputDir
 from pipeline.output.layout import MANIFEST_NAME
+from pipeline.output.marks import mark
 from pipeline.records import RESULT_SCHEMA
 from pipeline.sources.manifest import read_manifest
 
@@ -76,7 +77,9 @@ def main() -> None:
             done = books.scan(out)
             scan = time.perf_counter() - started
             started = time.perf_counter()
-            pending = sum(1 for _ in read_manifest(out.manifest, skip=done.ok_ids))
+            pending = sum(
+                1 for _ in read_manifest(out.manifest, skip=mark(out.manifest, done.ids).ok)
+            )
             resume = time.perf_counter() - started
             started = time.perf_counter()
             exported = sum(t.num_rows for t in joined(out))

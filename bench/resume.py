@@ -29,6 +29,7 @@ from pipeline.config.loading import load_config
 from pipeline.output import books
 from pipeline.output.folder import OutputDir
 from pipeline.output.layout import MANIFEST_NAME
+from pipeline.output.marks import mark
 from pipeline.records import RESULT_SCHEMA
 from pipeline.sources.ids import stable_id
 
@@ -82,7 +83,7 @@ def main() -> None:
         folder.recover()
         books.compact(folder)
         done = books.scan(folder)
-        pending = folder.pending_count(pa.concat_arrays([done.ok_ids, done.error_ids]))
+        pending = mark(folder.manifest, done.ids).pending
         scan_s = time.perf_counter() - start
         print(
             f"done-row scan at start-up: {scan_s:.3f} s ({done.ok} ok, {done.errors} errors, "

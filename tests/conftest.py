@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.http import waits
+from pipeline.io import idparts
 from tests.fakes import ScriptedServer, scripted_server
 from tests.helpers import KEY, SAMPLES
 
@@ -35,3 +36,15 @@ def server() -> Iterator[ScriptedServer]:
 def key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MEMORIES_API_KEY", KEY)
     return KEY
+
+
+@pytest.fixture(params=["in memory", "on disk"])
+def id_parts(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: with a folder's ids held in memory (as at small sizes), and
+    with them on disk by partition from the first id (as past two million,
+    `io/idparts.py`), in four partitions so that each holds several."""
+    if request.param == "on disk":
+        monkeypatch.setattr(idparts, "SPILL_AT", 1)
+        monkeypatch.setattr(idparts, "BITS", 2)
+        monkeypatch.setattr(idparts, "_FLUSH", 3)
+    return str(request.param)

@@ -122,7 +122,7 @@ def test_a_file_only_touched_is_not_sent_again(
 
 
 def test_a_night_with_files_replaced_removed_and_added(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     from PIL import Image
 

@@ -94,7 +94,7 @@ def _photos(root: Path, n: int, copies: int) -> Path:
 
 
 def test_forty_photos_and_two_near_copies_each_send_forty_requests(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     imgs = _photos(tmp_path / "imgs", 40, 2)
     out = tmp_path / "out"

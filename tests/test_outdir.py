@@ -63,8 +63,9 @@ def test_a_shard_left_empty_by_compaction_is_removed(tmp_path: Path) -> None:
 def test_scan_counts_and_spend(tmp_path: Path) -> None:
     write_shard(tmp_path, ("a", "ok", 1), ("b", "error", 1), ("c", "ok", 1))
     done = books.scan(OutputDir(tmp_path))
-    assert sorted(done.ok_ids.to_pylist()) == ["a", "c"]
-    assert done.error_ids.to_pylist() == ["b"]
+    assert sorted(done.id_array(ok_only=True).to_pylist()) == ["a", "c"]
+    assert sorted(done.id_array().to_pylist()) == ["a", "b", "c"]
+    assert (done.ok, done.errors) == (2, 1)
     assert done.cost_usd == 0.02
 
 

@@ -208,7 +208,9 @@ def test_a_killed_runs_journal_is_folded(tmp_path: Path) -> None:
     assert (row["id"], row["caption"], row["cost_usd"]) == ("b", "c", 0.01)
 
 
-def test_retry_errors_replaces_error_rows(tmp_path: Path, server: ScriptedServer, key: str) -> None:
+def test_retry_errors_replaces_error_rows(
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
+) -> None:
     imgs = tmp_path / "imgs"
     shutil.copytree(SAMPLES, imgs)
     for name in ("sunset.jpg", "icon.gif"):
@@ -316,7 +318,7 @@ def test_grown_source_sends_only_new_rows(tmp_path: Path, server: ScriptedServer
 
 
 def test_status_reports_done_errors_pending_and_cost(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     imgs = tmp_path / "imgs"
     shutil.copytree(SAMPLES, imgs)
@@ -433,7 +435,7 @@ def test_the_same_folder_named_another_way_is_not_paid_for_again(
 
 
 def test_sources_that_share_no_id_with_the_folder_are_refused(
-    tmp_path: Path, server: ScriptedServer, key: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another dataset into a folder with results: almost surely a mistake."""
     shutil.copytree(SAMPLES, tmp_path / "imgs")

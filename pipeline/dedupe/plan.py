@@ -26,6 +26,7 @@ from pipeline.dedupe.groups import components, near_pairs
 from pipeline.dedupe.ingest import HASH_COLUMNS
 from pipeline.io.arrow import bool_array, combined, take_indices
 from pipeline.io.idlookup import IdLookup
+from pipeline.io.rowbits import RowBits
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, NEAR_ACROSS, NEAR_DOWN
 
 
@@ -37,6 +38,7 @@ class NearPlan:
     follower_sources: pa.Array
     leader_ids: pa.Array
     groups: int  # groups with a row to answer and more than one row
+    follower_rows: np.ndarray  # where the followers are among the rows planned
 
     @property
     def followers(self) -> int:
@@ -45,7 +47,7 @@ class NearPlan:
 
 def empty_plan() -> NearPlan:
     none = pa.nulls(0, pa.string())  # (`pa.array([])` would import pandas)
-    return NearPlan(none, none, none, 0)
+    return NearPlan(none, none, none, 0, np.empty(0, dtype=np.int64))
 
 
 def leaders(labels: np.ndarray, answered: np.ndarray, pending: np.ndarray) -> np.ndarray:
@@ -94,41 +96,44 @@ def plan_rows(
         follower_sources=sources.take(take_indices(rows)),
         leader_ids=ids.take(take_indices(leader_rows)),
         groups=len(np.unique(lead[follows])),
+        follower_rows=rows,
     )
 
 
-def plan_manifest(
-    manifest: Path, answered_ids: pa.Array, skip: pa.Array, distance: int
-) -> NearPlan:
-    """The plan for a folder's manifest: rows whose id is in `skip` are not pending (done,
-    and not to be sent again); `answered_ids` are rows with an answer to carry."""
+def plan_manifest(manifest: Path, answered: RowBits, skip: RowBits, distance: int) -> NearPlan:
+    """The plan for a folder's manifest, by manifest row: rows in `skip` are not pending
+    (done, and not to be sent again); `answered` rows have an answer to carry."""
     names = pq.read_schema(manifest).names
     if not all(c in names for c in HASH_COLUMNS):
         return empty_plan()
     table = pq.read_table(manifest, columns=[MANIFEST_ID, MANIFEST_SOURCE, *HASH_COLUMNS])
-    return _plan_table(table, answered_ids, skip, distance)
+    pending = ~skip.window(0, skip.rows)
+    return _plan_table(table, answered.window(0, answered.rows) & ~pending, pending, distance)
 
 
 def plan_batches(
     batches: Iterable[pa.RecordBatch], answered_ids: pa.Array, skip: pa.Array, distance: int
 ) -> NearPlan:
-    """The plan for manifest batches that carry hashes (an estimate's)."""
+    """The plan for manifest batches that carry hashes (an estimate's): rows whose id is
+    in `skip` are not pending; `answered_ids` have an answer to carry."""
     table = pa.Table.from_batches(list(batches))
     if table.num_rows == 0 or not all(c in table.column_names for c in HASH_COLUMNS):
         return empty_plan()
-    return _plan_table(table, answered_ids, skip, distance)
-
-
-def _plan_table(table: pa.Table, answered_ids: pa.Array, skip: pa.Array, distance: int) -> NearPlan:
     ids = combined(table[MANIFEST_ID])
     answered = IdLookup(answered_ids).contains(ids) if len(answered_ids) else _none(ids)
     pending = ~IdLookup(skip).contains(ids) if len(skip) else ~_none(ids)
+    return _plan_table(table, answered & ~pending, pending, distance)
+
+
+def _plan_table(
+    table: pa.Table, answered: np.ndarray, pending: np.ndarray, distance: int
+) -> NearPlan:
     return plan_rows(
-        ids,
+        combined(table[MANIFEST_ID]),
         combined(table[MANIFEST_SOURCE]),
         combined(table[NEAR_ACROSS]),
         combined(table[NEAR_DOWN]),
-        answered & ~pending,
+        answered,
         pending,
         distance,
     )

@@ -25,8 +25,9 @@ from pipeline.output.folder import OutputDir
 from pipeline.output.layout import RUN_JSON, STATE_DIR
 from pipeline.output.mirror import readable
 from pipeline.records import ManifestRow
+from pipeline.sources.byid import only_ids, without_done
 from pipeline.sources.ids import PATH_IDS, RowSpec
-from pipeline.sources.manifest import Counts, only_ids, sample_rows, without_done
+from pipeline.sources.manifest import Counts, sample_rows
 
 
 def source_batches(
@@ -128,7 +129,7 @@ def estimate_sources(
                 done = books.scan(out, include_journals=True)
                 hashed = previous_hashes(out.manifest) if config.dedupe.near else None
                 if done.ok + done.errors:
-                    batches = without_done(batches, done.ids)
+                    batches = without_done(batches, done.id_array())
                     notes.append(
                         f"{done.ok + done.errors} rows already done in {output} are not counted"
                     )
@@ -180,7 +181,7 @@ def _near_saving(
     output folder holds, if any."""
     answered = skip = pa.nulls(0, pa.string())
     if done is not None:
-        answered, skip = done.ok_ids, done.ids
+        answered, skip = done.id_array(ok_only=True), done.id_array()
     hashed = hashed_batches(source_batches(sources, spec), before)
     plan = plan_batches(hashed, answered, skip, config.dedupe.distance)
     saved = estimate(

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.config.apikey import read_api_key
 from pipeline.config.identity import fingerprint, job_definition
@@ -38,14 +37,14 @@ from pipeline.errors import (
 )
 from pipeline.executors import LOCAL, ExecutorSpec, executor_for
 from pipeline.executors.base import Executed, Work
-from pipeline.io.arrow import bool_array
-from pipeline.io.idlookup import IdLookup
+from pipeline.io.rowbits import RowBits
 from pipeline.io.storage import check_scheme, is_remote
 from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.output import books
 from pipeline.output.books import Done
-from pipeline.output.current import changed_ids, signatures
+from pipeline.output.current import changed_rows, signatures
 from pipeline.output.folder import OutputDir, utc_now
+from pipeline.output.marks import Marks, mark
 from pipeline.output.merge import merge_small_shards
 from pipeline.output.mirror import BucketFolder
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
@@ -80,21 +79,23 @@ def _prepare_manifest(
     accept_new_source: bool,
     before: list[str] | None,
     given_manifest: bool,
-) -> IngestSummary | None:
+) -> tuple[IngestSummary | None, Marks | None]:
     """Build the manifest beside the old one and swap it in, unless the folder holds
     results and the new manifest shares no id with them: that is another dataset, or the
     same files moved (ids are hashed from each file's real path), and sending it would
-    pay for every row again."""
+    pay for every row again. With it, the new manifest's marks, when that check made them."""
     if len(sources) == 1 and out.is_own_manifest(Path(sources[0])):
-        return None  # rerun over its own manifest (by its legacy name too, now renamed)
+        return None, None  # rerun over its own manifest (by its legacy name too, now renamed)
     staged = out.staged_manifest()
-    summary = None
+    summary = marks = None
     if given_manifest:
         out.copy_in(sources[0], staged)
     else:
         summary = write_manifest(sources, staged, spec)
         log.info("%s", summary.line())
-    if done.rows and not accept_new_source and not out.shares_ids(staged, done.ids):
+    if done.rows and not accept_new_source:
+        marks = mark(staged, done.ids)
+    if marks is not None and marks.removed == len(done.ids):
         staged.unlink()
         earlier = " ".join(before) if before else "its earlier sources"
         raise UsageError(
@@ -105,30 +106,27 @@ def _prepare_manifest(
             "these rows to this folder anyway"
         )
     out.adopt_manifest(staged)
-    return summary
+    return summary, marks
 
 
 def _near_plan(
     out: OutputDir,
     config: JobConfig,
     hashed: pa.Table | None,
-    done: Done,
-    changed: pa.Array,
-    skip: pa.ChunkedArray,
+    answered: RowBits,
+    skip: RowBits,
     kept: bool,
 ) -> NearPlan:
     """Under `--dedupe near`: hash the manifest's new and changed images (none when the
-    manifest was `kept` as it was), then plan which pending rows follow another's answer
-    (`pipeline/dedupe/`)."""
+    manifest was `kept` as it was), then plan which pending rows (not in `skip`) follow
+    another's answer (`answered`: manifest rows with an answer to carry;
+    `pipeline/dedupe/`)."""
     if not config.dedupe.near:
         return empty_plan()
     if not (kept and hashed is not None):  # a manifest of last night's already has them
         now = add_hashes(out.manifest, hashed)
         if now:
             log.info("--dedupe near: hashed %d image(s)", now)
-    answered = done.ok_ids
-    if len(changed):  # a replaced file's old answer is no one's to carry
-        answered = pc.filter(answered, bool_array(~IdLookup(changed).contains(answered)))
     plan = plan_manifest(out.manifest, answered, skip, config.dedupe.distance)
     if plan.followers:
         log.info(
@@ -247,23 +245,26 @@ def _run_locked(
     before = (previous or {}).get("sources")
     signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
     hashed = previous_hashes(out.manifest) if config.dedupe.near else None
-    ingest = _prepare_manifest(
+    ingest, marks = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
     )
-    changed = changed_ids(signed, out, done.ids)
-    skip = done.ok_ids if retry_errors else done.ids
+    if marks is None:
+        marks = mark(out.manifest, done.ids)
+    done.ids.close()  # the marks are all a run needs of the done ids
+    changed, changed_at = changed_rows(signed, out, marks.done())
+    skip = marks.ok.copy() if retry_errors else marks.done()
+    answered = marks.ok.copy()
     if len(changed):  # replaced at the same path: sent again, the old answer superseded
         log.info("%d file(s) changed since the last run: captioned again", len(changed))
-        skip = pc.filter(skip, bool_array(~IdLookup(changed).contains(skip)))
+        skip.clear(changed_at)
+        answered.clear(changed_at)  # a replaced file's old answer is no one's to carry
     kept = len(sources) == 1 and out.is_own_manifest(Path(sources[0]))
-    near = _near_plan(out, config, hashed, done, changed, skip, kept)
-    if near.followers:  # not sent: each carries its group's answer once there is one
-        skip = pa.chunked_array([*skip.chunks, near.follower_ids.cast(pa.string())], pa.string())
-    skipped = IdLookup(skip)  # built once: the pending count and the filter share it
-    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skipped)
-    pending = out.pending_count(skipped)
-    already = out.manifest_count() - pending
-    retried = pending - out.pending_count(done.ids) if retry_errors else 0
+    near = _near_plan(out, config, hashed, answered, skip, kept)
+    skip.set(near.follower_rows)  # not sent: each carries its group's answer once there is one
+    rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
+    pending = skip.rows - skip.count()
+    already = skip.rows - pending
+    retried = pending - marks.pending if retry_errors else 0
     total = pending  # rows this run sends: all pending ones, or a pilot's sample of them
     if sample:
         rows = sample_rows(rows, sample)
@@ -287,9 +288,7 @@ def _run_locked(
         )
         executed = executor_for(executor).run(work)
         del work
-    # The done ids and the filter's lookup go before the folder is read again (the final
-    # scan): at 10M rows, some 300 MB.
-    del rows, skipped, skip, done
+    del rows, skip, answered, marks, done
     tally, stop, unsaved = executed.tally, executed.stop, executed.unsaved
     wall = time.perf_counter() - started
     remaining = pending - tally.done

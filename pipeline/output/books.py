@@ -16,7 +16,7 @@ copied into the folder twice) is the same attempt, not a new one: dropped, not l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
-from pipeline.io.arrow import combined, equals, read_parquet, string_array
-from pipeline.io.idlookup import IdLookup, hex64_chunks
+from pipeline.io.arrow import bool_array, bool_numpy, combined, equals, read_parquet
+from pipeline.io.idlookup import IdLookup
+from pipeline.io.idparts import IdParts
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
+from pipeline.output.marks import ERROR, OK
 from pipeline.output.totals import read_totals, totals_of
 from pipeline.output.writer import write_parquet_atomic
 from pipeline.records import Totals
@@ -46,9 +48,11 @@ _TOTALS = ["cost_usd", "prompt_tokens", "completion_tokens"]
 class Done:
     """What the output folder already holds, by id, and what it has cost."""
 
-    # Chunked as read, a shard a chunk: never joined into one copy.
-    ok_ids: pa.ChunkedArray
-    error_ids: pa.ChunkedArray
+    # Every current row's id, its payload `marks.OK` or `marks.ERROR`: in memory while
+    # few, on disk by partition past that (`io/idparts.py`).
+    ids: IdParts = field(default_factory=lambda: IdParts(np.uint8))
+    ok: int = 0
+    errors: int = 0
     rows: int = 0  # current rows (one per id)
     cost_usd: float = 0.0  # every paid attempt: current rows and superseded ones
     prompt_tokens: int = 0
@@ -57,23 +61,20 @@ class Done:
     journaled: int = 0
     superseded: int = 0  # attempts replaced by a later answer, kept in the ledger
 
-    @property
-    def ok(self) -> int:
-        return len(self.ok_ids)
-
-    @property
-    def errors(self) -> int:
-        return len(self.error_ids)
-
     def totals(self) -> Totals:
         return Totals(
             self.ok, self.errors, self.prompt_tokens, self.completion_tokens, self.cost_usd
         )
 
-    @property
-    def ids(self) -> pa.ChunkedArray:
-        """Every id the folder holds a row for, ok or error."""
-        return pa.chunked_array([*self.ok_ids.chunks, *self.error_ids.chunks], pa.string())
+    def id_array(self, ok_only: bool = False) -> pa.Array:
+        """The ids (only those answered ok, with `ok_only`) as one array in memory: for
+        matching rows that are not the folder's manifest (an estimate's sources)."""
+        found = []
+        for part in self.ids.parts():
+            if len(part):
+                ids = part.ids()
+                found.append(ids.filter(bool_array(part.payload == OK)) if ok_only else ids)
+        return pa.concat_arrays(found) if found else pa.nulls(0, pa.string())
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -114,39 +115,27 @@ def _unique_attempts(table: pa.Table) -> pa.Table:
 
 def scan(out: OutputDir, include_journals: bool = False, compacted: bool = False) -> Done:
     """Ids answered ok or with an error, and the spend so far (ledger included). Reads
-    only the columns it needs, a shard at a time: memory holds the ids (as strings) and
-    one shard, not the folder's columns. With `include_journals`, rows still in a killed
-    run's journal count too (read-only: nothing is folded). `compacted`: the caller has
-    just run `compact`, so no id is in the shards twice and that check is not made again."""
+    only the columns it needs, a shard at a time: memory holds one shard, and the ids
+    until they are many enough to go to disk (`Done.ids`). With `include_journals`, rows
+    still in a killed run's journal count too (read-only: nothing is folded).
+    `compacted`: the caller has just run `compact`, so no id is in the shards twice and
+    that check is not made again."""
     columns = ["id", "status", *_TOTALS, "error_kind", "finished_at"]
     ledger = _ledger(out, columns)
-    journaled = 0
-    ok_ids: list[pa.Array] = []
-    error_ids: list[pa.Array] = []
-    done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
+    done = Done()
     for shard in out.shards():
         counted = read_totals(shard)
         if counted is None:  # an older shard: its totals are counted from its rows
-            _add(
-                done,
-                totals_of(table := read_shard(shard, columns=columns)),
-                table,
-                ok_ids,
-                error_ids,
-            )
+            _add(done, totals_of(table := read_shard(shard, columns=columns)), table)
         else:  # its footer has them: only its ids and statuses are read
-            _add(done, counted, read_shard(shard, columns=["id", "status"]), ok_ids, error_ids)
+            _add(done, counted, read_shard(shard, columns=["id", "status"]))
     for core in _journal_tables(out, columns, include_journals):
-        journaled += core.num_rows
-        _add(done, totals_of(core), core, ok_ids, error_ids)
-    if not ok_ids and not error_ids:
-        return _with_ledger(done, ledger)
-    done.ok_ids = _chunked(ok_ids)
-    done.error_ids = _chunked(error_ids)
-    done.journaled = journaled
-    if not compacted and len(_repeated(lambda: [*done.ok_ids.chunks, *done.error_ids.chunks])):
+        done.journaled += core.num_rows
+        _add(done, totals_of(core), core)
+    if len(done.ids) and not compacted and len(done.ids.repeated()):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
         # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
+        done.ids.close()
         return _scan_whole(out, columns, include_journals, ledger)
     return _with_ledger(done, ledger)
 
@@ -158,53 +147,20 @@ def _journal_tables(out: OutputDir, columns: list[str], include: bool) -> Iterat
         yield read_journal(journal, out.result_schema()).select(columns)
 
 
-def _add(
-    done: Done,
-    counted: dict[str, Any],
-    ids: pa.Table,
-    ok_ids: list[pa.Array],
-    error_ids: list[pa.Array],
-) -> None:
+def _add(done: Done, counted: dict[str, Any], ids: pa.Table) -> None:
     """One shard into the running totals: its `counted` totals (`output/totals.py`) and
     its ids (`id`, `status`)."""
-    ok_mask = equals(ids["status"], "ok")
-    ok_ids.append(combined(ids["id"].filter(ok_mask)))
-    error_ids.append(combined(ids["id"].filter(pc.invert(ok_mask))))
+    is_ok = bool_numpy(equals(ids["status"], "ok"))
+    done.ids.add(ids["id"], np.where(is_ok, OK, ERROR))
+    ok = int(is_ok.sum())
+    done.ok += ok
+    done.errors += ids.num_rows - ok
     done.rows += counted["rows"]
     done.cost_usd += counted["cost_usd"]
     done.prompt_tokens += counted["prompt_tokens"]
     done.completion_tokens += counted["completion_tokens"]
     for kind, n in counted["errors_by_kind"].items():
         done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + n
-
-
-def _chunked(arrays: list[pa.Array]) -> pa.ChunkedArray:
-    return pa.chunked_array([a.cast(pa.string()) for a in arrays], pa.string())
-
-
-def _no_ids() -> pa.ChunkedArray:
-    return pa.chunked_array([], pa.string())
-
-
-def _repeated(columns: Callable[[], Iterable[pa.Array]]) -> pa.Array:
-    """The ids there more than once among the id arrays `columns()` gives (usually
-    none): found as 64-bit numbers when they are caption's own (8 bytes an id, sorted),
-    else by a hash-table count (then `columns()` is read a second time)."""
-    numbers: list[np.ndarray] = []
-    for ids in columns():
-        found, valid = hex64_chunks(ids)
-        if not valid.all():  # a user's own ids
-            every = pa.chunked_array([a.cast(pa.string()) for a in columns()], pa.string())
-            counts = pc.value_counts(every)
-            twice = pc.greater(counts.field("counts"), 1)
-            return counts.field("values").filter(twice)
-        numbers.append(found)
-    if not numbers:
-        return pa.nulls(0, pa.string())
-    every_number = np.concatenate(numbers)
-    every_number.sort()
-    twice = np.unique(every_number[1:][every_number[1:] == every_number[:-1]])
-    return string_array([f"{int(v):016x}" for v in twice])
 
 
 def _ids_of(shard: Path) -> pa.Array:
@@ -225,12 +181,8 @@ def _scan_whole(
         # A ledgered row still in a shard (a compaction cut short) is history: counted
         # once, there, and not as a current row.
         table = table.filter(pc.invert(pc.is_in(_keys(table), value_set=_keys(ledger))))
-    done = Done(ok_ids=_no_ids(), error_ids=_no_ids())
-    ok_ids: list[pa.Array] = []
-    error_ids: list[pa.Array] = []
-    _add(done, totals_of(table), table, ok_ids, error_ids)
-    done.ok_ids, done.error_ids = _chunked(ok_ids), _chunked(error_ids)
-    done.journaled = journaled
+    done = Done(journaled=journaled)
+    _add(done, totals_of(table), table)
     return _with_ledger(done, ledger)
 
 
@@ -259,8 +211,13 @@ def compact(out: OutputDir) -> int:
     holding either is rewritten without them (temporary name, then rename). Returns the
     number of rows taken out of the shards."""
     shards = out.shards()
-    repeated = _repeated(lambda: (_ids_of(shard) for shard in shards)) if shards else None
-    if repeated is None or not len(repeated):
+    every = IdParts(np.uint8)
+    for shard in shards:
+        ids = _ids_of(shard)
+        every.add(ids, np.zeros(len(ids), np.uint8))
+    repeated = every.repeated()
+    every.close()
+    if not len(repeated):
         return 0  # the common case: nothing superseded, nothing more to read
     # Only the rows of repeated ids, with where they are: a small table, read a shard at
     # a time, however big the folder.

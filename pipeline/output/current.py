@@ -18,12 +18,14 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import bool_array, read_parquet, string_array, take_indices
+from pipeline.io.arrow import bool_array, bool_numpy, read_parquet, string_array, take_indices
 from pipeline.io.idlookup import IdLookup
+from pipeline.io.rowbits import RowBits
 from pipeline.output.folder import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
 from pipeline.sources.ids import content_id
@@ -33,16 +35,6 @@ log = logging.getLogger(__name__)
 SHA256 = "source_sha256"
 
 
-def pending_and_removed(out: OutputDir, done_ids: pa.ChunkedArray) -> tuple[int, int]:
-    """(manifest rows without a done row, done rows the manifest no longer holds), from
-    one lookup of the done ids and one pass over the manifest's ids."""
-    if not out.manifest.exists():
-        return 0, len(done_ids)
-    pending = out.pending_count(done_ids)
-    # Ids are unique in both (the manifest drops duplicates; scan counts an id once).
-    return pending, len(done_ids) - (out.manifest_count() - pending)
-
-
 def signatures(manifest: Path) -> pa.Table | None:
     """(id, signature) of a manifest, or None if it has no signatures (an older one)."""
     if not manifest.exists() or SIGNATURE not in pq.read_schema(manifest).names:
@@ -50,25 +42,32 @@ def signatures(manifest: Path) -> pa.Table | None:
     return read_parquet(manifest, columns=[MANIFEST_ID, SIGNATURE])
 
 
-def changed_ids(before: pa.Table | None, out: OutputDir, done_ids: pa.Array) -> pa.Array:
-    """The done ids whose file's signature differs from the manifest before's, and whose
-    bytes differ from those the answer was made from (a file only touched is the same)."""
-    manifest = out.manifest
-    after = signatures(manifest)
-    if before is None or after is None or not len(done_ids):
-        return pa.nulls(0, pa.string())
+def changed_rows(
+    before: pa.Table | None, out: OutputDir, done: RowBits
+) -> tuple[pa.Array, np.ndarray]:
+    """The ids, and manifest rows, of done rows (`done`, by manifest row) whose file's
+    signature differs from the manifest before's, and whose bytes differ from those the
+    answer was made from (a file only touched is the same)."""
+    none = pa.nulls(0, pa.string()), np.empty(0, dtype=np.int64)
+    after = signatures(out.manifest)
+    if before is None or after is None or not done.count():
+        return none
     at = IdLookup(before[MANIFEST_ID]).positions(after[MANIFEST_ID])
     # All-null (bucket objects, URLs: no signature) reads as Arrow's null type.
     old = before[SIGNATURE].combine_chunks().cast(pa.string()).take(take_indices(at))
     new = after[SIGNATURE].combine_chunks().cast(pa.string())
-    # Null where either side has no signature: `filter` drops those (no Python literal
-    # given to a compute function, which would import pandas on the run's path).
-    candidates = pc.filter(after[MANIFEST_ID].combine_chunks(), pc.not_equal(old, new))
-    if not len(candidates):
-        return candidates  # the common night: no done id's lookup to build
-    done = IdLookup(done_ids).contains(candidates)
-    candidates = pc.filter(candidates, bool_array(done))
-    return _new_bytes(out, candidates) if len(candidates) else candidates
+    # Null where either side has no signature: not a change (Kleene: null and false is
+    # false; a Python literal given to a compute function would import pandas).
+    ne = pc.not_equal(old, new)
+    differs = bool_numpy(pc.and_kleene(ne, pc.is_valid(ne)))
+    rows = np.flatnonzero(differs)
+    rows = rows[done.get(rows)]
+    if not len(rows):
+        return none  # the common night
+    ids = after[MANIFEST_ID].combine_chunks().take(take_indices(rows))
+    changed = _new_bytes(out, ids)
+    keep = IdLookup(changed).contains(ids) if len(changed) else np.zeros(len(rows), bool)
+    return changed, rows[keep]
 
 
 def _new_bytes(out: OutputDir, candidates: pa.Array) -> pa.Array:

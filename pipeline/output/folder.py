@@ -24,7 +24,6 @@ from pipeline.config.identity import refuse_another_job, refuse_other_ids
 from pipeline.config.labels import result_schema
 from pipeline.config.settings import JobConfig
 from pipeline.errors import UsageError, storage_error
-from pipeline.io.idlookup import IdLookup
 from pipeline.io.storage import download, is_remote
 from pipeline.output.layout import (
     JOURNAL_GLOB,
@@ -38,7 +37,6 @@ from pipeline.output.layout import (
     WORKERS_LOCK,
 )
 from pipeline.output.writer import fold_journal, state_dir
-from pipeline.records import MANIFEST_ID
 from pipeline.sources.manifest import remove_stale_workdirs
 
 log = logging.getLogger(__name__)
@@ -267,12 +265,6 @@ class OutputDir:
             staged.unlink(missing_ok=True)
             raise storage_error(self.path, exc) from None
 
-    def shares_ids(self, manifest: Path, ids: pa.Array) -> bool:
-        """Whether the manifest at `manifest` holds any of `ids` (read a batch at a time,
-        stopping at the first)."""
-        lookup = IdLookup(ids)
-        return any(lookup.contains(batch).any() for batch in manifest_ids(manifest))
-
     # -- crash recovery and compaction ------------------------------------------------
 
     def remove_temporaries(self) -> None:
@@ -295,19 +287,6 @@ class OutputDir:
 
     def manifest_count(self) -> int:
         return pq.ParquetFile(self.manifest).metadata.num_rows
-
-    def pending_count(self, skip: pa.Array | IdLookup) -> int:
-        """Manifest rows whose id is not in `skip`, counted a batch of ids at a time."""
-        lookup = skip if isinstance(skip, IdLookup) else IdLookup(skip)
-        if not len(lookup):
-            return self.manifest_count()
-        return sum(int((~lookup.contains(ids)).sum()) for ids in manifest_ids(self.manifest))
-
-
-def manifest_ids(manifest: Path) -> Iterator[pa.Array]:
-    """A manifest's ids, a million at a time: never its whole column."""
-    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=1 << 20, columns=[MANIFEST_ID]):
-        yield batch.column(0)
 
 
 _FIELDS: dict[str, type | tuple[type, ...]] = {

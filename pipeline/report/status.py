@@ -14,8 +14,8 @@ from pipeline.errors import UsageError
 from pipeline.io.arrow import equals, int_numpy
 from pipeline.output import books
 from pipeline.output.books import read_shard
-from pipeline.output.current import pending_and_removed
 from pipeline.output.folder import OutputDir
+from pipeline.output.marks import mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,8 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
     if meta is None or not out.manifest.exists():
         raise UsageError(f"{path}: not a caption output folder (no run.json or manifest)")
     done = books.scan(out, include_journals=True)
-    pending, removed = pending_and_removed(out, done.ids)
+    marks = mark(out.manifest, done.ids)
+    done.ids.close()
     job = meta.get("job", {})
     return FolderStatus(
         output=label or str(path),
@@ -110,8 +111,8 @@ def read_status(path: Path, label: str | None = None) -> FolderStatus:
         done=done.ok + done.errors,
         **done.totals().to_json(),
         errors_by_kind=done.errors_by_kind,
-        pending=pending,
-        removed=removed,
+        pending=marks.pending,
+        removed=marks.removed,
         journaled=done.journaled,
         superseded=done.superseded,
         runs=len(meta.get("runs", [])),

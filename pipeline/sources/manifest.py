@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
 from pipeline.io.arrow import bool_array
-from pipeline.io.idlookup import IdLookup
+from pipeline.io.rowbits import RowBits
 from pipeline.io.storage import is_remote, open_binary, read_many, upload
 from pipeline.records import (
     MANIFEST_ID,
@@ -322,9 +322,9 @@ def _write_parts(
 
 
 def read_manifest(
-    path: Path, batch_rows: int = 8192, skip: pa.Array | IdLookup | None = None
+    path: Path, batch_rows: int = 8192, skip: RowBits | None = None
 ) -> Iterator[ManifestRow]:
-    """Stream a manifest as typed rows, leaving out the ids in `skip` (done rows)."""
+    """Stream a manifest as typed rows, leaving out the rows marked in `skip` (done)."""
     try:
         pf = pq.ParquetFile(os.path.abspath(path))
     except (pa.ArrowInvalid, OSError) as exc:
@@ -337,36 +337,13 @@ def read_manifest(
     # A row's own columns, without those caption keeps for itself (the file signature,
     # hashes), but with a row's own prompt, which the captioner reads.
     columns = [n for n in names if not n.startswith(OWN_PREFIX) or n == ROW_PROMPT]
-    for rb in without_done(pf.iter_batches(batch_size=batch_rows, columns=columns), skip):
+    start = 0
+    for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        if skip is not None:
+            rows, start = rb.num_rows, start + rb.num_rows
+            rb = rb.filter(bool_array(~skip.window(start - rows, start)))
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
-
-
-def without_done(
-    batches: Iterable[pa.RecordBatch], skip: pa.Array | IdLookup | None
-) -> Iterator[pa.RecordBatch]:
-    """Leave out the rows whose id is in `skip` (rows an output folder already holds).
-    The lookup is built once (or given built), not per batch: that was quadratic in the
-    folder's size."""
-    if skip is None or not len(skip):
-        yield from batches
-        return
-    yield from _by_id(batches, skip, keep=False)
-
-
-def only_ids(batches: Iterable[pa.RecordBatch], ids: pa.Array) -> Iterator[pa.RecordBatch]:
-    """Only the rows whose id is in `ids`."""
-    if len(ids):
-        yield from (batch for batch in _by_id(batches, ids, keep=True) if batch.num_rows)
-
-
-def _by_id(
-    batches: Iterable[pa.RecordBatch], ids: pa.Array | IdLookup, keep: bool
-) -> Iterator[pa.RecordBatch]:
-    """The rows whose id is in `ids` (`keep`) or not, one lookup for every batch."""
-    lookup = ids if isinstance(ids, IdLookup) else IdLookup(ids)
-    for batch in batches:
-        yield batch.filter(bool_array(lookup.contains(batch.column(MANIFEST_ID)) == keep))
 
 
 def sample_rows(rows: Iterable[ManifestRow], k: int, seed: int = 0) -> list[ManifestRow]:
