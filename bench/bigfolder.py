@@ -46,8 +46,9 @@ CAPTION = [sys.executable, "-m", "pipeline"]
 
 
 def _ids(start: int, stop: int) -> pa.Array:
-    """16 hex digits per row, spread as path hashes are."""
-    n = np.arange(start, stop, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(12345)
+    """16 hex digits per row, distinct, spread over all 64 bits as path hashes are (row
+    number times an odd constant, modulo 2**64)."""
+    n = np.arange(start, stop, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93) + np.uint64(12345)
     digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     nibbles = (n[:, None] >> (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))) & np.uint64(
         15

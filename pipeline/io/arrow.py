@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,29 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
     """One Parquet file, or some of its columns (`pq.read_table` without the dataset API)."""
     with pq.ParquetFile(path) as f:
         return f.read(columns=columns)
+
+
+def parquet_batches(
+    path: Path | str,
+    columns: list[str] | None = None,
+    batch_rows: int = 1 << 16,
+    wanted: Callable[[int, int], bool] | None = None,
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """A Parquet file caption wrote (a manifest: row groups of a batch each) as (first
+    row, batch), a row group at a time, in batches of at most `batch_rows`; with
+    `wanted(start, stop)`, only the row groups it wants are read. `ParquetFile.iter_batches`
+    reads the file's column chunks ahead: streaming the ids of a 10M-row manifest held
+    142 MB of them and left 285 MB resident, against 94 MB a row group at a time."""
+    with pq.ParquetFile(path) as f:
+        start = 0
+        for group in range(f.num_row_groups):
+            rows = f.metadata.row_group(group).num_rows
+            if wanted is None or wanted(start, start + rows):
+                at = start
+                for batch in f.read_row_group(group, columns=columns).to_batches(batch_rows):
+                    yield at, batch
+                    at += batch.num_rows
+            start += rows
 
 
 def combined(column: pa.ChunkedArray) -> pa.Array:

@@ -4,10 +4,10 @@ A folder of a hundred million rows holds as many done ids, and its manifest as m
 again. Even as 64-bit numbers (`idlookup.hex64`) with a position each, both sides take
 2.4 GB at 100M, and grow with the folder. `IdParts` holds ids in memory while they are
 few (up to `SPILL_AT`); past that it writes them, with a payload each (a status, a row
-number), to `2**BITS` files in a temporary folder, by the top bits of their number.
-Caption's ids are hashes, so the partitions come out even. Work that must see every id
-(which manifest rows are done, which ids are there twice) then goes a partition at a
-time, and memory holds one partition of each side: about 100,000 ids at 100M.
+number), to `2**BITS` files in a temporary folder, by their number (`partition_of`,
+even however the ids run). Work that must see every id (which manifest rows are done,
+which ids are there twice) then goes a partition at a time, and memory holds one
+partition of each side: about 100,000 ids at 100M.
 
 Ids that are not 16 hex digits (a user's own, `--id-column`) have no number: they are
 kept in memory as strings, in a partition of their own.
@@ -85,6 +85,16 @@ def number_positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.where(ordered[at] == query, order[at], -1).astype(np.int64)
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / the golden ratio, odd
+
+
+def partition_of(numbers: np.ndarray) -> np.ndarray:
+    """Each number's partition: the top `BITS` bits of it times an odd constant
+    (Fibonacci hashing), so that ids in a run of numbers (a user's own hex ids, counted
+    up) spread over every partition as caption's hashed ids do."""
+    return (numbers * _MIX) >> np.uint64(64 - BITS)
+
+
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -146,7 +156,7 @@ class IdParts:
             return
         numbers, payload = np.concatenate(self._numbers), np.concatenate(self._payloads)
         self._numbers, self._payloads, self._buffered = [], [], 0
-        part = numbers >> np.uint64(64 - BITS)
+        part = partition_of(numbers)
         order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange((1 << BITS) + 1))
         numbers, payload = numbers[order], payload[order]

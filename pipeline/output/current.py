@@ -23,7 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import bool_array, bool_numpy, read_parquet, string_array, take_indices
+from pipeline.io.arrow import (
+    bool_array,
+    bool_numpy,
+    parquet_batches,
+    read_parquet,
+    string_array,
+    take_indices,
+)
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.rowbits import RowBits
 from pipeline.output.folder import OutputDir
@@ -84,8 +91,8 @@ def _new_bytes(out: OutputDir, candidates: pa.Array) -> pa.Array:
         sent.update(zip(table[MANIFEST_ID].to_pylist(), table[SHA256].to_pylist(), strict=True))
     ids: list[str] = []
     sources: list[str] = []
-    manifest = pq.ParquetFile(out.manifest)  # a batch at a time: only the candidates kept
-    for batch in manifest.iter_batches(1 << 20, columns=[MANIFEST_ID, MANIFEST_SOURCE]):
+    # A batch at a time: only the candidates kept.
+    for _, batch in parquet_batches(out.manifest, [MANIFEST_ID, MANIFEST_SOURCE], 1 << 20):
         rows = batch.filter(bool_array(wanted.contains(batch.column(0))))
         ids += rows.column(0).to_pylist()
         sources += rows.column(1).to_pylist()

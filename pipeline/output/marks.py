@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.io.arrow import parquet_batches
 from pipeline.io.idparts import IdParts, paired
 from pipeline.io.rowbits import RowBits
 from pipeline.records import MANIFEST_ID
@@ -49,10 +50,8 @@ class Marks:
 def manifest_parts(manifest: Path) -> IdParts:
     """A manifest's ids, each with its row number, a million at a time."""
     parts = IdParts(np.int64)
-    start = 0
-    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=1 << 20, columns=[MANIFEST_ID]):
+    for start, batch in parquet_batches(manifest, [MANIFEST_ID], 1 << 20):
         parts.add(batch.column(0), np.arange(start, start + batch.num_rows, dtype=np.int64))
-        start += batch.num_rows
     return parts
 
 

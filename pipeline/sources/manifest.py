@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
-from pipeline.io.arrow import bool_array
+from pipeline.io.arrow import bool_array, parquet_batches
 from pipeline.io.rowbits import RowBits
 from pipeline.io.storage import is_remote, open_binary, read_many, upload
 from pipeline.records import (
@@ -271,7 +271,7 @@ def write_manifest(
         staged = workdir / "manifest.pq"
         with pq.ParquetWriter(staged, schema) as out:
             for part in parts:
-                for rb in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
+                for _, rb in parquet_batches(part, batch_rows=BATCH_ROWS):
                     out.write_table(to_schema(pa.Table.from_batches([rb]), schema))
         os.replace(staged, output)
     except OSError as exc:
@@ -337,11 +337,11 @@ def read_manifest(
     # A row's own columns, without those caption keeps for itself (the file signature,
     # hashes), but with a row's own prompt, which the captioner reads.
     columns = [n for n in names if not n.startswith(OWN_PREFIX) or n == ROW_PROMPT]
-    start = 0
-    for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
+    # Row groups with no pending row are not read: a nightly rerun reads only the new.
+    wanted = None if skip is None else (lambda a, b: not skip.window(a, b).all())
+    for start, rb in parquet_batches(os.path.abspath(path), columns, batch_rows, wanted):
         if skip is not None:
-            rows, start = rb.num_rows, start + rb.num_rows
-            rb = rb.filter(bool_array(~skip.window(start - rows, start)))
+            rb = rb.filter(bool_array(~skip.window(start, start + rb.num_rows)))
         for row in rb.to_pylist():
             yield ManifestRow.from_dict(row)
 
