@@ -29,7 +29,7 @@ def _answered_samples(tmp_path: Path, server: ScriptedServer) -> tuple[Path, Pat
 
 
 def test_removed_sources_are_counted_apart_and_left_out_unless_asked(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     imgs = tmp_path / "imgs"
     shutil.copytree(SAMPLES, imgs)

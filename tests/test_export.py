@@ -160,3 +160,29 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_made_text(
     assert set(pq.read_table(parquet)["caption"].to_pylist()) == {
         '=HYPERLINK("http://x","click")'
     }  # only the CSV is changed
+
+
+def test_a_removed_rows_own_columns_are_null_and_the_others_stay_with_their_rows(
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
+) -> None:
+    out = two_drifting_nights(tmp_path, server)
+    names = sorted(p.name for p in SAMPLES.iterdir() if p.is_file())
+    night3 = tmp_path / "night3.csv"  # two rows gone from the list: removed
+    night3.write_text(
+        "image,label,split,score\n"
+        + f"{SAMPLES / names[4]},4,test,0.8\n"
+        + "".join(f"{SAMPLES / n},{i},train,0.{i}\n" for i, n in enumerate(names[:3]) if i != 1)
+    )
+    assert run(str(night3), "-o", str(out), "--endpoint", server.url).exit_code == 0
+    assert server.count() == 5
+    kept, every = tmp_path / "kept.parquet", tmp_path / "every.parquet"
+    assert CliRunner().invoke(cli, ["export", str(out), "-o", str(kept)]).exit_code == 0
+    wide = ["export", str(out), "-o", str(every), "--include-removed"]
+    assert CliRunner().invoke(cli, wide).exit_code == 0
+    labels = {Path(r["source"]).name: r["label"] for r in pq.read_table(kept).to_pylist()}
+    assert labels == {names[0]: 0.0, names[2]: 2.0, names[4]: 4.0}
+    gone = {Path(r["source"]).name: r for r in pq.read_table(every).to_pylist()}
+    assert len(gone) == 5
+    for name in (names[1], names[3]):  # answered and paid for, but no longer listed
+        assert (gone[name]["label"], gone[name]["split"]) == (None, None)
+        assert gone[name]["status"] == "ok"

@@ -7,7 +7,7 @@ few (up to `SPILL_AT`); past that it writes them, with a payload each (a status,
 number), to `2**BITS` files in a temporary folder, by their number (`partition_of`,
 even however the ids run). Work that must see every id (which manifest rows are done,
 which ids are there twice) then goes a partition at a time, and memory holds one
-partition of each side: about 100,000 ids at 100M.
+partition of each side: about 400,000 ids at 100M.
 
 Ids that are not 16 hex digits (a user's own, `--id-column`) have no number: they are
 kept in memory as strings, in a partition of their own.
@@ -30,8 +30,8 @@ from pipeline.io.arrow import bool_array
 from pipeline.io.idlookup import IdLookup, flat_ids, hex64
 
 SPILL_AT = 1 << 21  # ids held in memory before they go to disk: 2M, about 34 MB
-BITS = 10  # 1,024 partitions once on disk
-_FLUSH = 1 << 20  # ids gathered before a write to the partitions' files
+BITS = 8  # 256 partitions once on disk: 400,000 ids each at 100M
+_FLUSH = 1 << 21  # ids gathered before a write to the partitions' files
 
 
 @dataclass(slots=True)
@@ -112,10 +112,14 @@ def hex_strings(numbers: np.ndarray) -> pa.Array:
 
 class IdParts:
     """Ids, each with a payload of `dtype`, added a batch at a time; then read back a
-    partition at a time (`parts`, `paired`)."""
+    partition at a time (`parts`, `paired`). With `ranges`, the numbers are row numbers
+    (`add_numbers`) and partition `p` holds rows `p * ranges` up to `(p + 1) * ranges`:
+    a join's answers put back in row order, a range at a time."""
 
-    def __init__(self, dtype: type[np.generic] | np.dtype) -> None:
+    def __init__(self, dtype: type[np.generic] | np.dtype, ranges: int = 0) -> None:
         self.dtype = np.dtype(dtype)
+        self.ranges = ranges
+        self._record = np.dtype([("id", np.uint64), ("payload", self.dtype)])
         self._numbers: list[np.ndarray] = []
         self._payloads: list[np.ndarray] = []
         self._buffered = 0
@@ -123,6 +127,7 @@ class IdParts:
         self._string_payloads: list[np.ndarray] = []
         self._folder: Path | None = None
         self._count = 0
+        self._top = 0  # partitions written, with `ranges`
 
     def __len__(self) -> int:
         return self._count
@@ -135,14 +140,19 @@ class IdParts:
         flat = flat_ids(ids)
         numbers, valid = hex64(flat)
         payload = np.asarray(payload, dtype=self.dtype)
-        self._count += len(flat)
         if not valid.all():  # a user's own ids: kept as strings
             self._strings.append(flat.filter(bool_array(~valid)).cast(pa.string()))
             self._string_payloads.append(payload[~valid])
+            self._count += len(flat) - int(valid.sum())
             numbers, payload = numbers[valid], payload[valid]
+        self.add_numbers(numbers, payload)
+
+    def add_numbers(self, numbers: np.ndarray, payload: np.ndarray) -> None:
+        """Ids already 64-bit numbers (row numbers, with `ranges`)."""
+        self._count += len(numbers)
         if len(numbers):
-            self._numbers.append(numbers)
-            self._payloads.append(payload)
+            self._numbers.append(numbers.astype(np.uint64, copy=False))
+            self._payloads.append(np.asarray(payload, dtype=self.dtype))
             self._buffered += len(numbers)
         if self._buffered >= (_FLUSH if self.spilled else SPILL_AT):
             self.spill()
@@ -156,16 +166,20 @@ class IdParts:
             return
         numbers, payload = np.concatenate(self._numbers), np.concatenate(self._payloads)
         self._numbers, self._payloads, self._buffered = [], [], 0
-        part = partition_of(numbers)
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange((1 << BITS) + 1))
-        numbers, payload = numbers[order], payload[order]
+        part = numbers // np.uint64(self.ranges) if self.ranges else partition_of(numbers)
+        self._top = max(self._top, int(part.max()) + 1)
+        # A stable sort of 16-bit numbers is numpy's radix sort: several times a quicksort.
+        small = part.astype(np.uint16) if self._top <= 1 << 16 else part
+        order = np.argsort(small, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self._partitions() + 1))
+        records = np.empty(len(numbers), dtype=self._record)
+        records["id"], records["payload"] = numbers[order], payload[order]
         for p in np.flatnonzero(np.diff(bounds)):
-            rows = slice(bounds[p], bounds[p + 1])
-            with open(self._folder / f"{p}.ids", "ab") as f:
-                numbers[rows].tofile(f)
-            with open(self._folder / f"{p}.payload", "ab") as f:
-                payload[rows].tofile(f)
+            with open(self._folder / str(p), "ab") as f:  # a file a partition: few opens
+                records[bounds[p] : bounds[p + 1]].tofile(f)
+
+    def _partitions(self) -> int:
+        return self._top if self.ranges else 1 << BITS
 
     def parts(self) -> Iterator[Part]:
         """Each partition of numbers (one when nothing was spilled), then the strings."""
@@ -173,7 +187,7 @@ class IdParts:
             yield Part(_joined(self._numbers, np.uint64), None, _joined(self._payloads, self.dtype))
         else:
             self.spill()
-            for p in range(1 << BITS):
+            for p in range(self._partitions()):
                 yield self._read(p)
         yield Part(
             None,
@@ -183,10 +197,11 @@ class IdParts:
 
     def _read(self, p: int) -> Part:
         assert self._folder is not None
-        ids, payload = self._folder / f"{p}.ids", self._folder / f"{p}.payload"
-        if not ids.exists():
-            return Part(np.empty(0, np.uint64), None, np.empty(0, self.dtype))
-        return Part(np.fromfile(ids, np.uint64), None, np.fromfile(payload, self.dtype))
+        path = self._folder / str(p)
+        records = np.fromfile(path, self._record) if path.exists() else np.empty(0, self._record)
+        return Part(
+            np.ascontiguousarray(records["id"]), None, np.ascontiguousarray(records["payload"])
+        )
 
     def repeated(self) -> pa.Array:
         """The ids added more than once (usually none)."""

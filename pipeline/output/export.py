@@ -22,11 +22,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, storage_error
-from pipeline.io.arrow import bool_array, combined, read_parquet, take_indices
-from pipeline.io.idlookup import IdLookup
+from pipeline.io.arrow import bool_array, combined
+from pipeline.io.rowgroups import RowGroups
 from pipeline.io.storage import deliver, is_remote
 from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
+from pipeline.output.marks import shard_rows
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, OWN_PREFIX, PARSED
 
 FORMATS = (".parquet", ".jsonl", ".csv")
@@ -92,20 +93,24 @@ def _schema(out: OutputDir) -> pa.Schema:
 def joined(out: OutputDir, include_removed: bool = False) -> Iterator[pa.Table]:
     """Each shard with the manifest's own columns of its rows beside it. A row whose
     source left the manifest (removed by a later run's sources) is left out, or kept
-    with nulls beside it when `include_removed`."""
+    with nulls beside it when `include_removed`. Where each row is in the manifest comes
+    from one partitioned join (`marks.shard_rows`), and the manifest's columns are read
+    a row group at a time as the shards need them: memory holds a shard, not the folder."""
     theirs = _theirs(pq.read_schema(out.manifest).names)
-    own = read_parquet(out.manifest, columns=[MANIFEST_ID, *theirs])
-    lookup = IdLookup(own[MANIFEST_ID])  # once: per shard, it made export quadratic
-    extras = own.drop_columns([MANIFEST_ID])
+    extras = RowGroups(str(out.manifest), theirs) if theirs else None
     names = out.result_schema().names
-    for shard in out.shards():
+    shards = out.shards()
+    where = shard_rows(
+        out.manifest, (read_shard(s, columns=[MANIFEST_ID])[MANIFEST_ID] for s in shards)
+    )
+    for shard, at in zip(shards, where, strict=True):
         results = read_shard(shard).select(names)
-        at = lookup.positions(results[MANIFEST_ID])
         if not include_removed and (at < 0).any():
             results, at = results.filter(bool_array(at >= 0)), at[at >= 0]
-        beside = extras.take(take_indices(at))  # a removed row's: nulls
-        for name in beside.column_names:
-            results = results.append_column(name, beside[name])
+        if extras is not None:
+            beside = extras.take(at)  # a removed row's: nulls
+            for name in beside.column_names:
+                results = results.append_column(name, beside[name])
         yield results
 
 

@@ -11,10 +11,12 @@ held while the run sends.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.arrow import parquet_batches
@@ -76,3 +78,54 @@ def mark(manifest: Path, done_ids: IdParts) -> Marks:
     finally:
         own.close()
     return Marks(ok, error, len(done_ids) - found)
+
+
+_RANGE = 1 << 20  # result rows put back in order at a time
+
+
+def shard_rows(manifest: Path, shard_ids: Iterable[pa.Array]) -> Iterator[np.ndarray]:
+    """For each shard's ids in turn, the manifest row of each (-1: not in the manifest,
+    a removed row). One join of the shards' ids with the manifest's, a partition at a
+    time; the answers are put back in shard order a range of rows at a time, so memory
+    holds a partition or a range, never the folder."""
+    results, start = IdParts(np.int64), 0
+    sizes: list[int] = []
+    for ids in shard_ids:
+        results.add(ids, np.arange(start, start + len(ids), dtype=np.int64))
+        sizes.append(len(ids))
+        start += len(ids)
+    own = manifest_parts(manifest)
+    answers = IdParts(np.int64, ranges=_RANGE)  # result row -> manifest row
+    for mine, theirs in paired(own, results):
+        at = mine.positions(theirs)
+        hit = at >= 0
+        answers.add_numbers(theirs.payload[hit], mine.payload[at[hit]])
+    own.close()
+    results.close()
+    yield from _cut(_in_order(answers, start), sizes)
+    answers.close()
+
+
+def _in_order(answers: IdParts, rows: int) -> Iterator[np.ndarray]:
+    """Manifest rows in result-row order, a range at a time (-1 where none)."""
+    start = 0
+    for part in answers.parts():
+        if part.numbers is None:
+            continue  # the strings' partition: row numbers are never strings
+        stop = rows if not answers.spilled else min(rows, start + answers.ranges)
+        found = np.full(stop - start, -1, dtype=np.int64)
+        found[part.numbers.astype(np.int64) - start] = part.payload
+        yield found
+        start = stop
+    if start < rows:  # trailing rows with no answer, in no partition
+        yield np.full(rows - start, -1, dtype=np.int64)
+
+
+def _cut(ranges: Iterator[np.ndarray], sizes: list[int]) -> Iterator[np.ndarray]:
+    """Consecutive arrays cut into pieces of `sizes`."""
+    held = np.empty(0, dtype=np.int64)
+    for size in sizes:
+        while len(held) < size:
+            held = np.concatenate([held, next(ranges)])
+        yield held[:size]
+        held = held[size:]
