@@ -240,8 +240,7 @@ def _run_locked(
     unify_shards(out)  # against the manifest the older shards were written with
     if needs_rehash(previous):
         rehash_ids(out)
-    books.compact(out)
-    done = books.scan(out, compacted=True)
+    done = books.settle(out)  # one row per id: superseded attempts to the ledger
     before = (previous or {}).get("sources")
     signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
     hashed = previous_hashes(out.manifest) if config.dedupe.near else None

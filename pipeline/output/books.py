@@ -205,18 +205,32 @@ def _with_ledger(done: Done, ledger: pa.Table) -> Done:
 # -- compaction ---------------------------------------------------------------------------
 
 
-def compact(out: OutputDir) -> int:
+def settle(out: OutputDir) -> Done:
+    """`compact`, then `scan`: a run's start. In one pass over the shards' ids when no id
+    is there twice (the common case), in three when one is."""
+    done = scan(out, compacted=True)
+    repeated = done.ids.repeated()
+    if not len(repeated):
+        return done
+    done.ids.close()
+    compact(out, repeated)
+    return scan(out, compacted=True)
+
+
+def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
     """Keep one row per id in the shards: the newest (an `ok` beats an `error` of the same
     moment). Superseded rows move to the ledger; exact copies are dropped. Each shard
     holding either is rewritten without them (temporary name, then rename). Returns the
-    number of rows taken out of the shards."""
+    number of rows taken out of the shards. `repeated`: the ids there twice, when the
+    caller has them."""
     shards = out.shards()
-    every = IdParts(np.uint8)
-    for shard in shards:
-        ids = _ids_of(shard)
-        every.add(ids, np.zeros(len(ids), np.uint8))
-    repeated = every.repeated()
-    every.close()
+    if repeated is None:
+        every = IdParts(np.uint8)
+        for shard in shards:
+            ids = _ids_of(shard)
+            every.add(ids, np.zeros(len(ids), np.uint8))
+        repeated = every.repeated()
+        every.close()
     if not len(repeated):
         return 0  # the common case: nothing superseded, nothing more to read
     # Only the rows of repeated ids, with where they are: a small table, read a shard at
