@@ -97,6 +97,7 @@ def test_a_compaction_cut_short_counts_each_attempt_once(
         assert result.exit_code != 0
     assert len(list((out / ".caption").glob("superseded-*.ledger"))) == 1
     assert len(pq.read_table(out)) == 12  # both attempts still in the shards
+    assert not list((out / ".caption").glob("*.tmp"))  # the staged shards are gone too
     paid = server.count()
     status = read_status(out)
     assert status.cost_usd == pytest.approx(6 * attempt_usd() + _billed_ok(out))

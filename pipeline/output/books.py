@@ -16,7 +16,9 @@ copied into the folder twice) is the same attempt, not a new one: dropped, not l
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,14 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
-from pipeline.io.arrow import bool_array, bool_numpy, combined, equals, read_parquet
+from pipeline.io.arrow import bool_array, bool_numpy, combined, equals, read_parquet, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.idparts import IdParts
 from pipeline.output.journal import read_journal
 from pipeline.output.layout import LEDGER_GLOB, TMP_SUFFIX, ledger_name
 from pipeline.output.marks import ERROR, OK
 from pipeline.output.totals import read_totals, totals_of
-from pipeline.output.writer import write_parquet_atomic
+from pipeline.output.writer import stage_parquet, write_parquet_atomic
 from pipeline.records import Totals
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TOTALS = ["cost_usd", "prompt_tokens", "completion_tokens"]
+_THREADS = min(4, os.cpu_count() or 1)  # shards rewritten at once by compaction
 
 
 @dataclass(slots=True)
@@ -268,22 +271,30 @@ def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
     for i in np.unique(out_shard):
         mine = out_shard == i
         drop[int(i)] = (out_row[mine], out_row[mine & to_ledger])
-    history = [read_shard(shards[i]).take(pa.array(rows[1])) for i, rows in drop.items()]
-    history = [h for h in history if h.num_rows]
-    if history:
-        _write_ledger(out, pa.concat_tables(history, promote_options="permissive"))
+    # Each shard is read once, in threads (Arrow reads and writes without the GIL): its
+    # superseded rows kept for the ledger, the rest staged under a temporary name. Only
+    # once the ledger is written are the staged shards renamed over the old ones; a crash
+    # before that leaves temporaries, which `recover` removes.
+    staged: list[tuple[Path, Path | None, pa.Table, int]] = []
+    try:
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for done in pool.map(lambda item: _stage(shards[item[0]], *item[1]), drop.items()):
+                staged.append(done)
+        history = [h for _, _, h, _ in staged if h.num_rows]
+        if history:
+            _write_ledger(out, pa.concat_tables(history, promote_options="permissive"))
+    except BaseException:
+        for _, tmp, _, _ in staged:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        raise
     removed = 0
-    for i, (rows, _) in drop.items():
-        shard = shards[i]
-        data = read_shard(shard)
-        keep = np.ones(data.num_rows, dtype=bool)
-        keep[rows] = False
-        kept = data.filter(pa.array(keep))
-        removed += data.num_rows - kept.num_rows
-        if kept.num_rows:
-            write_parquet_atomic(kept, shard)
-        else:
+    for shard, tmp, _, taken in staged:
+        if tmp is None:
             shard.unlink()
+        else:
+            os.replace(tmp, shard)
+        removed += taken
     ledgered = sum(h.num_rows for h in history)
     log.info(
         "compacted: %d superseded row(s) moved to the ledger, %d copies dropped",
@@ -291,6 +302,19 @@ def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
         removed - ledgered,
     )
     return removed
+
+
+def _stage(
+    shard: Path, rows: np.ndarray, history: np.ndarray
+) -> tuple[Path, Path | None, pa.Table, int]:
+    """`shard` without `rows`, staged under a temporary name (None: no row left), and
+    its `history` rows, for the ledger: (shard, staged, history, rows taken out)."""
+    data = read_shard(shard)
+    keep = np.ones(data.num_rows, dtype=bool)
+    keep[rows] = False
+    kept = data.filter(bool_array(keep))
+    tmp = stage_parquet(kept, shard) if kept.num_rows else None
+    return shard, tmp, data.take(take_indices(history)), data.num_rows - kept.num_rows
 
 
 def _write_ledger(out: OutputDir, rows: pa.Table) -> Path:

@@ -57,16 +57,27 @@ def write_parquet_atomic(table: pa.Table, path: Path, tmp: Path | None = None) -
     rename: visible only complete. A table of result rows gets its totals in its footer
     (`output/totals.py`). A failure (no space left, say) leaves nothing behind
     and raises StorageError."""
+    tmp = stage_parquet(table, path, tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(path.parent, exc) from None
+
+
+def stage_parquet(table: pa.Table, path: Path, tmp: Path | None = None) -> Path:
+    """`write_parquet_atomic` up to the rename: the complete file under its temporary
+    name, which is returned, for the caller to rename when it is ready."""
     tmp = tmp or state_dir(path.parent) / (path.name + TMP_SUFFIX)
     try:
         tmp.parent.mkdir(exist_ok=True)
         pq.write_table(with_totals(table), tmp)  # a shard's totals in its footer
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise storage_error(path.parent, exc) from None
+    return tmp
 
 
 def fold_journal(journal: Path, schema: pa.Schema = RESULT_SCHEMA) -> Path | None:
