@@ -69,7 +69,7 @@ def test_removed_sources_are_counted_apart_and_left_out_unless_asked(
 
 
 def test_a_file_replaced_at_the_same_path_is_captioned_again(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     from PIL import Image
 
@@ -100,7 +100,7 @@ def test_a_file_replaced_at_the_same_path_is_captioned_again(
 
 
 def test_a_file_only_touched_is_not_sent_again(
-    tmp_path: Path, server: ScriptedServer, key: str
+    tmp_path: Path, server: ScriptedServer, key: str, id_parts: str
 ) -> None:
     import os
 

@@ -64,3 +64,19 @@ def test_hex_ids_are_held_as_numbers_and_other_queries_are_not_found(
     mixed = [*ids[:1000], "zzzzzzzzzzzzzzzz", "ABCDEF0123456789"]
     assert not IdLookup(pa.array(mixed)).numeric
     check(mixed, [*mixed[::7], *odd])
+
+
+def test_text_hashes_depend_on_the_text_alone() -> None:
+    from pipeline.io.idlookup import text_hash64
+
+    rng = random.Random(4)
+    texts = [f"{rng.randrange(10**6)}:{rng.randrange(10**19)}" for _ in range(3_000)]
+    whole = text_hash64(pa.array([*texts, None, ""], pa.string()))
+    # In another batch, beside texts of other lengths: the same hashes.
+    alone = text_hash64(pa.array(["x" * 60, *texts[100:200]], pa.string()))
+    assert alone[1:].tolist() == whole[100:200].tolist()
+    assert whole[-2] == 0  # no text
+    assert (whole[:-2] != 0).all()
+    assert whole[-1] != 0
+    assert len(set(whole[:-2].tolist())) == len(set(texts))  # different texts differ
+    assert text_hash64(pa.nulls(2)).tolist() == [0, 0]  # a column that is all null

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipeline.io.arrow import bool_numpy
+
 _CHUNK = 1 << 16
 
 
@@ -87,6 +89,33 @@ def hex64(flat: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         numbers[at + rows] = np.where(good, value, 0)
         valid[at + rows] = good
     return numbers, valid
+
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+
+
+def text_hash64(values: pa.Array) -> np.ndarray:
+    """A 64-bit FNV-1a hash of each string (length included), never 0; 0 for a null.
+    For telling whether two texts differ (file signatures) without holding them: two
+    different texts hash the same about once in 2**64."""
+    n = len(values)
+    out = np.zeros(n, dtype=np.uint64)
+    for at in range(0, n, _CHUNK):
+        flat = flat_ids(values.slice(at, _CHUNK))  # a null's bytes: hashed, then zeroed
+        width = _longest(flat)
+        grid = fixed_width(flat, width).view(np.uint8).reshape(-1, width)
+        lengths = _layout(flat)[1]
+        h = np.full(len(flat), _FNV_OFFSET, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for column in range(width):  # a text's own bytes only: not the padding
+                mixed = (h ^ grid[:, column].astype(np.uint64)) * _FNV_PRIME
+                h = np.where(column < lengths, mixed, h)
+            h = (h ^ lengths.astype(np.uint64)) * _FNV_PRIME
+        out[at : at + len(flat)] = np.where(h == 0, np.uint64(1), h)
+    if values.null_count:
+        out[~bool_numpy(values.is_valid())] = 0
+    return out
 
 
 def hex64_chunks(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -242,7 +242,9 @@ def _run_locked(
         rehash_ids(out)
     done = books.settle(out)  # one row per id: superseded attempts to the ledger
     before = (previous or {}).get("sources")
-    signed = signatures(out.manifest)  # the files as they were, to tell replaced ones
+    # A rerun over the folder's own manifest keeps it as it is: nothing to compare.
+    kept = len(sources) == 1 and out.is_own_manifest(Path(sources[0]))
+    signed = None if kept else signatures(out.manifest)  # the files as they were
     hashed = previous_hashes(out.manifest) if config.dedupe.near else None
     ingest, marks = _prepare_manifest(
         out, sources, spec, done, accept_new_source, before, given_manifest=from_manifest
@@ -257,7 +259,6 @@ def _run_locked(
         log.info("%d file(s) changed since the last run: captioned again", len(changed))
         skip.clear(changed_at)
         answered.clear(changed_at)  # a replaced file's old answer is no one's to carry
-    kept = len(sources) == 1 and out.is_own_manifest(Path(sources[0]))
     near = _near_plan(out, config, hashed, answered, skip, kept)
     skip.set(near.follower_rows)  # not sent: each carries its group's answer once there is one
     rows: Iterable[ManifestRow] = read_manifest(out.manifest, skip=skip)
@@ -296,11 +297,12 @@ def _run_locked(
         if near.followers and stop.kind != "storage":
             carried = carry_answers(out, near, config.output.rows_per_shard)
         remaining += near.followers - carried  # copies whose leader has no answer yet
-        if retry_errors or len(changed):
+        compacted = bool(retry_errors or len(changed))
+        if compacted:
             books.compact(out)
         if stop.kind != "storage":  # a full disk is no place to rewrite shards
             merge_small_shards(out, config.output.rows_per_shard)
-        final = books.scan(out)
+        final = books.scan(out, compacted=compacted)
         exit_code = exit_code_of(stop, final.errors)
         meta["runs"].append(
             run_record(

@@ -20,19 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import (
-    bool_array,
-    bool_numpy,
-    parquet_batches,
-    read_parquet,
-    string_array,
-    take_indices,
-)
-from pipeline.io.idlookup import IdLookup
+from pipeline.io.arrow import bool_array, combined, parquet_batches, string_array
+from pipeline.io.idlookup import IdLookup, text_hash64
+from pipeline.io.idparts import IdParts, paired
 from pipeline.io.rowbits import RowBits
+from pipeline.io.rowgroups import RowGroups
 from pipeline.output.folder import OutputDir
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
 from pipeline.sources.ids import content_id
@@ -42,36 +36,48 @@ log = logging.getLogger(__name__)
 SHA256 = "source_sha256"
 
 
-def signatures(manifest: Path) -> pa.Table | None:
-    """(id, signature) of a manifest, or None if it has no signatures (an older one)."""
+_SIGNED = np.dtype([("row", np.int64), ("signature", np.uint64)])
+
+
+def signatures(manifest: Path) -> IdParts | None:
+    """Each id of a manifest with its row and a hash of its file's signature (0: none),
+    by partition (`io/idparts.py`); None if it has no signatures (an older manifest)."""
     if not manifest.exists() or SIGNATURE not in pq.read_schema(manifest).names:
         return None
-    return read_parquet(manifest, columns=[MANIFEST_ID, SIGNATURE])
+    parts = IdParts(_SIGNED)
+    for start, batch in parquet_batches(manifest, [MANIFEST_ID, SIGNATURE], 1 << 20):
+        signed = np.empty(batch.num_rows, dtype=_SIGNED)
+        signed["row"] = np.arange(start, start + batch.num_rows)
+        signed["signature"] = text_hash64(batch.column(1))
+        parts.add(batch.column(0), signed)
+    return parts
 
 
 def changed_rows(
-    before: pa.Table | None, out: OutputDir, done: RowBits
+    before: IdParts | None, out: OutputDir, done: RowBits
 ) -> tuple[pa.Array, np.ndarray]:
     """The ids, and manifest rows, of done rows (`done`, by manifest row) whose file's
-    signature differs from the manifest before's, and whose bytes differ from those the
-    answer was made from (a file only touched is the same)."""
+    signature differs from the manifest before's (`before`, from `signatures`), and
+    whose bytes differ from those the answer was made from (a file only touched is the
+    same). The two manifests are compared a partition at a time."""
     none = pa.nulls(0, pa.string()), np.empty(0, dtype=np.int64)
     after = signatures(out.manifest)
     if before is None or after is None or not done.count():
         return none
-    at = IdLookup(before[MANIFEST_ID]).positions(after[MANIFEST_ID])
-    # All-null (bucket objects, URLs: no signature) reads as Arrow's null type.
-    old = before[SIGNATURE].combine_chunks().cast(pa.string()).take(take_indices(at))
-    new = after[SIGNATURE].combine_chunks().cast(pa.string())
-    # Null where either side has no signature: not a change (Kleene: null and false is
-    # false; a Python literal given to a compute function would import pandas).
-    ne = pc.not_equal(old, new)
-    differs = bool_numpy(pc.and_kleene(ne, pc.is_valid(ne)))
-    rows = np.flatnonzero(differs)
+    found = []
+    for old, new in paired(before, after):
+        at = old.positions(new)
+        hit = at >= 0
+        was, now = old.payload["signature"][at[hit]], new.payload["signature"][hit]
+        # No signature on either side (bucket objects, URLs): not a change.
+        found.append(new.payload["row"][hit][(was != 0) & (now != 0) & (was != now)])
+    before.close()
+    after.close()
+    rows = np.sort(np.concatenate(found))
     rows = rows[done.get(rows)]
     if not len(rows):
         return none  # the common night
-    ids = after[MANIFEST_ID].combine_chunks().take(take_indices(rows))
+    ids = combined(RowGroups(str(out.manifest), [MANIFEST_ID]).take(rows)[MANIFEST_ID])
     changed = _new_bytes(out, ids)
     keep = IdLookup(changed).contains(ids) if len(changed) else np.zeros(len(rows), bool)
     return changed, rows[keep]
