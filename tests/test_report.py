@@ -194,3 +194,35 @@ def test_report_and_export_targets_folders_buckets_and_files_not_ours(
     assert code == 0, output
     assert (tmp_path / "new" / "x.parquet").exists()
     assert not list((tmp_path / "new").glob(".*.tmp"))
+
+
+def test_the_spread_counted_a_shard_at_a_time_matches_numpy_on_all_values() -> None:
+    import numpy as np
+
+    from pipeline.report.spread import Spread
+
+    rng = np.random.default_rng(8)
+    cases = {
+        "latency": rng.lognormal(0.3, 0.8, 50_000),  # positive: log-spaced fine bins
+        "tokens": rng.integers(0, 900, 50_000).astype(float),  # zeros: even fine bins
+        "one value": np.full(1_000, 3.0),
+    }
+    for name, values in cases.items():
+        values = values.copy()
+        values[::97] = np.nan  # rows without the value (a near-copy's latency)
+        shards = np.array_split(values, 7)
+        spread = Spread()
+        for shard in shards:
+            spread.see(shard)
+        for shard in shards:
+            spread.count(shard)
+        present = values[~np.isnan(values)]
+        counts, edges = np.histogram(present, bins=30)
+        assert spread.histogram() == (counts.tolist(), edges.round(3).tolist()), name
+        exact = np.quantile(present, [0.5, 0.95, 0.99])
+        got = spread.quantiles([0.5, 0.95, 0.99])
+        for e, g in zip(exact, got, strict=True):
+            # Within a fine bin: 0.02% for positive values, a 65,536th of the range else.
+            width = (present.max() - present.min()) / 2**16
+            tolerance = 2e-4 * e if name == "latency" else width
+            assert abs(g - e) <= tolerance + 1e-12, (name, e, g)

@@ -26,7 +26,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,13 +36,13 @@ from pipeline.output.books import read_shard
 from pipeline.output.folder import OutputDir
 from pipeline.records import PARSED
 from pipeline.report.charts import bars, histogram
+from pipeline.report.spread import spreads_of
 from pipeline.report.status import FolderStatus, read_status
 
 SAMPLE = 24
 THUMB_PX = 160
 THUMB_MAX_BYTES = 64 << 20  # a sampled image larger than this is not read
 THUMB_TIMEOUT_S = 10.0
-NUMERIC = ["status", "prompt_tokens", "completion_tokens", "latency_s", "attempts", "error_kind"]
 _SPREAD = ("prompt_tokens", "completion_tokens", "latency_s")  # their spread is drawn
 
 
@@ -71,28 +70,14 @@ def compute(folder: Path, label: str) -> Figures:
     shards = out.shards()
     if not shards:
         return figures
-    # A shard at a time: the ok rows' numbers (8 bytes a value), never the folder's table.
-    values: dict[str, list[np.ndarray]] = {n: [] for n in _SPREAD}
-    attempts: dict[str, int] = {}
-    ok_rows = 0
-    for shard in shards:
-        table = read_shard(shard, columns=NUMERIC)
-        ok = table.filter(pc.equal(table["status"], "ok"))
-        ok_rows += ok.num_rows
-        for name in _SPREAD:
-            values[name].append(ok[name].to_numpy(zero_copy_only=False).astype(float))
-        for v in pc.value_counts(table["attempts"]).to_pylist():
-            attempts[str(v["values"])] = attempts.get(str(v["values"]), 0) + v["counts"]
-    if ok_rows:
-        for name in _SPREAD:
-            every = np.concatenate(values[name])
-            every = every[~np.isnan(every)]
-            values[name] = []
-            if name == "latency_s" and len(every):  # near-copies (--dedupe near) have none
-                q = np.quantile(every, [0.5, 0.95, 0.99])
-                figures.latency = {"p50": q[0], "p95": q[1], "p99": q[2]}
-            counts, edges = np.histogram(every, bins=30)
-            figures.histograms[name] = (counts.tolist(), edges.round(3).tolist())
+    spreads, attempts, ok_rows = spreads_of(shards, _SPREAD)
+    for name, spread in spreads.items():
+        if not spread.n:
+            continue  # near-copies (--dedupe near) have no latency
+        figures.histograms[name] = spread.histogram()
+        if name == "latency_s":
+            p50, p95, p99 = spread.quantiles([0.5, 0.95, 0.99])
+            figures.latency = {"p50": p50, "p95": p95, "p99": p99}
     figures.attempts = sorted(
         attempts.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 10**9
     )
