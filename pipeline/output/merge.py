@@ -1,6 +1,8 @@
 """Small shards merged when a run ends, so that a folder a nightly job reruns into does
-not grow one small shard per night forever: after every run the folder holds full shards
-and at most one shard under `rows_per_shard` rows.
+not grow one small shard per night forever: after every run the folder holds shards of
+at least half `rows_per_shard` rows and at most one smaller. A shard a little under full
+(compaction took a superseded row out of it) is left as it is: merging a 10M-row folder's
+1,000 such shards after `--retry-errors` rewrote all of them, 18 s, for no fewer shards.
 
 The merged shards are written complete under new numbers, then the small ones they hold
 are removed. Killed between the two, the folder holds each of those rows twice, identical
@@ -25,9 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def merge_small_shards(out: OutputDir, rows_per_shard: int) -> int:
-    """Rewrite the shards under `rows_per_shard` rows as full shards and one remainder.
-    Streams: at most about two shards' worth of rows in memory. Returns the shards removed."""
-    small = [s for s in out.shards() if pq.ParquetFile(s).metadata.num_rows < rows_per_shard]
+    """Rewrite the shards under half `rows_per_shard` rows as full shards and one
+    remainder. Streams: at most about two shards' worth of rows in memory. Returns the
+    shards removed."""
+    half = rows_per_shard / 2
+    small = [s for s in out.shards() if pq.ParquetFile(s).metadata.num_rows < half]
     if len(small) < 2:
         return 0
     sequence = next_sequence(out.path)
