@@ -89,6 +89,7 @@ def test_row_bits_agree_with_a_boolean_array() -> None:
             bits.clear(off)
             truth[off] = False
         assert bits.count() == truth.sum()
+        assert bits.positions().tolist() == np.flatnonzero(truth).tolist()
         assert (~bits).count() == rows - truth.sum()  # the unused tail bits stay clear
         assert bits.window(0, rows).tolist() == truth.tolist()
         for start in (0, 3, rows // 2):

@@ -37,7 +37,9 @@ from pipeline.errors import (
 )
 from pipeline.executors import LOCAL, ExecutorSpec, executor_for
 from pipeline.executors.base import Executed, Work
+from pipeline.io.arrow import combined
 from pipeline.io.rowbits import RowBits
+from pipeline.io.rowgroups import RowGroups
 from pipeline.io.storage import check_scheme, is_remote
 from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.output import books
@@ -48,7 +50,7 @@ from pipeline.output.marks import Marks, mark
 from pipeline.output.merge import merge_small_shards
 from pipeline.output.mirror import BucketFolder
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
-from pipeline.records import ManifestRow
+from pipeline.records import MANIFEST_ID, ManifestRow
 from pipeline.sources.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.sources.manifest import (
     IngestSummary,
@@ -135,6 +137,16 @@ def _near_plan(
             plan.groups,
         )
     return plan
+
+
+_HELD_IDS = 1 << 22  # ids of resent rows passed to compaction; past that it finds them
+
+
+def _ids_at(manifest: Path, rows: RowBits) -> pa.Array | None:
+    """The ids of the manifest's marked rows, or None when there are too many to hold."""
+    if rows.count() > _HELD_IDS:
+        return None
+    return combined(RowGroups(str(manifest), [MANIFEST_ID]).take(rows.positions())[MANIFEST_ID])
 
 
 def run_job(
@@ -288,6 +300,10 @@ def _run_locked(
         )
         executed = executor_for(executor).run(work)
         del work
+    compacted = bool(retry_errors or len(changed))
+    # Rows with an answer before that were sent again: the only ids that can now be in
+    # the shards twice, so compaction looks at these alone (when not too many to hold).
+    resent = (marks.done() & ~skip) if compacted else None
     del rows, skip, answered, marks, done
     tally, stop, unsaved = executed.tally, executed.stop, executed.unsaved
     wall = time.perf_counter() - started
@@ -297,9 +313,8 @@ def _run_locked(
         if near.followers and stop.kind != "storage":
             carried = carry_answers(out, near, config.output.rows_per_shard)
         remaining += near.followers - carried  # copies whose leader has no answer yet
-        compacted = bool(retry_errors or len(changed))
-        if compacted:
-            books.compact(out)
+        if resent is not None:
+            books.compact(out, _ids_at(out.manifest, resent))
         if stop.kind != "storage":  # a full disk is no place to rewrite shards
             merge_small_shards(out, config.output.rows_per_shard)
         final = books.scan(out, compacted=compacted)
