@@ -209,9 +209,11 @@ class IdParts:
         return pa.concat_arrays(found) if found else pa.nulls(0, pa.string())
 
     def close(self) -> None:
-        """Remove the partitions' files now rather than when the object is collected."""
+        """Let the ids go: the partitions' files removed now rather than when the object
+        is collected, and what is held in memory dropped."""
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+        self._numbers, self._payloads, self._strings, self._string_payloads = [], [], [], []
 
 
 def paired(left: IdParts, right: IdParts) -> Iterator[tuple[Part, Part]]:

@@ -304,6 +304,7 @@ def _run_locked(
     # Rows with an answer before that were sent again: the only ids that can now be in
     # the shards twice, so compaction looks at these alone (when not too many to hold).
     resent = (marks.done() & ~skip) if compacted else None
+    started_with = done  # the books at the start (its ids let go above)
     del rows, skip, answered, marks, done
     tally, stop, unsaved = executed.tally, executed.stop, executed.unsaved
     wall = time.perf_counter() - started
@@ -315,9 +316,12 @@ def _run_locked(
         remaining += near.followers - carried  # copies whose leader has no answer yet
         if resent is not None:
             books.compact(out, _ids_at(out.manifest, resent))
+        merged = 0
         if stop.kind != "storage":  # a full disk is no place to rewrite shards
-            merge_small_shards(out, config.output.rows_per_shard)
-        final = books.scan(out, compacted=compacted)
+            merged = merge_small_shards(out, config.output.rows_per_shard)
+        # Nothing was written (nothing was pending): the books are as the start found them.
+        unchanged = not (total or carried or merged or compacted)
+        final = started_with if unchanged else books.scan(out, compacted=compacted)
         exit_code = exit_code_of(stop, final.errors)
         meta["runs"].append(
             run_record(
