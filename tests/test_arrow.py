@@ -52,3 +52,39 @@ def test_int_numpy_refuses_nulls_and_non_integers() -> None:
         int_numpy(pa.chunked_array([[1, None]], pa.int32()))
     with pytest.raises(ValueError, match="double"):
         int_numpy(pa.chunked_array([[1.5]]))
+
+
+@pytest.mark.parametrize("big_group", [1 << 21, 5])  # a row group read whole, or streamed
+def test_parquet_batches_give_each_rows_start_and_skip_groups_not_wanted(
+    tmp_path: Path, big_group: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.io import arrow
+
+    monkeypatch.setattr(arrow, "_BIG_GROUP", big_group)
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"n": list(range(50))}), path, row_group_size=7)
+    every = [(start, b.column(0).to_pylist()) for start, b in arrow.parquet_batches(path, None, 3)]
+    assert all(rows == list(range(start, start + len(rows))) for start, rows in every)
+    assert [v for _, rows in every for v in rows] == list(range(50))
+    assert max(len(rows) for _, rows in every) == 3
+    asked: list[tuple[int, int]] = []
+
+    def wanted(start: int, stop: int) -> bool:
+        asked.append((start, stop))
+        return start == 7
+
+    some = arrow.parquet_batches(path, ["n"], 100, wanted)
+    assert [(start, b.column(0).to_pylist()) for start, b in some] == [(7, list(range(7, 14)))]
+    assert asked == [(a, min(a + 7, 50)) for a in range(0, 50, 7)]  # each group, once
+
+
+def test_bool_numpy_reads_the_bits_of_a_slice() -> None:
+    from pipeline.io.arrow import bool_numpy
+
+    values = [i % 3 == 0 for i in range(29)]
+    column = pa.array(values)
+    assert bool_numpy(column).tolist() == values
+    assert bool_numpy(column.slice(5, 17)).tolist() == values[5:22]
+    assert bool_numpy(pa.chunked_array([values[:4], values[4:]])).tolist() == values
+    with pytest.raises(ValueError, match="without nulls"):
+        bool_numpy(pa.array([True, None]))

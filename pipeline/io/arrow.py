@@ -44,6 +44,9 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
         return f.read(columns=columns)
 
 
+_BIG_GROUP = 1 << 21  # rows: a row group bigger than this is not read whole
+
+
 def parquet_batches(
     path: Path | str,
     columns: list[str] | None = None,
@@ -61,7 +64,11 @@ def parquet_batches(
             rows = f.metadata.row_group(group).num_rows
             if wanted is None or wanted(start, start + rows):
                 at = start
-                for batch in f.read_row_group(group, columns=columns).to_batches(batch_rows):
+                if rows > _BIG_GROUP:  # a manifest written elsewhere: streamed within it
+                    batches = f.iter_batches(batch_rows, row_groups=[group], columns=columns)
+                else:
+                    batches = iter(f.read_row_group(group, columns=columns).to_batches(batch_rows))
+                for batch in batches:
                     yield at, batch
                     at += batch.num_rows
             start += rows

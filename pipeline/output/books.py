@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, storage_error
 from pipeline.io.arrow import bool_array, bool_numpy, combined, equals, read_parquet, take_indices
 from pipeline.io.idlookup import IdLookup
 from pipeline.io.idparts import IdParts
@@ -278,8 +278,7 @@ def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
     staged: list[tuple[Path, Path | None, pa.Table, int]] = []
     try:
         with ThreadPoolExecutor(_THREADS) as pool:
-            for done in pool.map(lambda item: _stage(shards[item[0]], *item[1]), drop.items()):
-                staged.append(done)
+            staged.extend(pool.map(lambda item: _stage(shards[item[0]], *item[1]), drop.items()))
         history = [h for _, _, h, _ in staged if h.num_rows]
         if history:
             _write_ledger(out, pa.concat_tables(history, promote_options="permissive"))
@@ -290,10 +289,13 @@ def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
         raise
     removed = 0
     for shard, tmp, _, taken in staged:
-        if tmp is None:
-            shard.unlink()
-        else:
-            os.replace(tmp, shard)
+        try:
+            if tmp is None:
+                shard.unlink()
+            else:
+                os.replace(tmp, shard)
+        except OSError as exc:
+            raise storage_error(out.path, exc) from None
         removed += taken
     ledgered = sum(h.num_rows for h in history)
     log.info(
