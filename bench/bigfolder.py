@@ -12,6 +12,8 @@ rows to send are a fixed 2,000 at every size (sent to the fake endpoint):
 - `--retry-errors`: 2,000 error rows spread over the whole folder (one in every
   `rows / 2,000`) sent again, then compaction moves the rows they replace to the
   ledger, rewriting every shard that held one;
+- compaction: the same 2,000 rows answered again in a shard of their own, as a retry
+  cut short leaves them; the next run's start moves the old rows to the ledger;
 - `caption status --json`, `caption report`, `caption export` to Parquet.
 
 `--hundred-million` adds 100M rows (about 40 GB of disk and most of an hour to build).
@@ -45,10 +47,10 @@ PER_SHARD = 10_000
 CAPTION = [sys.executable, "-m", "pipeline"]
 
 
-def _ids(start: int, stop: int) -> pa.Array:
+def _ids(numbers: np.ndarray) -> pa.Array:
     """16 hex digits per row, distinct, spread over all 64 bits as path hashes are (row
     number times an odd constant, modulo 2**64)."""
-    n = np.arange(start, stop, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93) + np.uint64(12345)
+    n = numbers.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93) + np.uint64(12345)
     digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
     nibbles = (n[:, None] >> (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))) & np.uint64(
         15
@@ -70,35 +72,49 @@ def build(out: Path, rows: int, done_rows: int) -> None:
         for start in range(0, rows, PER_SHARD * 10):
             stop = min(rows, start + PER_SHARD * 10)
             sources = [f"https://img.example.com/{i:09d}.jpg" for i in range(start, stop)]
-            manifest.write_table(pa.table({"id": _ids(start, stop), "source": sources}, schema))
+            ids = _ids(np.arange(start, stop))
+            manifest.write_table(pa.table({"id": ids, "source": sources}, schema))
     for shard, start in enumerate(range(0, done_rows, PER_SHARD)):
         stop = min(done_rows, start + PER_SHARD)
-        n = stop - start
-        error = (np.arange(start, stop) % (rows // SENT)) == 0
-        given = {
-            "id": _ids(start, stop),
-            "source": pa.array(
-                [f"https://img.example.com/{i:09d}.jpg" for i in range(start, stop)]
-            ),
-            "status": pa.array(np.where(error, "error", "ok")),
-            "caption": pa.array([f"A photo of item {i}." for i in range(start, stop)]),
-            "prompt_tokens": pa.array(np.full(n, 440)),
-            "completion_tokens": pa.array(np.full(n, 12)),
-            "cost_usd": pa.array(np.full(n, 0.0012)),
-            "finished_at": pa.array(np.full(n, now), pa.timestamp("ms", tz="UTC")),
-            "error_kind": pa.array(np.where(error, "rejected", None)),
-        }
-        columns = [
-            given[f.name].cast(f.type) if f.name in given else pa.nulls(n, f.type)
-            for f in RESULT_SCHEMA
-        ]
-        table = pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
-        # As the writer writes a shard: its totals in its footer (output/totals.py).
-        pq.write_table(with_totals(table), out / f"part-{shard:05d}.parquet")
+        rows_here = np.arange(start, stop)
+        error = (rows_here % (rows // SENT)) == 0
+        _write_shard(out / f"part-{shard:05d}.parquet", rows_here, error, now)
     job = job_definition(load_config(None, {"endpoint": "fake"}))
     meta = {"version": 1, "fingerprint": fingerprint(job), "job": job, "runs": [],
             "ids": {"from": "manifest", "version": 2}}  # fmt: skip
     (out / ".caption" / "run.json").write_text(json.dumps(meta))
+
+
+def _write_shard(path: Path, numbers: np.ndarray, error: np.ndarray, now: int) -> None:
+    """A shard of the rows `numbers`, those in `error` answered with an error."""
+    n = len(numbers)
+    given = {
+        "id": _ids(numbers),
+        "source": pa.array([f"https://img.example.com/{i:09d}.jpg" for i in numbers]),
+        "status": pa.array(np.where(error, "error", "ok")),
+        "caption": pa.array([f"A photo of item {i}." for i in numbers]),
+        "prompt_tokens": pa.array(np.full(n, 440)),
+        "completion_tokens": pa.array(np.full(n, 12)),
+        "cost_usd": pa.array(np.full(n, 0.0012)),
+        "finished_at": pa.array(np.full(n, now), pa.timestamp("ms", tz="UTC")),
+        "error_kind": pa.array(np.where(error, "rejected", None)),
+    }
+    columns = [
+        given[f.name].cast(f.type) if f.name in given else pa.nulls(n, f.type)
+        for f in RESULT_SCHEMA
+    ]
+    table = pa.Table.from_arrays(columns, schema=RESULT_SCHEMA)
+    # As the writer writes a shard: its totals in its footer (output/totals.py).
+    pq.write_table(with_totals(table), path)
+
+
+def answered_again(out: Path, rows: int) -> None:
+    """The `SENT` error rows answered again, a second later, in a shard of their own and
+    not yet compacted (as a retry cut short or a retried Ray block leaves a folder): the
+    next run's start moves each old row to the ledger, rewriting every shard."""
+    again = np.arange(0, rows, rows // SENT)[:SENT]
+    later = int(time.time() * 1000) + 1000
+    _write_shard(out / "part-99999.parquet", again, np.zeros(len(again), bool), later)
 
 
 def _row(label: str, cmd: list[str], env: dict[str, str]) -> None:
@@ -133,6 +149,10 @@ def main() -> None:
                 manifest = str(folder / ".caption" / MANIFEST_NAME)
                 cmd = [*CAPTION, "run", manifest, "-o", str(folder), "--endpoint", "fake"]
                 _row(label, [*cmd, "--quiet", *extra], env)
+            answered_again(partial, rows)
+            manifest = str(partial / ".caption" / MANIFEST_NAME)
+            cmd = [*CAPTION, "run", manifest, "-o", str(partial), "--endpoint", "fake", "--quiet"]
+            _row(f"compaction, {SENT:,} superseded", cmd, env)
             _row("status --json", [*CAPTION, "status", str(full), "--json"], env)
             report = str(base / "report.html")
             _row("report", [*CAPTION, "report", str(full), "-o", report], env)
