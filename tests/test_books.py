@@ -81,7 +81,11 @@ def _two_attempts(tmp_path: Path, server: ScriptedServer, job: list[str]) -> Pat
 
 
 def test_a_compaction_cut_short_counts_each_attempt_once(
-    tmp_path: Path, server: ScriptedServer, job: list[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    server: ScriptedServer,
+    job: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    id_parts: str,
 ) -> None:
     def killed(*_: object) -> None:
         raise KeyboardInterrupt  # as if killed after the ledger was written
@@ -130,7 +134,7 @@ def _billed_ok(out: Path) -> float:
 
 
 def test_a_shard_copied_in_twice_is_counted_once_and_never_ledgered(
-    tmp_path: Path, server: ScriptedServer, job: list[str]
+    tmp_path: Path, server: ScriptedServer, job: list[str], id_parts: str
 ) -> None:
     out = _two_attempts(tmp_path, server, job)
     before = read_status(out)

@@ -15,6 +15,7 @@ copied into the folder twice) is the same attempt, not a new one: dropped, not l
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -135,11 +136,11 @@ def scan(out: OutputDir, include_journals: bool = False, compacted: bool = False
     for core in _journal_tables(out, columns, include_journals):
         done.journaled += core.num_rows
         _add(done, totals_of(core), core)
-    if len(done.ids) and not compacted and len(done.ids.repeated()):
+    if len(done.ids) and not compacted and len(repeated := done.ids.repeated()):
         # An id twice: an attempt not compacted yet (a compaction cut short, a retried
-        # Ray block) or a shard copied twice. Rare: counted the careful way, whole.
+        # Ray block) or a shard copied twice. Rare: counted again, those ids with care.
         done.ids.close()
-        return _scan_whole(out, columns, include_journals, ledger)
+        return _scan_repeated(out, columns, include_journals, ledger, repeated)
     return _with_ledger(done, ledger)
 
 
@@ -170,21 +171,34 @@ def _ids_of(shard: Path) -> pa.Array:
     return combined(read_shard(shard, columns=["id"])["id"])
 
 
-def _scan_whole(
-    out: OutputDir, columns: list[str], include_journals: bool, ledger: pa.Table
+def _scan_repeated(
+    out: OutputDir,
+    columns: list[str],
+    include_journals: bool,
+    ledger: pa.Table,
+    repeated: pa.Array,
 ) -> Done:
-    """`scan`, every row in one table: exact copies dropped, ledgered rows left out."""
-    tables = [read_shard(s, columns=columns) for s in out.shards()]
-    journaled = 0
-    for core in _journal_tables(out, columns, include_journals):
-        journaled += core.num_rows
-        tables.append(core)
-    table = _unique_attempts(pa.concat_tables(tables, promote_options="permissive"))
+    """`scan` when the ids `repeated` are there more than once: their rows are set aside
+    (a small table, however big the folder), exact copies of an attempt dropped and
+    attempts already in the ledger left out (counted there); every other row counts as
+    `scan` counts it, a shard at a time."""
+    wanted = IdLookup(repeated)
+    done = Done()
+    aside: list[pa.Table] = []
+    shards = ((False, read_shard(shard, columns=columns)) for shard in out.shards())
+    journals = ((True, core) for core in _journal_tables(out, columns, include_journals))
+    for journaled, table in itertools.chain(shards, journals):  # one table at a time
+        done.journaled += table.num_rows if journaled else 0
+        theirs = wanted.contains(table["id"])
+        if theirs.any():
+            aside.append(table.filter(bool_array(theirs)))
+            table = table.filter(bool_array(~theirs))
+        _add(done, totals_of(table), table)
+    table = _unique_attempts(pa.concat_tables(aside, promote_options="permissive"))
     if ledger.num_rows:
         # A ledgered row still in a shard (a compaction cut short) is history: counted
         # once, there, and not as a current row.
         table = table.filter(pc.invert(pc.is_in(_keys(table), value_set=_keys(ledger))))
-    done = Done(journaled=journaled)
     _add(done, totals_of(table), table)
     return _with_ledger(done, ledger)
 
