@@ -68,12 +68,24 @@ def export(out_path: Path, target: str | Path, include_removed: bool = False) ->
     return rows
 
 
+# Rows written at once: one Parquet row group. The writer keeps every row group's
+# metadata until it closes (about 27 KB each here); a row group a shard made a 100M-row
+# export's writer hold and then serialise some 400 MB of it.
+GROUP_ROWS = 1 << 17
+
+
 def _write(out: OutputDir, fmt: str, path: Path, include_removed: bool) -> int:
     rows = 0
     with _writer(fmt, path, _schema(out)) as write:
+        held: list[pa.Table] = []
         for table in joined(out, include_removed):
-            write(table)
+            held.append(table)
             rows += table.num_rows
+            if sum(t.num_rows for t in held) >= GROUP_ROWS:
+                write(pa.concat_tables(held))
+                held = []
+        if held:
+            write(pa.concat_tables(held))
     return rows
 
 
