@@ -135,14 +135,24 @@ class IdLookup:
 
     def __init__(self, ids: pa.Array | pa.ChunkedArray) -> None:
         numbers, valid = hex64_chunks(ids)
-        self.numeric = bool(valid.all())
-        if self.numeric:
-            self.width, keys = 16, numbers
+        if valid.all():
+            self._build(numbers, 16, numeric=True)
         else:
             del numbers, valid
             flat = flat_ids(ids)
-            self.width = _longest(flat)
-            keys = fixed_width(flat, self.width)
+            width = _longest(flat)
+            self._build(fixed_width(flat, width), width, numeric=False)
+
+    @classmethod
+    def of_numbers(cls, numbers: np.ndarray) -> IdLookup:
+        """A lookup of ids already 64-bit numbers (`hex64`'s), queried with
+        `number_positions`."""
+        lookup = cls.__new__(cls)
+        lookup._build(numbers, 16, numeric=True)
+        return lookup
+
+    def _build(self, keys: np.ndarray, width: int, numeric: bool) -> None:
+        self.numeric, self.width = numeric, width
         order = np.argsort(keys, kind="stable")
         self.order = order.astype(np.int32) if len(order) < 2**31 else order
         self.keys = keys[order]
@@ -156,15 +166,22 @@ class IdLookup:
             return np.full(len(query), -1, dtype=np.int64)
         if self.numeric:  # a queried id that is not 16 hex digits is not among them
             numbers, valid = hex64_chunks(query)
-            at = np.minimum(np.searchsorted(self.keys, numbers), len(self.keys) - 1)
-            found = valid & (self.keys[at] == numbers)
-            return np.where(found, self.order[at], -1).astype(np.int64)
+            return np.where(valid, self.number_positions(numbers), -1)
         flat = flat_ids(query)
         width = max(self.width, _longest(flat))
         keys = self.keys if width == self.width else self.keys.astype(f"S{width}")
-        q = fixed_width(flat, width)
-        at = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-        return np.where(keys[at] == q, self.order[at], -1).astype(np.int64)
+        return self._find(keys, fixed_width(flat, width))
+
+    def number_positions(self, numbers: np.ndarray) -> np.ndarray:
+        """`positions` of ids given as 64-bit numbers (a numeric lookup's)."""
+        return self._find(self.keys, numbers)
+
+    def _find(self, keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Each of `query`'s position among the sorted `keys` (as built), or -1."""
+        if not len(query) or not len(keys):
+            return np.full(len(query), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        return np.where(keys[at] == query, self.order[at], -1).astype(np.int64)
 
     def contains(self, query: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return self.positions(query) >= 0

@@ -60,7 +60,7 @@ class Part:
             return IdLookup(self.ids()).positions(other.ids())
         assert self.numbers is not None
         assert other.numbers is not None
-        return number_positions(self.numbers, other.numbers)
+        return IdLookup.of_numbers(self.numbers).number_positions(other.numbers)
 
     def repeated(self) -> pa.Array:
         """The ids here more than once."""
@@ -73,16 +73,6 @@ class Part:
         assert self.numbers is not None
         ordered = np.sort(self.numbers)
         return hex_strings(np.unique(ordered[1:][ordered[1:] == ordered[:-1]]))
-
-
-def number_positions(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """For each number of `query`, its position in `keys`, or -1."""
-    if not len(keys) or not len(query):
-        return np.full(len(query), -1, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    at = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
-    return np.where(ordered[at] == query, order[at], -1).astype(np.int64)
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / the golden ratio, odd
