@@ -37,20 +37,18 @@ from pipeline.errors import (
 )
 from pipeline.executors import LOCAL, ExecutorSpec, executor_for
 from pipeline.executors.base import Executed, Work
-from pipeline.io.arrow import combined
 from pipeline.io.rowbits import RowBits
-from pipeline.io.rowgroups import RowGroups
 from pipeline.io.storage import check_scheme, is_remote
 from pipeline.jobs.outcome import Counted, exit_code_of, run_record, stop_message, summary_line
 from pipeline.output import books
 from pipeline.output.books import Done
 from pipeline.output.current import changed_rows, signatures
 from pipeline.output.folder import OutputDir, utc_now
-from pipeline.output.marks import Marks, mark
+from pipeline.output.marks import Marks, ids_at, mark
 from pipeline.output.merge import merge_small_shards
 from pipeline.output.mirror import BucketFolder
 from pipeline.output.upgrade import needs_rehash, rehash_ids, unify_shards
-from pipeline.records import MANIFEST_ID, ManifestRow
+from pipeline.records import ManifestRow
 from pipeline.sources.ids import ID_VERSION, PATH_IDS, RowSpec
 from pipeline.sources.manifest import (
     IngestSummary,
@@ -146,7 +144,7 @@ def _ids_at(manifest: Path, rows: RowBits) -> pa.Array | None:
     """The ids of the manifest's marked rows, or None when there are too many to hold."""
     if rows.count() > _HELD_IDS:
         return None
-    return combined(RowGroups(str(manifest), [MANIFEST_ID]).take(rows.positions())[MANIFEST_ID])
+    return ids_at(manifest, rows.positions())
 
 
 def run_job(

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import bool_array, combined, parquet_batches, string_array
+from pipeline.io.arrow import bool_array, parquet_batches, string_array
 from pipeline.io.idlookup import IdLookup, text_hash64
 from pipeline.io.idparts import IdParts, paired
 from pipeline.io.rowbits import RowBits
-from pipeline.io.rowgroups import RowGroups
 from pipeline.output.folder import OutputDir
+from pipeline.output.marks import ids_at
 from pipeline.records import MANIFEST_ID, MANIFEST_SOURCE, SIGNATURE
 from pipeline.sources.ids import content_id
 
@@ -77,7 +77,7 @@ def changed_rows(
     rows = rows[done.get(rows)]
     if not len(rows):
         return none  # the common night
-    ids = combined(RowGroups(str(out.manifest), [MANIFEST_ID]).take(rows)[MANIFEST_ID])
+    ids = ids_at(out.manifest, rows)
     changed = _new_bytes(out, ids)
     keep = IdLookup(changed).contains(ids) if len(changed) else np.zeros(len(rows), bool)
     return changed, rows[keep]

@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.arrow import parquet_batches
+from pipeline.io.arrow import combined, parquet_batches
 from pipeline.io.idparts import IdParts, paired
 from pipeline.io.rowbits import RowBits
+from pipeline.io.rowgroups import RowGroups
 from pipeline.records import MANIFEST_ID
 
 OK, ERROR = 1, 2  # a done id's payload in `Done.ids`
@@ -78,6 +79,11 @@ def mark(manifest: Path, done_ids: IdParts) -> Marks:
     finally:
         own.close()
     return Marks(ok, error, len(done_ids) - found)
+
+
+def ids_at(manifest: Path, rows: np.ndarray) -> pa.Array:
+    """The ids of the manifest's rows at `rows`, read by row group (`io/rowgroups.py`)."""
+    return combined(RowGroups(str(manifest), [MANIFEST_ID]).take(rows)[MANIFEST_ID])
 
 
 _RANGE = 1 << 20  # result rows put back in order at a time
