@@ -167,10 +167,6 @@ def _add(done: Done, counted: dict[str, Any], ids: pa.Table) -> None:
         done.errors_by_kind[kind] = done.errors_by_kind.get(kind, 0) + n
 
 
-def _ids_of(shard: Path) -> pa.Array:
-    return combined(read_shard(shard, columns=["id"])["id"])
-
-
 def _scan_repeated(
     out: OutputDir,
     columns: list[str],
@@ -242,12 +238,9 @@ def compact(out: OutputDir, repeated: pa.Array | None = None) -> int:
     caller has them."""
     shards = out.shards()
     if repeated is None:
-        every = IdParts(np.uint8)
-        for shard in shards:
-            ids = _ids_of(shard)
-            every.add(ids, np.zeros(len(ids), np.uint8))
-        repeated = every.repeated()
-        every.close()
+        ids = scan(out, compacted=True).ids  # the shards' ids, as a run's start reads them
+        repeated = ids.repeated()
+        ids.close()
     if not len(repeated):
         return 0  # the common case: nothing superseded, nothing more to read
     # Only the rows of repeated ids, with where they are: a small table, read a shard at
